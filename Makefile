@@ -1,0 +1,33 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Each creates .venv when missing and installs the project into it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-ndingest
+DEMO   ?= demo
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DEMO)
+	cp configs/kasthuri11_scale3.toml $(DEMO)/
+	$(VENV)/bin/ndingest sample $(DEMO)/data
+	$(VENV)/bin/ndingest inspect $(DEMO)/kasthuri11_scale3.toml
+	$(VENV)/bin/ndingest ingest $(DEMO)/kasthuri11_scale3.toml
+	$(VENV)/bin/ndingest status $(DEMO)/kasthuri11_scale3.toml
+	$(VENV)/bin/ndingest verify $(DEMO)/kasthuri11_scale3.toml
+	@echo "store: $(abspath $(DEMO))/store  (open a channel with CloudVolume: file://$(abspath $(DEMO))/store/neurostorm_kat11_scale3/kat11_scale3/image)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

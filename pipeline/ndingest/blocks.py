@@ -1,0 +1,168 @@
+"""Geometry as values: `Vec3`, `Box`, the chunk grid and the shard plan.
+
+Everything here is pure: no I/O, integer arithmetic only, same answer every time.
+Boxes are half-open and in absolute voxels (the dataset offset included), because
+precomputed lays its chunk grid out from `voxel_offset`, not from zero.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Vec3(NamedTuple):
+    """A point or a size, always x, y, z."""
+
+    x: int
+    y: int
+    z: int
+
+    def __add__(self, other: "Vec3") -> "Vec3":  # type: ignore[override]
+        return Vec3(self.x + other.x, self.y + other.y, self.z + other.z)
+
+    def __sub__(self, other: "Vec3") -> "Vec3":
+        return Vec3(self.x - other.x, self.y - other.y, self.z - other.z)
+
+    def __neg__(self) -> "Vec3":
+        return Vec3(-self.x, -self.y, -self.z)
+
+    def __mul__(self, other: "Vec3") -> "Vec3":  # type: ignore[override]
+        return Vec3(self.x * other.x, self.y * other.y, self.z * other.z)
+
+    @property
+    def volume(self) -> int:
+        return self.x * self.y * self.z
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """A half-open box of voxels: `begin` inclusive, `end` exclusive, absolute coordinates."""
+
+    begin: Vec3
+    end: Vec3
+
+    def __post_init__(self) -> None:
+        assert all(b <= e for b, e in zip(self.begin, self.end)), self
+
+    @classmethod
+    def from_shape(cls, begin: Vec3, shape: Vec3) -> "Box":
+        return cls(Vec3(*begin), Vec3(*begin) + Vec3(*shape))
+
+    @property
+    def shape(self) -> Vec3:
+        return self.end - self.begin
+
+    @property
+    def is_empty(self) -> bool:
+        return any(b == e for b, e in zip(self.begin, self.end))
+
+    def shift(self, by: Vec3) -> "Box":
+        return Box(self.begin + by, self.end + by)
+
+    def intersect(self, other: "Box") -> "Box":
+        lo = Vec3(*(max(a, b) for a, b in zip(self.begin, other.begin)))
+        hi = Vec3(*(max(l, min(a, b)) for l, a, b in zip(lo, self.end, other.end)))
+        return Box(lo, hi)
+
+    def contains(self, other: "Box") -> bool:
+        return all(sb <= ob for sb, ob in zip(self.begin, other.begin)) and all(
+            oe <= se for se, oe in zip(self.end, other.end)
+        )
+
+    def snap_to_grid(self, chunk: Vec3, origin: Vec3) -> "Box":
+        """Grow to chunk edges counted from `origin` (the level's voxel_offset)."""
+        lo = [o + (b - o) // c * c for b, c, o in zip(self.begin, chunk, origin)]
+        hi = [o + ceil_div(e - o, c) * c for e, c, o in zip(self.end, chunk, origin)]
+        return Box(Vec3(*lo), Vec3(*hi))
+
+    def chunks(self, chunk: Vec3, within: "Box") -> Iterator["Box"]:
+        """The grid cells of size `chunk` (from `within.begin`) that cover this box,
+        each clipped to `within`, x fastest."""
+        grid = self.snap_to_grid(chunk, within.begin)
+        ranges = [range(b, e, c) for b, e, c in zip(grid.begin, grid.end, chunk)]
+        for z, y, x in itertools.product(ranges[2], ranges[1], ranges[0]):
+            yield Box.from_shape(Vec3(x, y, z), chunk).intersect(within)
+
+    def to_zyx_slices(self) -> tuple[slice, slice, slice]:
+        return (
+            slice(self.begin.z, self.end.z),
+            slice(self.begin.y, self.end.y),
+            slice(self.begin.x, self.end.x),
+        )
+
+    def to_key(self) -> str:
+        """Precomputed's chunk name, `x0-x1_y0-y1_z0-z1`."""
+        return "_".join(f"{b}-{e}" for b, e in zip(self.begin, self.end))
+
+    @classmethod
+    def from_key(cls, key: str) -> "Box":
+        pairs = [tuple(int(v) for v in part.split("-")) for part in key.split("_")]
+        if len(pairs) != 3 or any(len(p) != 2 for p in pairs):
+            raise ValueError(f"not a box key: {key!r}")
+        return cls(Vec3(*(p[0] for p in pairs)), Vec3(*(p[1] for p in pairs)))
+
+    def __str__(self) -> str:
+        return self.to_key()
+
+
+def chunk_shape(scaling_option: str, voxel_resolution_nm: tuple[float, float, float], level: int) -> Vec3:
+    """ndstore's cuboid (its `cube_dimension`) at `level`.
+
+    Isotropic datasets use 64^3. For zslices, 128x128x16 while the level's voxels are
+    still flatter than tall (zres / (xres * 2^level) > 0.5), else 64^3.
+    """
+    if scaling_option == "isotropic":
+        return Vec3(64, 64, 64)
+    xres, _, zres = voxel_resolution_nm
+    return Vec3(128, 128, 16) if zres / (xres * 2**level) > 0.5 else Vec3(64, 64, 64)
+
+
+def block_shape(chunk: Vec3, block_chunks: Vec3) -> Vec3:
+    return chunk * block_chunks
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One Luigi task's worth of blocks: `index` within its channel, time point `t`."""
+
+    index: int
+    t: int
+    blocks: tuple[Box, ...]
+
+
+def plan_blocks(extent: Box, chunk: Vec3, block_chunks: Vec3) -> list[Box]:
+    """Chunk-aligned blocks covering `extent`, clipped to it, x fastest.
+
+    The grid starts at `extent.begin` (the level's voxel_offset), so every block is a
+    whole number of chunks except at the far edges, where it is cut by the volume::
+
+        extent.begin
+        +--------+--------+----+
+        | block  | block  |edge|   <- edge blocks are clipped, never padded
+        +--------+--------+----+
+        | block  | block  |edge|
+        +--------+--------+----+  extent.end
+    """
+    return list(extent.chunks(block_shape(chunk, block_chunks), within=extent))
+
+
+def plan_shards(
+    extent: Box,
+    chunk: Vec3,
+    *,
+    block_chunks: Vec3,
+    blocks_per_shard: int,
+    time_points: int = 1,
+) -> list[Shard]:
+    """Group the blocks of `extent` (per time point) into shards, in plan order."""
+    blocks = plan_blocks(extent, chunk, block_chunks)
+    shards: list[Shard] = []
+    for t in range(time_points):
+        for start in range(0, len(blocks), blocks_per_shard):
+            shards.append(Shard(len(shards), t, tuple(blocks[start : start + blocks_per_shard])))
+    return shards

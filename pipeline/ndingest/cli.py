@@ -1,0 +1,269 @@
+"""`ndingest` command line: the only place that prints and picks exit codes.
+
+Exit codes: 0 done; 1 internal error; 2 bad usage or spec; 3 bad or changed source;
+4 catalog conflict; 5 verify mismatch; 6 already running; 7 store I/O; 8 remote.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import AlreadyRunning, NdingestError, SpecError, StoreError
+
+logger = logging.getLogger(__name__)
+
+
+def _print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
+    from .inspection import format_table
+
+    if title:
+        print(title)
+    print(format_table(rows))
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import write_sample
+
+    for path in write_sample(Path(args.dir)):
+        print(path)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import source_table, spec_table, summarize
+    from .plan import load_plan
+    from .sources import open_source
+    from .steps import inspect_plan
+
+    target = args.target
+    if target.endswith(".toml"):
+        plan = load_plan(target)
+        summaries = inspect_plan(plan)
+        if args.json:
+            print(json.dumps({"channels": {n: s.to_json() for n, s in summaries.items()}}, indent=1))
+            return 0
+        for name, summary in summaries.items():
+            _print_table(spec_table(plan.spec, name, summary, levels=plan.levels), title=f"[{name}]")
+            print()
+        return 0
+    summary = summarize(open_source(target))
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=1))
+    else:
+        _print_table(source_table(summary))
+    return 0
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """One local-scheduler run per store and spec: an flock the kernel drops with the process."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create lock: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise AlreadyRunning(f"already running on this store and spec (pid {holder}); lock {path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class ProgressMonitor:
+    """A terminal bar (rate, ETA) fed from the markers, so it counts every worker's blocks."""
+
+    def __init__(self, plan, interval: float = 1.0):
+        self.plan, self.interval = plan, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _counts(self) -> tuple[int, int]:
+        from .steps import channel_status
+
+        status = channel_status(self.plan)
+        return sum(s["done"] + s["verified"] for s in status.values()), sum(2 * s["total"] for s in status.values())
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        done, total = self._counts()
+        with tqdm(total=total, initial=done, unit="block", desc="write+verify", disable=None, dynamic_ncols=True) as bar:
+            while not self._stop.wait(self.interval):
+                now, _ = self._counts()
+                bar.update(now - bar.n)
+            bar.update(self._counts()[0] - bar.n)
+
+    def __enter__(self) -> "ProgressMonitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> None:
+    """Build the DAG through Verify; a failure becomes the error its task recorded."""
+    import luigi
+
+    from .tasks import Verify, recorded_failures
+
+    started = time.time() - 1
+    kwargs = {"scheduler_url": scheduler_url} if scheduler_url else {"local_scheduler": True}
+    config = luigi.configuration.get_config()
+    if not config.has_section("core"):
+        config.add_section("core")
+    config.set("core", "no_configure_logging", "true")  # ours is set; luigi's would print tracebacks
+    result = luigi.build([Verify(spec=str(plan.spec.path))], workers=workers, detailed_summary=True, **kwargs)
+    if result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY"):
+        return
+    failures = recorded_failures(plan, since=started)
+    if failures:
+        first = failures[0]
+        if first.get("traceback"):  # not an NdingestError: a bug, which keeps its traceback
+            print(first["traceback"], file=sys.stderr)
+            raise NdingestError(f"internal error in {first['task']}: {first['type']}: {first['message']}")
+        err = NdingestError(first["message"])
+        err.exit_code = first["exit_code"]
+        raise err
+    detail = result.summary_text.strip().splitlines() if debug else []
+    raise NdingestError(f"ingest did not finish: luigi status {result.status.name.lower()}"
+                        + (f"\n{chr(10).join(detail)}" if detail else "; rerun with --debug for Luigi's summary"))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+    from .steps import channel_status, preflight, restart_channel
+    from .verify import report_dir
+
+    plan = load_plan(args.spec)
+    if args.restart:
+        plan.channel(args.restart)  # a SpecError naming the channels if unknown
+    if args.workers < 1:
+        raise SpecError(f"--workers {args.workers}: must be at least 1")
+    preflight(plan, skip_channel=args.restart)
+    lock = plan.store.path / "_markers" / plan.spec.dataset.name / plan.spec.project.name / "ingest.lock"
+    with (run_lock(lock) if not args.scheduler_url else _nothing()):
+        if args.restart:
+            restart_channel(plan, args.restart)
+            print(f"restart: dropped the markers of channel {args.restart}; writing it again", file=sys.stderr)
+        started = time.monotonic()
+        with ProgressMonitor(plan):
+            run_luigi(plan, workers=args.workers, scheduler_url=args.scheduler_url, debug=args.debug)
+    status = channel_status(plan)
+    for name, s in status.items():
+        print(f"{name}: {s['done']}/{s['total']} blocks written, {s['verified']}/{s['total']} verified -> {s['volume']}")
+    print(f"verify report: {report_dir(plan) / 'verify.csv'}")
+    print(f"store: {plan.store.path} (catalog {plan.store.catalog_path.name}); done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+    from .steps import channel_status
+
+    plan = load_plan(args.spec)
+    status = channel_status(plan)
+    if args.json:
+        print(json.dumps({"channels": status}, indent=1))
+        return 0
+    for name, s in status.items():
+        pct = 100 * s["done"] / max(s["total"], 1)
+        print(f"{name}: {s['done']}/{s['total']} blocks written ({pct:.0f} %), {s['verified']} verified, "
+              f"{s['shards']} shards")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .plan import load_plan
+    from .verify import verify_plan
+
+    plan = load_plan(args.spec)
+    total = sum(cp.total_blocks for cp in plan.channels.values())
+    with tqdm(total=total, unit="block", desc="verify", disable=None, dynamic_ncols=True) as bar:
+        rows, report = verify_plan(plan, resume=False, progress=bar.update)
+    print(f"verify: all {len(rows)} blocks equal the source and their markers (report: {report})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="tracebacks and verbose logs")
+    parser = argparse.ArgumentParser(prog="ndingest", parents=[common],
+                                     description="Resumable, verified ingest of microscopy volumes (ndstore tutorial).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", parents=[common], help="write the tutorial's two cutouts (synthetic)")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("inspect", parents=[common], help="what a source (or every channel of a spec) holds")
+    p.add_argument("target", metavar="SOURCE|SPEC")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("ingest", parents=[common], help="run the DAG through Verify (resumable)")
+    p.add_argument("spec")
+    p.add_argument("--workers", type=int, default=1, metavar="N")
+    p.add_argument("--scheduler-url", metavar="URL", help="a luigid to share the work through")
+    p.add_argument("--restart", metavar="CHANNEL", help="drop CHANNEL's markers and write it again")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("status", parents=[common], help="blocks done/total per channel")
+    p.add_argument("spec")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("verify", parents=[common], help="re-read every block and compare with the source")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for name in ("luigi", "luigi-interface", "luigi.scheduler"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.debug)
+    try:
+        return args.func(args)
+    except NdingestError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"ndingest: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ndingest: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

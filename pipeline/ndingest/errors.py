@@ -1,0 +1,54 @@
+"""One exception hierarchy; the CLI turns it into one line and an exit code."""
+from __future__ import annotations
+
+
+class NdingestError(Exception):
+    """A problem the user can fix; str(exc) is the one line they will see."""
+
+    exit_code = 1
+
+
+class SpecError(NdingestError, ValueError):
+    """A bad key or value in the spec or on the command line."""
+
+    exit_code = 2
+
+
+class SourceError(NdingestError, OSError):
+    """An input volume that is missing, unreadable, ambiguous or disagrees with the spec."""
+
+    exit_code = 3
+
+
+class SourceChanged(SourceError):
+    """The source differs from the one whose blocks were already written."""
+
+
+class CatalogConflict(NdingestError):
+    """The catalog already holds a dataset, project, token or channel with other values."""
+
+    exit_code = 4
+
+
+class VerifyMismatch(NdingestError):
+    """What the store holds differs from the source or from a block's marker."""
+
+    exit_code = 5
+
+
+class AlreadyRunning(NdingestError):
+    """Another local-scheduler run holds this store and spec."""
+
+    exit_code = 6
+
+
+class StoreError(NdingestError, OSError):
+    """The store cannot be read or written (disk full, read-only, corrupt metadata)."""
+
+    exit_code = 7
+
+
+class RemoteError(NdingestError):
+    """A remote server answered with an error or could not be reached."""
+
+    exit_code = 8

@@ -1,0 +1,110 @@
+"""The write loop: read a block from the source, write it, and only then mark it.
+
+Also the channel manifest, which remembers which source (size, mtime) and which block
+plan the markers belong to, so a source that changed under a half-done ingest stops the
+run instead of mixing two versions of the data.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import markers
+from .blocks import Shard
+from .errors import SourceChanged, SpecError
+from .plan import ChannelPlan, Plan
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+Progress = Callable[[int, int], None]  # (blocks done in this shard, blocks in this shard)
+
+
+def manifest_for(cp: ChannelPlan, plan: Plan) -> dict:
+    return {
+        "source": cp.source.fingerprint(),
+        "block_chunks": list(plan.spec.ingest.block_chunks),
+        "extent": cp.extent.to_key(),
+        "datatype": cp.datatype,
+        "blocks_per_shard": len(cp.shards[0].blocks) if cp.shards else 0,
+    }
+
+
+def _has_markers(cp: ChannelPlan) -> bool:
+    written = cp.markers / markers.WRITTEN
+    return written.exists() and any(any(d.iterdir()) for level in written.iterdir() for d in level.iterdir())
+
+
+def check_manifest(cp: ChannelPlan, plan: Plan) -> dict:
+    """Raise SourceChanged if blocks were written from another version of the source,
+    or SpecError if they were cut another way; returns the current manifest."""
+    current = manifest_for(cp, plan)
+    stored = markers.read_json(cp.markers / MANIFEST)
+    if stored is None or stored == current or not _has_markers(cp):
+        return current
+    old_files = {f["path"]: f for f in stored["source"]}
+    for f in current["source"]:
+        was = old_files.get(f["path"])
+        if was != f:
+            change = "is new" if was is None else (
+                f"size {was['size']} -> {f['size']}" if was["size"] != f["size"] else "modified since")
+            raise SourceChanged(
+                f"{f['path']}: source changed since blocks of channel {cp.name} were written ({change}); "
+                f"rerun with --restart {cp.name} to ingest it again"
+            )
+    if len(old_files) != len(current["source"]):
+        raise SourceChanged(
+            f"{cp.source.description}: source files changed since blocks of channel {cp.name} were written; "
+            f"rerun with --restart {cp.name}"
+        )
+    for key in ("block_chunks", "extent", "datatype", "blocks_per_shard"):
+        if stored.get(key) != current[key]:
+            raise SpecError(
+                f"{plan.spec.path}: channel {cp.name}: {key} is {current[key]!r}, but its blocks were "
+                f"written with {stored.get(key)!r}; restore it or rerun with --restart {cp.name}"
+            )
+    return current
+
+
+def ensure_manifest(cp: ChannelPlan, plan: Plan) -> None:
+    current = check_manifest(cp, plan)
+    if markers.read_json(cp.markers / MANIFEST) != current:
+        markers.write_json(cp.markers / MANIFEST, current)
+
+
+@dataclass
+class ShardResult:
+    written: int
+    skipped: int
+    bytes: int
+    seconds: float
+
+
+def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, progress: Progress | None = None) -> ShardResult:
+    """Write every unmarked block of `shard`, each followed by its marker.
+
+    One block is in flight at a time, so memory is one block per worker whatever the
+    volume's size. The store's write returns only once the chunk files are synced, so a
+    marker never outlives its data.
+    """
+    ensure_manifest(cp, plan)
+    directory = markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard)
+    todo = markers.pending_blocks(shard, markers.marked_boxes(directory))
+    ref = cp.ref(shard.t)
+    offset = plan.spec.dataset.offset_xyz
+    started, nbytes = time.monotonic(), 0
+    skipped = len(shard.blocks) - len(todo)
+    for i, box in enumerate(todo, start=1):
+        voxels = cp.source.read(box.shift(-offset), shard.t)
+        plan.store.write(ref, 0, box, voxels)
+        markers.write_marker(directory, box, {
+            "t": shard.t, "level": 0, "checksum": markers.checksum(voxels),
+            "dtype": voxels.dtype.name, "pid": os.getpid(),
+        })
+        nbytes += voxels.nbytes
+        if progress:
+            progress(skipped + i, len(shard.blocks))
+    return ShardResult(len(todo), skipped, nbytes, time.monotonic() - started)

@@ -1,0 +1,82 @@
+"""What an image tells (step 2 of the tutorial), and the tutorial's full table for a spec.
+
+The tutorial read ndstore's `CUTOUT` as (x, y, z); it is (z, y, x). Sizes here come from
+the source's declared axes, and the table says which order it assumed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from .sources import Source, window_range
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceSummary:
+    """The keys of `ndingest inspect --json`."""
+
+    x_size: int
+    y_size: int
+    z_size: int
+    time_range: tuple[int, int]
+    datatype: str
+    window_range: tuple[float, float]
+    axes: str
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["time_range"], d["window_range"] = list(self.time_range), list(self.window_range)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SourceSummary":
+        return cls(**{**d, "time_range": tuple(d["time_range"]), "window_range": tuple(d["window_range"])})
+
+
+def summarize(source: Source, *, window: tuple[float, float] | None = None,
+              progress: Callable[[int], None] | None = None) -> SourceSummary:
+    """Sizes, time range, dtype, and the window range (scanned box by box unless given)."""
+    t, z, y, x = source.shape_tzyx
+    return SourceSummary(
+        x_size=x, y_size=y, z_size=z, time_range=(0, t - 1), datatype=source.dtype.name,
+        window_range=window if window is not None else window_range(source, progress),
+        axes=source.axes,
+    )
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def source_table(summary: SourceSummary) -> list[tuple[str, str]]:
+    return [
+        ("x size", str(summary.x_size)),
+        ("y size", str(summary.y_size)),
+        ("z size", str(summary.z_size)),
+        ("time range", f"({summary.time_range[0]}, {summary.time_range[1]})"),
+        ("data type", summary.datatype),
+        ("window range", f"({_fmt(summary.window_range[0])}, {_fmt(summary.window_range[1])})"),
+        ("axes (file order, slowest first)", summary.axes),
+    ]
+
+
+def spec_table(spec, channel: str, summary: SourceSummary, *, levels: int) -> list[tuple[str, str]]:
+    """The tutorial's table for one channel of a spec."""
+    ds = spec.dataset
+    rows = [("dataset name", ds.name), ("channel", f"{channel} ({spec.channels[channel].type})")]
+    rows += source_table(summary)[:6]
+    rows += [(f"{a} offset", str(v)) for a, v in zip("xyz", ds.offset_xyz)]
+    levels_text = f"{levels} (auto)" if ds.scaling_levels == "auto" else str(levels)
+    rows += [("scaling levels", levels_text), ("scaling option", ds.scaling_option)]
+    rows += [(f"{a} voxel resolution", f"{_fmt(v)} nm") for a, v in zip("xyz", ds.voxel_resolution_nm)]
+    rows += [("axes (file order, slowest first)", summary.axes)]
+    return rows
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    head = f"{'field'.ljust(width)} | value"
+    return "\n".join([head, f"{'-' * width}-|------"] + [f"{k.ljust(width)} | {v}" for k, v in rows])

@@ -1,0 +1,130 @@
+"""Per-block markers: proof that a block's voxels are durably in the store.
+
+Layout, under the store it describes::
+
+    STORE/_markers/DATASET/PROJECT/CHANNEL/
+        manifest.json                            source fingerprint + block plan
+        written/level{r}/shard{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
+        verified/level{r}/shard{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
+
+One folder per shard, so `shard_complete` costs one listing (Luigi calls `complete()`
+often while it schedules). Writing is I/O; deciding what is left (`pending_blocks`) is
+a pure function.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .blocks import Box, Shard
+from .errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+WRITTEN, VERIFIED = "written", "verified"
+SUFFIX = ".json"
+
+
+def checksum(array: np.ndarray) -> str:
+    """crc32 of the voxels in (z, y, x) C order, the one byte order every reader agrees on."""
+    return f"crc32:{zlib.crc32(np.ascontiguousarray(array).data) & 0xFFFFFFFF:08x}"
+
+
+def channel_dir(store: Path, dataset: str, project: str, channel: str) -> Path:
+    return store / "_markers" / dataset / project / channel
+
+
+def shard_dir(channel_markers: Path, kind: str, level: int, shard: Shard) -> Path:
+    return channel_markers / kind / f"level{level}" / f"shard{shard.index:05d}"
+
+
+def marked_boxes(directory: Path) -> set[Box]:
+    """The boxes marked in one shard folder, from one listing."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return set()
+    return {Box.from_key(n[: -len(SUFFIX)]) for n in names if n.endswith(SUFFIX)}
+
+
+def pending_blocks(shard: Shard, marked: set[Box]) -> list[Box]:
+    """Blocks left to do, in plan order; a marker exists only after its data."""
+    return [box for box in shard.blocks if box not in marked]
+
+
+def shard_complete(directory: Path, shard: Shard) -> bool:
+    return not pending_blocks(shard, marked_boxes(directory))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` all or nothing: temp file, fsync, rename, fsync the folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+
+
+def write_json(path: Path, record: dict) -> None:
+    atomic_write(path, json.dumps(record, sort_keys=True).encode())
+
+
+def write_marker(directory: Path, box: Box, record: dict) -> None:
+    write_json(directory / f"{box.to_key()}{SUFFIX}", {"box": box.to_key(), **record})
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable marker: {exc}") from exc
+
+
+def read_marker(directory: Path, box: Box) -> dict | None:
+    return read_json(directory / f"{box.to_key()}{SUFFIX}")
+
+
+def count_marked(channel_markers: Path, kind: str, level: int, shards: Iterable[Shard]) -> int:
+    """Blocks of `shards` that carry a `kind` marker (one listing per shard)."""
+    return sum(
+        len(set(s.blocks) & marked_boxes(shard_dir(channel_markers, kind, level, s))) for s in shards
+    )
+
+
+def drop(channel_markers: Path, kind: str | None = None) -> None:
+    """Forget markers: one kind, or everything the channel has (for --restart)."""
+    target = channel_markers / kind if kind else channel_markers
+    try:
+        shutil.rmtree(target)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{target}: cannot remove markers: {exc.strerror}") from exc

@@ -1,0 +1,164 @@
+"""A spec joined with its sources: what each channel is and which blocks it needs.
+
+Every process (CLI, Luigi worker, luigid client on another host) rebuilds the same plan
+from the spec path alone, so tasks carry nothing but that path and small integers.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_shards
+from .errors import SourceError, SpecError
+from .markers import channel_dir
+from .sources import Source, open_source
+from .spec import ChannelSpec, Spec, load_spec
+from .targets import LocalStore, VolumeRef
+
+logger = logging.getLogger(__name__)
+
+MAX_SHARDS_PER_CHANNEL = 1000  # Luigi's scheduler is quadratic in its task count
+
+
+def resolve_levels(scaling_levels: int | str, *, size: Vec3, scaling_option: str,
+                   voxel_resolution_nm: tuple[float, float, float]) -> int:
+    """The levels above 0; "auto" halves until one chunk covers x and y."""
+    if scaling_levels != "auto":
+        return int(scaling_levels)
+    level = 0
+    while True:
+        chunk = chunk_shape(scaling_option, voxel_resolution_nm, level)
+        if ceil_div(size.x, 2**level) <= chunk.x and ceil_div(size.y, 2**level) <= chunk.y:
+            return level
+        level += 1
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    spec: ChannelSpec
+    source: Source
+    dataset: str
+    project: str
+    extent: Box  # absolute voxels at level 0
+    chunk: Vec3
+    shards: list[Shard] = field(hash=False)
+    markers: Path = field(hash=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def datatype(self) -> str:
+        return self.source.dtype.name
+
+    @property
+    def time_range(self) -> tuple[int, int]:
+        return (0, self.source.time_points - 1)
+
+    def ref(self, t: int) -> VolumeRef:
+        return VolumeRef(self.dataset, self.project, self.name, t if self.spec.type == "timeseries" else None)
+
+    @property
+    def refs(self) -> list[VolumeRef]:
+        return [self.ref(t) for t in range(self.source.time_points)]
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(len(s.blocks) for s in self.shards)
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: Spec
+    store: LocalStore
+    size: Vec3
+    levels: int
+    channels: dict[str, ChannelPlan] = field(hash=False)
+
+    def channel(self, name: str) -> ChannelPlan:
+        if name not in self.channels:
+            raise SpecError(f"{self.spec.path}: no channel {name!r}; channels: {', '.join(self.channels)}")
+        return self.channels[name]
+
+
+def check_source(channel: ChannelSpec, source: Source) -> None:
+    """A spec value that disagrees with the source is an error, never a cast."""
+    if channel.datatype and channel.datatype != source.dtype.name:
+        raise SpecError(
+            f"channels.{channel.name}.datatype = {channel.datatype!r} but {source.description} "
+            f"holds {source.dtype.name}"
+        )
+    if source.dtype.name not in ("uint8", "uint16", "uint32", "uint64", "float32"):
+        raise SourceError(f"{source.description}: datatype {source.dtype.name} is not one ndstore stores")
+    if channel.type == "annotation" and source.dtype.kind != "u":
+        raise SourceError(f"{source.description}: annotation labels must be unsigned integers, not {source.dtype.name}")
+    if channel.type != "timeseries" and source.time_points > 1:
+        raise SourceError(
+            f"{source.description}: has {source.time_points} time points; "
+            f"set channels.{channel.name}.type = \"timeseries\""
+        )
+
+
+def _shards_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int) -> list[Shard]:
+    blocks_per_chunkgrid = [ceil_div(s, c * b) for s, c, b in zip(extent.shape, chunk, spec.ingest.block_chunks)]
+    n_blocks = blocks_per_chunkgrid[0] * blocks_per_chunkgrid[1] * blocks_per_chunkgrid[2] * time_points
+    per_shard = max(spec.ingest.blocks_per_shard, ceil_div(n_blocks, MAX_SHARDS_PER_CHANNEL))
+    return plan_shards(extent, chunk, block_chunks=spec.ingest.block_chunks, blocks_per_shard=per_shard,
+                       time_points=time_points)
+
+
+def build_plan(spec: Spec) -> Plan:
+    """Open every source (shape and dtype only) and cut each channel into shards."""
+    ds = spec.dataset
+    sources = {name: open_source(ch.source, ch.axes) for name, ch in spec.channels.items()}
+    for name, ch in spec.channels.items():
+        check_source(ch, sources[name])
+    sizes = {name: src.size_xyz for name, src in sources.items()}
+    first = next(iter(sizes))
+    for name, size in sizes.items():
+        if size != sizes[first]:
+            raise SourceError(
+                f"{sources[name].description}: size x{size.x} y{size.y} z{size.z} differs from channel "
+                f"{first}'s x{sizes[first].x} y{sizes[first].y} z{sizes[first].z}; a dataset has one size"
+            )
+    size = sizes[first]
+    extent = Box.from_shape(ds.offset_xyz, size)
+    chunk = chunk_shape(ds.scaling_option, ds.voxel_resolution_nm, 0)
+    assert spec.store.path is not None
+    store = LocalStore(spec.store.path)
+    channels = {
+        name: ChannelPlan(
+            spec=ch, source=sources[name], dataset=ds.name, project=spec.project.name, extent=extent,
+            chunk=chunk, shards=_shards_for(extent, chunk, spec, sources[name].time_points),
+            markers=channel_dir(store.path, ds.name, spec.project.name, name),
+        )
+        for name, ch in spec.channels.items()
+    }
+    levels = resolve_levels(ds.scaling_levels, size=size, scaling_option=ds.scaling_option,
+                            voxel_resolution_nm=ds.voxel_resolution_nm)
+    return Plan(spec=spec, store=store, size=size, levels=levels, channels=channels)
+
+
+def load_plan(spec_path: str | os.PathLike) -> Plan:
+    """The plan of the spec at `spec_path`, cached per spec and source file versions."""
+    spec = load_spec(spec_path)
+    stamps = tuple(_stamp(ch.source) for ch in spec.channels.values())
+    return _plan_cached(spec, stamps)
+
+
+def _stamp(source: str) -> tuple:
+    path = source.partition(":/")[0] if ":/" in source else source
+    try:
+        st = os.stat(path)
+        return (path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (path, None, None)
+
+
+@functools.lru_cache(maxsize=8)
+def _plan_cached(spec: Spec, stamps: tuple) -> Plan:
+    return build_plan(spec)

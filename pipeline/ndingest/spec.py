@@ -1,0 +1,255 @@
+"""Load and validate a spec file into frozen dataclasses.
+
+TOML is parsed once here; everything downstream gets typed objects, never the dict,
+so a misspelt key is an error naming it rather than a silent default.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .blocks import Vec3
+from .errors import SpecError
+
+logger = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+CHANNEL_TYPES = ("image", "annotation", "timeseries")
+DATATYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
+SCALING_OPTIONS = ("zslices", "isotropic")
+AXES_RE = re.compile(r"^t?[xyz]{3}$|^[xyz]{3}t$")
+
+DEFAULT_BLOCK_CHUNKS = (2, 2, 4)
+DEFAULT_BLOCKS_PER_SHARD = 64
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    offset_xyz: Vec3
+    voxel_resolution_nm: tuple[float, float, float]
+    scaling_option: str
+    scaling_levels: int | str  # an integer >= 0, or "auto"
+    public: bool = True
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    name: str
+    token: str
+    public: bool = True
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    name: str
+    type: str
+    source: str  # resolved path, glob, or "file.h5:/dataset"
+    datatype: str | None = None
+    window_range: tuple[float, float] | None = None
+    readonly: bool = False
+    axes: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    path: Path | None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How blocks are cut and grouped; does not change what is stored."""
+
+    block_chunks: Vec3 = Vec3(*DEFAULT_BLOCK_CHUNKS)
+    blocks_per_shard: int = DEFAULT_BLOCKS_PER_SHARD
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    dataset: DatasetSpec
+    project: ProjectSpec
+    channels: dict[str, ChannelSpec] = field(hash=False)
+    store: StoreSpec
+    ingest: IngestOptions = IngestOptions()
+
+
+def _check_keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        keys = ", ".join(f"{where}.{k}" if where else k for k in unknown)
+        raise SpecError(f"{path}: unknown key {keys} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _require(table: dict, key: str, where: str, path: Path) -> Any:
+    if key not in table:
+        raise SpecError(f"{path}: missing key {where}.{key}")
+    return table[key]
+
+
+def _name(value: Any, key: str, path: Path) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise SpecError(
+            f"{path}: {key} = {value!r} is not a valid name (ASCII letters, digits and _ only)"
+        )
+    return value
+
+
+def _triple(value: Any, key: str, path: Path, *, kind: type, minimum: float, strict: bool = False) -> tuple:
+    ok = isinstance(value, list) and len(value) == 3
+    ok = ok and all(isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise SpecError(f"{path}: {key} = {value!r} must be three {'numbers' if kind is float else 'integers'} [x, y, z]")
+    for v in value:
+        if v < minimum or (strict and v == minimum):
+            bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise SpecError(f"{path}: {key} = {value!r}: every value must be {bound}")
+    return tuple(kind(v) for v in value)
+
+
+def _bool(value: Any, key: str, path: Path) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{path}: {key} = {value!r} must be true or false")
+    return value
+
+
+def _dataset(table: dict, path: Path) -> DatasetSpec:
+    allowed = {"name", "offset", "voxel_resolution", "scaling_option", "scaling_levels", "public"}
+    _check_keys(table, allowed, "dataset", path)
+    option = table.get("scaling_option", "zslices")
+    if option not in SCALING_OPTIONS:
+        raise SpecError(f"{path}: dataset.scaling_option = {option!r} must be one of {', '.join(SCALING_OPTIONS)}")
+    levels = table.get("scaling_levels", 0)
+    if not (levels == "auto" or (isinstance(levels, int) and not isinstance(levels, bool) and levels >= 0)):
+        raise SpecError(f"{path}: dataset.scaling_levels = {levels!r} must be an integer >= 0 or \"auto\"")
+    return DatasetSpec(
+        name=_name(_require(table, "name", "dataset", path), "dataset.name", path),
+        offset_xyz=Vec3(*_triple(table.get("offset", [0, 0, 0]), "dataset.offset", path, kind=int, minimum=0)),
+        voxel_resolution_nm=_triple(
+            _require(table, "voxel_resolution", "dataset", path), "dataset.voxel_resolution", path,
+            kind=float, minimum=0, strict=True,
+        ),
+        scaling_option=option,
+        scaling_levels=levels,
+        public=_bool(table.get("public", True), "dataset.public", path),
+    )
+
+
+def _project(table: dict, path: Path) -> ProjectSpec:
+    _check_keys(table, {"name", "token", "public"}, "project", path)
+    name = _name(_require(table, "name", "project", path), "project.name", path)
+    return ProjectSpec(
+        name=name,
+        token=_name(table.get("token", name), "project.token", path),
+        public=_bool(table.get("public", True), "project.public", path),
+    )
+
+
+def _resolve_source(source: Any, key: str, base: Path) -> str:
+    if not isinstance(source, str) or not source:
+        raise SpecError(f"{base}: {key} = {source!r} must be a path")
+    file_part, sep, inner = source.partition(":/") if ":/" in source and "://" not in source else (source, "", "")
+    resolved = str((base.parent / os.path.expanduser(file_part)).resolve()) if not os.path.isabs(file_part) else file_part
+    return f"{resolved}:/{inner}" if sep else resolved
+
+
+def _channel(name: str, table: Any, path: Path) -> ChannelSpec:
+    where = f"channels.{name}"
+    _name(name, where, path)
+    if not isinstance(table, dict):
+        raise SpecError(f"{path}: {where} must be a table")
+    _check_keys(table, {"type", "source", "datatype", "window_range", "readonly", "axes"}, where, path)
+    ctype = _require(table, "type", where, path)
+    if ctype not in CHANNEL_TYPES:
+        raise SpecError(f"{path}: {where}.type = {ctype!r} must be one of {', '.join(CHANNEL_TYPES)}")
+    datatype = table.get("datatype")
+    if datatype is not None and datatype not in DATATYPES:
+        raise SpecError(f"{path}: {where}.datatype = {datatype!r} must be one of {', '.join(DATATYPES)}")
+    window = table.get("window_range")
+    if window is not None:
+        if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) for v in window)
+                and window[0] <= window[1]):
+            raise SpecError(f"{path}: {where}.window_range = {window!r} must be [low, high] with low <= high")
+        window = (window[0], window[1])
+    axes = table.get("axes")
+    if axes is not None and (not isinstance(axes, str) or not AXES_RE.match(axes) or len(set(axes)) != len(axes)):
+        raise SpecError(f"{path}: {where}.axes = {axes!r} must name x, y, z (and t) once each, e.g. \"zyx\" or \"tzyx\"")
+    return ChannelSpec(
+        name=name,
+        type=ctype,
+        source=_resolve_source(_require(table, "source", where, path), f"{where}.source", path),
+        datatype=datatype,
+        window_range=window,
+        readonly=_bool(table.get("readonly", False), f"{where}.readonly", path),
+        axes=axes,
+    )
+
+
+def _store(table: dict, path: Path) -> StoreSpec:
+    _check_keys(table, {"path", "url"}, "store", path)
+    if "url" in table:
+        raise SpecError(f"{path}: store.url = {table['url']!r}: remote REST targets are not supported yet; use store.path")
+    raw = _require(table, "path", "store", path)
+    if not isinstance(raw, str) or not raw:
+        raise SpecError(f"{path}: store.path = {raw!r} must be a folder")
+    if "://" in raw:
+        raise SpecError(f"{path}: store.path = {raw!r}: only local folders are supported yet")
+    return StoreSpec(path=(path.parent / os.path.expanduser(raw)).resolve())
+
+
+def _ingest(table: dict, path: Path) -> IngestOptions:
+    _check_keys(table, {"block_chunks", "blocks_per_shard"}, "ingest", path)
+    chunks = _triple(table.get("block_chunks", list(DEFAULT_BLOCK_CHUNKS)), "ingest.block_chunks", path,
+                     kind=int, minimum=1)
+    per_shard = table.get("blocks_per_shard", DEFAULT_BLOCKS_PER_SHARD)
+    if not isinstance(per_shard, int) or isinstance(per_shard, bool) or per_shard < 1:
+        raise SpecError(f"{path}: ingest.blocks_per_shard = {per_shard!r} must be an integer >= 1")
+    return IngestOptions(block_chunks=Vec3(*chunks), blocks_per_shard=per_shard)
+
+
+def parse_spec(text: str, path: Path) -> Spec:
+    """Validate the TOML text of a spec whose file is `path` (paths resolve against it)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from exc
+    _check_keys(doc, {"dataset", "project", "channels", "store", "ingest"}, "", path)
+    for key in ("dataset", "project", "channels", "store"):
+        if not isinstance(doc.get(key), dict):
+            raise SpecError(f"{path}: missing table [{key}]")
+    if not doc["channels"]:
+        raise SpecError(f"{path}: [channels] names no channel")
+    return Spec(
+        path=path,
+        dataset=_dataset(doc["dataset"], path),
+        project=_project(doc["project"], path),
+        channels={name: _channel(name, table, path) for name, table in doc["channels"].items()},
+        store=_store(doc["store"], path),
+        ingest=_ingest(doc.get("ingest", {}), path),
+    )
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Read and validate the spec at `path`; cached per file version (Luigi asks often)."""
+    p = Path(path).expanduser().resolve()
+    try:
+        stat = p.stat()
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read spec: {exc.strerror}") from exc
+    return _load_cached(p, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(path: Path, mtime_ns: int, size: int) -> Spec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc}") from exc
+    return parse_spec(text, path)

@@ -1,0 +1,176 @@
+"""What each pipeline step does, as plain functions over a `Plan` (tasks only call these).
+
+Order: inspect -> create dataset -> create project (+token) -> create channels -> write
+shards -> verify. `preflight` runs every check that needs no write, so bad input stops
+the run before anything lands in the store.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from . import catalog, markers
+from .ingest import check_manifest, ensure_manifest
+from .inspection import SourceSummary, summarize
+from .plan import ChannelPlan, Plan
+from .targets import precomputed_info
+
+logger = logging.getLogger(__name__)
+
+
+def inspect_path(plan: Plan) -> Path:
+    return plan.store.path / "_markers" / plan.spec.dataset.name / plan.spec.project.name / "inspect.json"
+
+
+def cached_summaries(plan: Plan) -> dict[str, SourceSummary] | None:
+    """The summaries Inspect wrote, if they still describe the sources as they are."""
+    stored = markers.read_json(inspect_path(plan))
+    if stored is None:
+        return None
+    out = {}
+    for name, cp in plan.channels.items():
+        entry = stored.get(name)
+        if entry is None or entry["source"] != cp.source.fingerprint() or entry["window_given"] != cp.spec.window_range:
+            return None
+        out[name] = SourceSummary.from_json(entry["summary"])
+    return out
+
+
+def inspect_plan(plan: Plan, *, progress: Callable[[int], None] | None = None) -> dict[str, SourceSummary]:
+    """Summaries of every channel's source (window ranges scanned once, then cached)."""
+    cached = cached_summaries(plan)
+    if cached is not None:
+        return cached
+    return {name: summarize(cp.source, window=cp.spec.window_range, progress=progress)
+            for name, cp in plan.channels.items()}
+
+
+def record_inspection(plan: Plan, summaries: dict[str, SourceSummary]) -> None:
+    check_catalog(plan, summaries)
+    markers.write_json(inspect_path(plan), {
+        name: {"summary": s.to_json(), "source": plan.channels[name].source.fingerprint(),
+               "window_given": list(plan.channels[name].spec.window_range or []) or None}
+        for name, s in summaries.items()
+    })
+
+
+def _window(summary: SourceSummary | None) -> tuple[float, float]:
+    return summary.window_range if summary else (0.0, 0.0)
+
+
+def catalog_rows(plan: Plan, summaries: dict[str, SourceSummary] | None) -> list[catalog.Row]:
+    spec = plan.spec
+    rows = [catalog.dataset_row(spec.dataset, size_xyz=plan.size, levels=plan.levels)]
+    rows += catalog.project_rows(spec.project, dataset=spec.dataset.name)
+    rows += [channel_row(plan, cp, summaries) for cp in plan.channels.values()]
+    return rows
+
+
+def channel_row(plan: Plan, cp: ChannelPlan, summaries: dict[str, SourceSummary] | None) -> catalog.Row:
+    summary = summaries.get(cp.name) if summaries else None
+    first = next(iter(plan.channels))
+    return catalog.channel_row(cp.spec, project=plan.spec.project.name, datatype=cp.datatype,
+                               time_range=cp.time_range, window=_window(summary), default=cp.name == first)
+
+
+def check_catalog(plan: Plan, summaries: dict[str, SourceSummary] | None) -> None:
+    """Raise CatalogConflict if the catalog holds any entry of this spec with other values.
+    Without summaries the window ranges are not compared (they are not known yet)."""
+    _check(plan, catalog_rows(plan, summaries), windows_known=summaries is not None)
+
+
+def _check(plan: Plan, rows: list[catalog.Row], *, windows_known: bool) -> None:
+    if not windows_known:
+        rows = [catalog.Row(r.table, r.key, r.values, r.kind, r.ignore + ("startwindow", "endwindow")) for r in rows]
+    catalog.check_rows(catalog.engine_for(plan.store.catalog_path, create=False), rows)
+
+
+def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
+    """Every check that writes nothing: sources unchanged since their blocks were written,
+    and no catalog conflict. `skip_channel` is about to be restarted, so it is exempt."""
+    for cp in plan.channels.values():
+        if cp.name != skip_channel:
+            check_manifest(cp, plan)
+    rows = catalog_rows(plan, cached_summaries(plan))
+    rows = [r for r in rows if not (r.kind == "channel" and r.values["channel_name"] == skip_channel)]
+    _check(plan, rows, windows_known=cached_summaries(plan) is not None)
+
+
+def rows_present(plan: Plan, rows: list[catalog.Row]) -> bool:
+    """True when every row is in the catalog with these values (a conflict is 'not present',
+    so the task runs and raises it)."""
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    if engine is None:
+        return False
+    try:
+        catalog.check_rows(engine, rows)
+    except catalog.CatalogConflict:
+        return False
+    with engine.connect() as conn:
+        try:
+            return all(catalog._stored(conn, r) is not None for r in rows)
+        except catalog.OperationalError:
+            return False
+
+
+def dataset_rows(plan: Plan) -> list[catalog.Row]:
+    return catalog_rows(plan, None)[:1]
+
+
+def project_rows(plan: Plan) -> list[catalog.Row]:
+    return catalog_rows(plan, None)[1:3]
+
+
+def create_rows(plan: Plan, rows: list[catalog.Row]) -> None:
+    catalog.ensure_rows(catalog.engine_for(plan.store.catalog_path, create=True), rows)
+
+
+def channels_ready(plan: Plan) -> bool:
+    summaries = cached_summaries(plan)
+    if summaries is None or not rows_present(plan, [channel_row(plan, cp, summaries) for cp in plan.channels.values()]):
+        return False
+    return all(plan.store.info(ref) is not None for cp in plan.channels.values() for ref in cp.refs)
+
+
+def create_channels(plan: Plan) -> None:
+    """Channel rows, each channel's precomputed volume(s), and its manifest."""
+    summaries = inspect_plan(plan)
+    create_rows(plan, [channel_row(plan, cp, summaries) for cp in plan.channels.values()])
+    ds = plan.spec.dataset
+    for cp in plan.channels.values():
+        info = precomputed_info(datatype=cp.datatype, channel_type=cp.spec.type, resolution_nm=ds.voxel_resolution_nm,
+                                voxel_offset=ds.offset_xyz, size=plan.size, chunk=cp.chunk)
+        for ref in cp.refs:
+            plan.store.create_volume(ref, info)
+        ensure_manifest(cp, plan)
+
+
+def channel_status(plan: Plan) -> dict[str, dict]:
+    """Blocks done/total per channel, from the markers alone."""
+    out = {}
+    for name, cp in plan.channels.items():
+        out[name] = {
+            "done": markers.count_marked(cp.markers, markers.WRITTEN, 0, cp.shards),
+            "total": cp.total_blocks,
+            "verified": markers.count_marked(cp.markers, markers.VERIFIED, 0, cp.shards),
+            "shards": len(cp.shards),
+            "time_points": cp.source.time_points,
+            "datatype": cp.datatype,
+            "volume": str(plan.store.volume_dir(cp.ref(0)).parent if cp.spec.type == "timeseries"
+                          else plan.store.volume_dir(cp.ref(0))),
+        }
+    return out
+
+
+def restart_channel(plan: Plan, channel: str) -> None:
+    """Forget everything written for `channel`, so the next run writes it from the source."""
+    cp = plan.channel(channel)
+    markers.drop(cp.markers)
+    catalog.delete_channel(catalog.engine_for(plan.store.catalog_path, create=False), plan.spec.project.name, channel)
+    for ref in cp.refs:
+        (plan.store.volume_dir(ref) / "info").unlink(missing_ok=True)
+    stored = markers.read_json(inspect_path(plan))
+    if stored and channel in stored:
+        del stored[channel]
+        markers.write_json(inspect_path(plan), stored)

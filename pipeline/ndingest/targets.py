@@ -1,0 +1,153 @@
+"""Where voxels go: the local store, one neuroglancer-precomputed volume per channel.
+
+Layout::
+
+    STORE/catalog.sqlite
+    STORE/DATASET/PROJECT/CHANNEL/info                 (t{t}/info for time series)
+    STORE/DATASET/PROJECT/CHANNEL/<scale key>/<x0-x1_y0-y1_z0-z1>
+
+`precomputed_info` and `tensorstore_spec` are pure; `LocalStore` opens each volume once
+per process, lazily, and drops its handles when pickled (Luigi forks its workers).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .blocks import Box, Vec3
+from .errors import CatalogConflict, StoreError
+from .markers import atomic_write
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite"
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """One precomputed volume: a channel, or one time point of a time-series channel."""
+
+    dataset: str
+    project: str
+    channel: str
+    t: int | None = None
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        tail = (f"t{self.t}",) if self.t is not None else ()
+        return (self.dataset, self.project, self.channel, *tail)
+
+    def __str__(self) -> str:
+        return "/".join(self.parts)
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def scale_key(resolution_nm: tuple[float, float, float]) -> str:
+    """CloudVolume's scale naming, e.g. `32_32_40`."""
+    return "_".join(_number(v) for v in resolution_nm)
+
+
+def precomputed_info(
+    *, datatype: str, channel_type: str, resolution_nm: tuple[float, float, float],
+    voxel_offset: Vec3, size: Vec3, chunk: Vec3,
+) -> dict:
+    """The `info` of one channel at level 0; annotations are `segmentation` volumes."""
+    return {
+        "@type": "neuroglancer_multiscale_volume",
+        "type": "segmentation" if channel_type == "annotation" else "image",
+        "data_type": datatype,
+        "num_channels": 1,
+        "scales": [{
+            "key": scale_key(resolution_nm),
+            "resolution": list(resolution_nm),
+            "voxel_offset": list(voxel_offset),
+            "size": list(size),
+            "chunk_sizes": [list(chunk)],
+            "encoding": "raw",
+        }],
+    }
+
+
+def tensorstore_spec(volume_dir: Path, level: int, *, sync: bool = True) -> dict:
+    return {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": {"driver": "file", "path": str(volume_dir) + "/"},
+        "scale_index": level,
+        "open": True,
+        "store_data_equal_to_fill_value": True,  # readers that refuse missing chunks work
+        "recheck_cached_data": False,
+        "context": {"cache_pool": {"total_bytes_limit": 0}, "file_io_sync": sync},
+    }
+
+
+class LocalStore:
+    """A folder holding the catalog and the precomputed volumes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._handles: dict[tuple[VolumeRef, int], object] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}}
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.path / CATALOG_FILE
+
+    def volume_dir(self, ref: VolumeRef) -> Path:
+        return self.path.joinpath(*ref.parts)
+
+    def info(self, ref: VolumeRef) -> dict | None:
+        try:
+            return json.loads((self.volume_dir(ref) / "info").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.volume_dir(ref) / 'info'}: unreadable: {exc}") from exc
+
+    def create_volume(self, ref: VolumeRef, info: dict) -> None:
+        """Write the volume's `info`, or check the one there matches."""
+        existing = self.info(ref)
+        if existing is None:
+            atomic_write(self.volume_dir(ref) / "info", json.dumps(info, indent=1).encode())
+        elif existing != info:
+            diff = sorted(k for k in info if existing.get(k) != info[k])
+            raise CatalogConflict(
+                f"{self.volume_dir(ref) / 'info'} exists with other {', '.join(diff)}: "
+                f"{ {k: existing.get(k) for k in diff} } != { {k: info[k] for k in diff} }"
+            )
+
+    def _handle(self, ref: VolumeRef, level: int):
+        import tensorstore as ts
+
+        key = (ref, level)
+        if key not in self._handles:
+            try:
+                self._handles[key] = ts.open(tensorstore_spec(self.volume_dir(ref), level)).result()
+            except (ValueError, RuntimeError) as exc:
+                raise StoreError(f"{self.volume_dir(ref)}: cannot open level {level}: {exc}") from exc
+        return self._handles[key]
+
+    def write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None:
+        """Write (z, y, x) voxels at `box`; returns once they are durably on disk."""
+        handle = self._handle(ref, level)
+        try:
+            handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].write(array.T).result()
+        except (ValueError, RuntimeError) as exc:
+            raise StoreError(f"{self.volume_dir(ref)}: cannot write {box}: {exc}") from exc
+
+    def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray:
+        """The (z, y, x) voxels at `box`: an F-order read, transposed as a view."""
+        handle = self._handle(ref, level)
+        try:
+            xyz = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].read(order="F").result()
+        except (ValueError, RuntimeError) as exc:
+            raise StoreError(f"{self.volume_dir(ref)}: cannot read {box}: {exc}") from exc
+        return xyz.T

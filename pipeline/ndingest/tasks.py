@@ -1,0 +1,187 @@
+"""The Luigi DAG, as thin declarations over `steps`, `ingest` and `verify`.
+
+    Inspect -> CreateDataset -> CreateProject -> CreateChannels -> IngestBlock(shard)* -> Verify
+
+Parameters are the spec path and small integers, so any process or host rebuilds the
+same tasks. `complete()` reads markers and the catalog and never writes.
+Run the Luigi way: `luigi --module ndingest.tasks Verify --spec S.toml --local-scheduler`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+
+from . import markers, steps
+from .errors import NdingestError
+from .ingest import write_shard
+from .plan import Plan, load_plan
+from .verify import report_dir, verify_plan
+
+logger = logging.getLogger(__name__)
+
+# Luigi's retcodes are 0 on failure unless configured; fill in any that luigi.cfg leaves out.
+RETCODES = {"already_running": 6, "missing_data": 3, "not_run": 1, "task_failed": 1,
+            "scheduling_error": 1, "unhandled_exception": 1}
+
+
+def _default_retcodes() -> None:
+    config = luigi.configuration.get_config()
+    if not config.has_section("retcode"):
+        config.add_section("retcode")
+    for name, code in RETCODES.items():
+        if not config.has_option("retcode", name):
+            config.set("retcode", name, str(code))
+
+
+_default_retcodes()
+
+
+def failures_dir(plan: Plan) -> Path:
+    return plan.store.path / "_markers" / plan.spec.dataset.name / plan.spec.project.name / "_failures"
+
+
+class SpecTask(luigi.Task):
+    """A step of one spec's ingest; records why it failed for the `ndingest` CLI."""
+
+    spec = luigi.Parameter(description="path of the spec file (TOML)")
+
+    @property
+    def plan(self) -> Plan:
+        return load_plan(self.spec)
+
+    def on_failure(self, exception: BaseException) -> str:
+        code = exception.exit_code if isinstance(exception, NdingestError) else 1
+        try:
+            markers.write_json(failures_dir(self.plan) / f"{self.task_id}.json", {
+                "exit_code": code, "message": str(exception), "type": type(exception).__name__,
+                "time": time.time(), "pid": os.getpid(), "task": self.task_id,
+                "traceback": None if isinstance(exception, NdingestError) else traceback.format_exc()})
+        except Exception:  # the spec itself may be what failed; luigi still reports it
+            logger.debug("could not record failure of %s", self.task_id, exc_info=True)
+        return super().on_failure(exception)
+
+    def _progress(self, done: int, total: int, what: str) -> None:
+        """The luigid UI's per-task progress, at most about once a second."""
+        now = time.monotonic()
+        if done == total or now - getattr(self, "_last_progress", 0.0) >= 1.0:
+            self._last_progress = now
+            self.set_progress_percentage(round(100 * done / max(total, 1), 1))
+            self.set_status_message(f"{done}/{total} {what}")
+
+
+class Inspect(SpecTask):
+    """Read what each source tells (sizes, dtype, time and window range) and check the
+    catalog for conflicts; writes `inspect.json` in the store's markers."""
+
+    def complete(self) -> bool:
+        return steps.cached_summaries(self.plan) is not None
+
+    def run(self) -> None:
+        steps.record_inspection(self.plan, steps.inspect_plan(self.plan))
+
+
+class CreateDataset(SpecTask):
+    def requires(self):
+        return Inspect(spec=self.spec)
+
+    def complete(self) -> bool:
+        return steps.rows_present(self.plan, steps.dataset_rows(self.plan))
+
+    def run(self) -> None:
+        steps.create_rows(self.plan, steps.dataset_rows(self.plan))
+
+
+class CreateProject(SpecTask):
+    """The project and its token."""
+
+    def requires(self):
+        return CreateDataset(spec=self.spec)
+
+    def complete(self) -> bool:
+        return steps.rows_present(self.plan, steps.project_rows(self.plan))
+
+    def run(self) -> None:
+        steps.create_rows(self.plan, steps.project_rows(self.plan))
+
+
+class CreateChannels(SpecTask):
+    """Channel rows and one precomputed volume per channel (per time point)."""
+
+    def requires(self):
+        return CreateProject(spec=self.spec)
+
+    def complete(self) -> bool:
+        return steps.channels_ready(self.plan)
+
+    def run(self) -> None:
+        steps.create_channels(self.plan)
+
+
+class IngestBlock(SpecTask):
+    """One shard of blocks of one channel (the design card's name: never one block per
+    task, since Luigi's scheduler is quadratic in the task count)."""
+
+    channel = luigi.Parameter()
+    shard = luigi.IntParameter()
+
+    def requires(self):
+        return CreateChannels(spec=self.spec)
+
+    def _shard(self):
+        cp = self.plan.channel(self.channel)
+        return cp, cp.shards[self.shard]
+
+    def complete(self) -> bool:
+        cp, shard = self._shard()
+        return markers.shard_complete(markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard), shard)
+
+    def run(self) -> None:
+        cp, shard = self._shard()
+        write_shard(self.plan, cp, shard, progress=lambda d, n: self._progress(d, n, "blocks written"))
+
+
+class Verify(SpecTask):
+    """Re-read every block, compare with the source and the markers, write the report.
+    Verified blocks are marked, so rerunning a finished ingest reads nothing again."""
+
+    def requires(self):
+        return [IngestBlock(spec=self.spec, channel=name, shard=s.index)
+                for name, cp in self.plan.channels.items() for s in cp.shards]
+
+    def complete(self) -> bool:
+        plan = self.plan
+        done = all(markers.shard_complete(markers.shard_dir(cp.markers, markers.VERIFIED, 0, s), s)
+                   for cp in plan.channels.values() for s in cp.shards)
+        return done and (report_dir(plan) / "verify.csv").exists()
+
+    def run(self) -> None:
+        total = sum(cp.total_blocks for cp in self.plan.channels.values())
+        done = 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            self._progress(done, total, "blocks verified")
+
+        verify_plan(self.plan, resume=True, progress=progress)
+
+
+def recorded_failures(plan: Plan, since: float) -> list[dict]:
+    """Failures tasks recorded at or after `since`, oldest first."""
+    directory = failures_dir(plan)
+    found = []
+    for path in sorted(directory.glob("*.json")) if directory.exists() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("time", 0) >= since:
+            found.append(record)
+    return sorted(found, key=lambda r: r["time"])
