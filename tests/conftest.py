@@ -1,0 +1,109 @@
+"""Shared fixtures: generated sources, spec files and a CLI runner (a real subprocess)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE, write_sample
+
+NDINGEST = str(Path(sys.executable).parent / "ndingest")
+LUIGI = str(Path(sys.executable).parent / "luigi")
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> Run:
+    """`ndingest ARGS` as a user runs it, in its own process."""
+    proc = subprocess.run([NDINGEST, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def spec_text(*, image: Path | str, annotation: Path | str | None = None, store: str = "store",
+              dataset: str = "neurostorm_kat11_scale3", project: str = "kat11_scale3",
+              offset=(1000, 2000, 1000), resolution=(32.0, 32.0, 40.0), image_type: str = "image",
+              extra_dataset: str = "", ingest: str = "", image_extra: str = "") -> str:
+    text = f"""
+[dataset]
+name = "{dataset}"
+offset = [{offset[0]}, {offset[1]}, {offset[2]}]
+voxel_resolution = [{resolution[0]}, {resolution[1]}, {resolution[2]}]
+scaling_option = "zslices"
+scaling_levels = 0
+{extra_dataset}
+
+[project]
+name = "{project}"
+token = "{project}"
+public = true
+
+[channels.image]
+type = "{image_type}"
+source = "{image}"
+{image_extra}
+"""
+    if annotation is not None:
+        text += f"""
+[channels.annotation]
+type = "annotation"
+source = "{annotation}"
+"""
+    text += f'\n[store]\npath = "{store}"\n'
+    if ingest:
+        text += f"\n[ingest]\n{ingest}\n"
+    return text
+
+
+def write_spec(folder: Path, name: str = "spec.toml", **kwargs) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(spec_text(**kwargs))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tutorial_data(tmp_path_factory) -> Path:
+    """The tutorial's two cutouts, written once by `ndingest sample`'s code."""
+    folder = tmp_path_factory.mktemp("tutorial-data")
+    write_sample(folder)
+    return folder
+
+
+@pytest.fixture
+def tutorial_spec(tmp_path, tutorial_data) -> Path:
+    return write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)
+
+
+def read_cutout(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        group = next(iter(f))
+        return f[group]["CUTOUT"][()]
+
+
+def write_h5(path: Path, data: np.ndarray, dataset: str = "image/CUTOUT") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset(dataset, data=data, chunks=True, compression="gzip")
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime_ns) of every file under `folder`: what a rerun must not touch."""
+    out = {}
+    for p in folder.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            out[str(p.relative_to(folder))] = (st.st_ino, st.st_mtime_ns)
+    return out
