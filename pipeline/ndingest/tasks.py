@@ -112,10 +112,12 @@ class CreateProject(SpecTask):
 
 
 class CreateChannels(SpecTask):
-    """Channel rows and one precomputed volume per channel (per time point)."""
+    """Channel rows and one precomputed volume per channel (per time point). Needs Inspect
+    directly too: after a --restart the dataset and project are complete, so Luigi would
+    not look below them for the dropped inspection."""
 
     def requires(self):
-        return CreateProject(spec=self.spec)
+        return [CreateProject(spec=self.spec), Inspect(spec=self.spec)]
 
     def complete(self) -> bool:
         return steps.channels_ready(self.plan)

@@ -1,0 +1,154 @@
+"""Resume after a real SIGKILL, the run lock, changed sources, and verify catching damage."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from conftest import NDINGEST, read_cutout, run_cli, snapshot, write_h5, write_spec
+
+SHAPE_ZYX = (256, 512, 512)  # 256 one-chunk blocks per channel: slow enough to kill mid-run
+ONE_CHUNK_BLOCKS = "block_chunks = [1, 1, 1]\nblocks_per_shard = 16"
+VOLUME = "store/neurostorm_kat11_scale3/kat11_scale3"
+
+
+@pytest.fixture(scope="module")
+def big_sources(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 255, size=SHAPE_ZYX, dtype=np.uint8)
+    labels = (rng.integers(0, 4, size=SHAPE_ZYX, dtype=np.uint32) * 1_000_003)
+    return write_h5(folder / "image.h5", image), write_h5(folder / "labels.h5", labels, "annotation/CUTOUT")
+
+
+def written_markers(folder: Path) -> list[Path]:
+    return list((folder / "store/_markers").rglob("written/level0/*/*.json")) if (folder / "store/_markers").exists() else []
+
+
+def start_ingest(spec: Path) -> subprocess.Popen:
+    return subprocess.Popen([NDINGEST, "ingest", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_markers(folder: Path, proc: subprocess.Popen, at_least: int = 1, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(written_markers(folder)) < at_least:
+        assert proc.poll() is None, f"ingest ended before it could be interrupted: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no block was written in time"
+        time.sleep(0.005)
+
+
+def chunk_path(folder: Path, channel: str, block_key: str) -> Path:
+    return folder / VOLUME / channel / "32_32_40" / block_key
+
+
+def test_sigkill_mid_ingest_then_rerun_writes_only_unmarked_blocks(tmp_path, big_sources):
+    image, labels = big_sources
+    spec = write_spec(tmp_path, image=image, annotation=labels, ingest=ONE_CHUNK_BLOCKS)
+    proc = start_ingest(spec)
+    wait_for_markers(tmp_path, proc, at_least=3)
+    proc.send_signal(signal.SIGKILL)  # workers=1: Luigi runs the tasks in this very process
+    proc.wait()
+    killed_at = time.time_ns()
+
+    status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]
+    total = status["image"]["total"] + status["annotation"]["total"]
+    done = status["image"]["done"] + status["annotation"]["done"]
+    assert total == 512 and 3 <= done < total, status
+
+    marked = {(m.parts[-5], m.stem) for m in written_markers(tmp_path)}
+    before = {key: chunk_path(tmp_path, *key).stat() for key in marked}
+    time.sleep(0.01)
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+
+    for key, st in before.items():  # marked blocks were not written again
+        now = chunk_path(tmp_path, *key).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), key
+    for channel in ("image", "annotation"):  # every unmarked block was (re)written after the kill
+        for chunk in (tmp_path / VOLUME / channel / "32_32_40").iterdir():
+            if (channel, chunk.name) not in marked:
+                assert chunk.stat().st_mtime_ns >= killed_at, chunk
+    for channel, source in (("image", image), ("annotation", labels)):
+        vol = ts.open({"driver": "neuroglancer_precomputed",
+                       "kvstore": {"driver": "file", "path": str(tmp_path / VOLUME / channel)}}).result()
+        np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0), read_cutout(source))
+    assert run_cli("verify", str(spec)).returncode == 0
+
+
+def test_second_run_on_the_same_store_exits_6_while_the_first_runs(tmp_path, big_sources):
+    image, labels = big_sources
+    spec = write_spec(tmp_path, image=image, annotation=labels, ingest=ONE_CHUNK_BLOCKS)
+    first = start_ingest(spec)
+    try:
+        wait_for_markers(tmp_path, first)
+        second = run_cli("ingest", str(spec))
+        assert second.returncode == 6, second.stderr
+        assert "already running" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+
+
+def test_changed_source_stops_the_run_with_exit_3_and_restart_rewrites_it(tmp_path, tutorial_data):
+    source = write_h5(tmp_path / "src/image.h5", read_cutout(tutorial_data / "kasthuri11-image-hdf5-3-1000_1300-2000_2200-1000_1200-ocpcutout.h5"))
+    spec = write_spec(tmp_path, image=source)
+    assert run_cli("ingest", str(spec)).returncode == 0
+
+    changed = read_cutout(source)[::-1].copy()
+    write_h5(source, changed)
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 3, result.stderr
+    assert str(source) in result.stderr and "--restart image" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = run_cli("ingest", str(spec), "--restart", "image")
+    assert result.returncode == 0, result.stderr
+    vol = ts.open({"driver": "neuroglancer_precomputed",
+                   "kvstore": {"driver": "file", "path": str(tmp_path / VOLUME / "image")}}).result()
+    np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0), changed)
+
+
+def test_content_change_without_size_or_mtime_change_fails_verify(tmp_path, tutorial_data):
+    data = read_cutout(tutorial_data / "kasthuri11-image-hdf5-3-1000_1300-2000_2200-1000_1200-ocpcutout.h5")
+    source = tmp_path / "src/raw.h5"
+    source.parent.mkdir()
+    import h5py
+
+    with h5py.File(source, "w") as f:  # contiguous, uncompressed: bytes can change in place
+        f.create_dataset("image/CUTOUT", data=data)
+        offset = f["image/CUTOUT"].id.get_offset()
+    spec = write_spec(tmp_path, image=source)
+    assert run_cli("ingest", str(spec)).returncode == 0
+    st = source.stat()
+    with open(source, "r+b") as f:
+        f.seek(offset + 5)
+        f.write(bytes([(int(data.flat[5]) + 1) % 256]))
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = run_cli("verify", str(spec))
+    assert result.returncode == 5, result.stderr
+    assert "1000-1256_2000-2200_1000-1064" in result.stderr
+
+
+@pytest.mark.parametrize("damage, status", [
+    (lambda b: b[:100] + bytes([b[100] ^ 0xFF]) + b[101:], "differs from source"),
+    (lambda b: b[: len(b) // 2], "unreadable"),
+])
+def test_verify_catches_a_hand_corrupted_chunk(tmp_path, tutorial_spec, damage, status):
+    assert run_cli("ingest", str(tutorial_spec)).returncode == 0
+    chunk = tutorial_spec.parent / VOLUME / "annotation/32_32_40/1128-1256_2000-2128_1016-1032"
+    chunk.write_bytes(damage(chunk.read_bytes()))
+    result = run_cli("verify", str(tutorial_spec))
+    assert result.returncode == 5
+    assert "annotation t0 1000-1256_2000-2200_1000-1064" in result.stderr and status in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    report = json.loads((tutorial_spec.parent / "store/_reports/neurostorm_kat11_scale3/kat11_scale3/verify.json").read_text())
+    bad = [r for r in report if r["status"] != "ok"]
+    assert [(r["channel"], r["block"], r["status"]) for r in bad] == [
+        ("annotation", "1000-1256_2000-2200_1000-1064", status)]
