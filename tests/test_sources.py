@@ -198,6 +198,14 @@ def test_two_arrays_are_ambiguous_and_both_candidates_are_listed(tmp_path):
     assert "/raw" in str(error) and "/seg/labels" in str(error) and str(path) in str(error)
 
 
+def test_two_cutouts_are_ambiguous_and_both_are_listed(tmp_path):
+    path = write_cutout(tmp_path / "c.h5", random_zyx(), channel="image")
+    with h5py.File(path, "a") as f:
+        f.create_dataset("annotation/CUTOUT", data=random_zyx(seed=2))
+    error = source_error(str(path))
+    assert "/image/CUTOUT" in str(error) and "/annotation/CUTOUT" in str(error)
+
+
 def test_file_colon_path_picks_one_array(tmp_path):
     raw, labels = random_zyx(), random_zyx(seed=1, dtype=np.uint32)
     path = write_h5(tmp_path / "two.h5", {"raw": raw, "seg/labels": labels})

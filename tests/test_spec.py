@@ -122,6 +122,11 @@ def test_optional_channel_values_are_typed(tmp_path):
     assert (image.datatype, image.window_range, image.readonly, image.axes) == ("uint16", (0, 4000), True, "xyz")
 
 
+def test_integer_voxel_resolution_becomes_floats(tmp_path):
+    res = parse(edited("[4.0, 4.0, 40.0]", "[4, 4, 40]"), tmp_path).dataset.voxel_resolution_nm
+    assert res == (4.0, 4.0, 40.0) and all(isinstance(v, float) for v in res)
+
+
 def test_scaling_levels_auto_is_accepted(tmp_path):
     assert parse(edited("scaling_levels = 2", 'scaling_levels = "auto"'), tmp_path).dataset.scaling_levels == "auto"
 
@@ -189,7 +194,6 @@ def test_bad_names_are_spec_errors_naming_key_and_value(tmp_path, old, new, key,
     assert key in message and value in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NAME_RE uses '$', which also matches before a trailing newline")
 @pytest.mark.parametrize("old, new", [
     ('name = "ds"', 'name = "ds\\n"'),
     ('name = "pr"', 'name = "pr\\n"'),
@@ -216,6 +220,9 @@ def test_names_with_a_trailing_newline_are_rejected(tmp_path, old, new):
     ("scaling_levels = 2", "scaling_levels = true", "dataset.scaling_levels", "True"),
     ('type = "image"', 'type = "img"', "channels.image.type", "img"),
     ('type = "image"', 'type = "segmentation"', "channels.image.type", "segmentation"),
+    ("public = false", "public = 0", "project.public", "0"),
+    ('source = "data/img.h5"', "source = 3", "channels.image.source", "3"),
+    ('source = "data/img.h5"', 'source = ""', "channels.image.source", "''"),
 ])
 def test_bad_dataset_and_channel_values_name_key_and_value(tmp_path, old, new, key, value):
     message = spec_error(edited(old, new), tmp_path)
@@ -241,12 +248,10 @@ def test_bad_optional_channel_values_name_key_and_value(tmp_path, line, key, val
     assert key in message and value in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: window_range accepts booleans (bool is an int subclass)")
 def test_boolean_window_range_is_rejected(tmp_path):
     spec_error(edited(after='source = "data/img.h5"', new="window_range = [false, true]"), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: AXES_RE uses '$', which also matches before a trailing newline")
 def test_axes_with_a_trailing_newline_are_rejected(tmp_path):
     spec_error(edited(after='source = "data/img.h5"', new='axes = "zyx\\n"'), tmp_path)
 
@@ -270,6 +275,16 @@ def test_missing_table_is_named(tmp_path, table):
     lines = BASE.split("\n\n")
     text = "\n\n".join(part for part in lines if not part.startswith(f"[{table}"))
     assert f"[{table}]" in spec_error(text, tmp_path)
+
+
+def test_channel_that_is_not_a_table_is_named(tmp_path):
+    text = BASE.replace('[channels.image]\ntype = "image"\nsource = "data/img.h5"\n', '[channels]\nimage = "x.h5"\n')
+    assert "channels.image" in spec_error(text, tmp_path)
+
+
+def test_channels_table_without_a_channel_is_an_error(tmp_path):
+    text = BASE.replace('[channels.image]\ntype = "image"\nsource = "data/img.h5"\n', "[channels]\n")
+    assert "channels" in spec_error(text, tmp_path)
 
 
 def test_missing_required_keys_are_named(tmp_path):

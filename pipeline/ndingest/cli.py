@@ -10,6 +10,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -85,6 +86,12 @@ def run_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _bar_size() -> dict:
+    """The terminal's size for tqdm; 100x24 where it reports 0x0 (tqdm would hide the bar)."""
+    size = shutil.get_terminal_size((100, 24))
+    return {"ncols": size.columns or 100, "nrows": size.lines or 24}
+
+
 class ProgressMonitor:
     """A terminal bar (rate, ETA) fed from the markers, so it counts every worker's blocks."""
 
@@ -103,7 +110,7 @@ class ProgressMonitor:
         from tqdm import tqdm
 
         done, total = self._counts()
-        with tqdm(total=total, initial=done, unit="block", desc="write+verify", disable=None, dynamic_ncols=True) as bar:
+        with tqdm(total=total, initial=done, unit="block", desc="write+verify", disable=None, **_bar_size()) as bar:
             while not self._stop.wait(self.interval):
                 now, _ = self._counts()
                 bar.update(now - bar.n)
@@ -203,7 +210,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.spec)
     total = sum(cp.total_blocks for cp in plan.channels.values())
-    with tqdm(total=total, unit="block", desc="verify", disable=None, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="block", desc="verify", disable=None, **_bar_size()) as bar:
         rows, report = verify_plan(plan, resume=False, progress=bar.update)
     print(f"verify: all {len(rows)} blocks equal the source and their markers (report: {report})")
     return 0

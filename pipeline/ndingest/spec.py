@@ -95,7 +95,7 @@ def _require(table: dict, key: str, where: str, path: Path) -> Any:
 
 
 def _name(value: Any, key: str, path: Path) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise SpecError(
             f"{path}: {key} = {value!r} is not a valid name (ASCII letters, digits and _ only)"
         )
@@ -174,12 +174,12 @@ def _channel(name: str, table: Any, path: Path) -> ChannelSpec:
         raise SpecError(f"{path}: {where}.datatype = {datatype!r} must be one of {', '.join(DATATYPES)}")
     window = table.get("window_range")
     if window is not None:
-        if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) for v in window)
+        if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
                 and window[0] <= window[1]):
             raise SpecError(f"{path}: {where}.window_range = {window!r} must be [low, high] with low <= high")
         window = (window[0], window[1])
     axes = table.get("axes")
-    if axes is not None and (not isinstance(axes, str) or not AXES_RE.match(axes) or len(set(axes)) != len(axes)):
+    if axes is not None and (not isinstance(axes, str) or not AXES_RE.fullmatch(axes) or len(set(axes)) != len(axes)):
         raise SpecError(f"{path}: {where}.axes = {axes!r} must name x, y, z (and t) once each, e.g. \"zyx\" or \"tzyx\"")
     return ChannelSpec(
         name=name,
