@@ -26,21 +26,25 @@ from .verify import report_dir, verify_plan
 
 logger = logging.getLogger(__name__)
 
-# Luigi's retcodes are 0 on failure unless configured; fill in any that luigi.cfg leaves out.
-RETCODES = {"already_running": 6, "missing_data": 3, "not_run": 1, "task_failed": 1,
-            "scheduling_error": 1, "unhandled_exception": 1}
+# Luigi's retcodes are 0 on failure unless configured; fill in what luigi.cfg leaves out.
+CONFIG_DEFAULTS = {
+    "retcode": {"already_running": "6", "missing_data": "3", "not_run": "1", "task_failed": "1",
+                "scheduling_error": "1", "unhandled_exception": "1"},
+    "worker": {"check_complete_on_run": "true"},
+}
 
 
-def _default_retcodes() -> None:
+def _config_defaults() -> None:
     config = luigi.configuration.get_config()
-    if not config.has_section("retcode"):
-        config.add_section("retcode")
-    for name, code in RETCODES.items():
-        if not config.has_option("retcode", name):
-            config.set("retcode", name, str(code))
+    for section, values in CONFIG_DEFAULTS.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        for name, value in values.items():
+            if not config.has_option(section, name):
+                config.set(section, name, value)
 
 
-_default_retcodes()
+_config_defaults()
 
 
 def failures_dir(plan: Plan) -> Path:

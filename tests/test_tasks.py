@@ -1,0 +1,95 @@
+"""Each Luigi task on its own, built by a real local scheduler: what it writes, and that
+`complete()` answers from the catalog and markers."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import luigi
+import luigi.configuration
+import pytest
+
+from conftest import write_spec
+from ndingest import tasks
+from ndingest.plan import load_plan
+from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
+
+DS, PR = "neurostorm_kat11_scale3", "kat11_scale3"
+
+
+def build(task: luigi.Task) -> str:
+    config = luigi.configuration.get_config()
+    if not config.has_section("core"):
+        config.add_section("core")
+    config.set("core", "no_configure_logging", "true")
+    return luigi.build([task], local_scheduler=True, detailed_summary=True).status.name
+
+
+@pytest.fixture
+def spec(tmp_path, tutorial_data):
+    return str(write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE,
+                          ingest="block_chunks = [2, 2, 4]\nblocks_per_shard = 3"))
+
+
+def table(store, name: str) -> list[dict]:
+    db = sqlite3.connect(store / "catalog.sqlite")
+    db.row_factory = sqlite3.Row
+    return [dict(r) for r in db.execute(f"select * from {name}")]
+
+
+def test_inspect_records_the_sources_and_writes_no_catalog(spec, tmp_path):
+    assert not tasks.Inspect(spec=spec).complete()
+    assert build(tasks.Inspect(spec=spec)) == "SUCCESS"
+    assert tasks.Inspect(spec=spec).complete()
+    recorded = json.loads((tmp_path / f"store/_markers/{DS}/{PR}/inspect.json").read_text())
+    assert recorded["image"]["summary"]["window_range"] == [0, 254]
+    assert recorded["annotation"]["summary"]["datatype"] == "uint32"
+    assert not (tmp_path / "store/catalog.sqlite").exists()
+
+
+def test_create_dataset_then_project_add_exactly_their_rows(spec, tmp_path):
+    assert build(tasks.CreateDataset(spec=spec)) == "SUCCESS"
+    assert [d["dataset_name"] for d in table(tmp_path / "store", "datasets")] == [DS]
+    assert table(tmp_path / "store", "projects") == []
+    assert tasks.CreateDataset(spec=spec).complete() and not tasks.CreateProject(spec=spec).complete()
+    assert build(tasks.CreateProject(spec=spec)) == "SUCCESS"
+    assert [p["project_name"] for p in table(tmp_path / "store", "projects")] == [PR]
+    assert [t["token_name"] for t in table(tmp_path / "store", "tokens")] == [PR]
+    assert table(tmp_path / "store", "channels") == []
+
+
+def test_create_channels_adds_rows_and_precomputed_info(spec, tmp_path):
+    assert build(tasks.CreateChannels(spec=spec)) == "SUCCESS"
+    assert sorted(c["channel_name"] for c in table(tmp_path / "store", "channels")) == ["annotation", "image"]
+    info = json.loads((tmp_path / f"store/{DS}/{PR}/annotation/info").read_text())
+    assert info["type"] == "segmentation" and info["scales"][0]["voxel_offset"] == [1000, 2000, 1000]
+    assert tasks.CreateChannels(spec=spec).complete()
+    assert not list((tmp_path / f"store/{DS}/{PR}/image").glob("32_32_40/*")), "no voxels yet"
+
+
+def test_one_ingest_shard_writes_only_its_blocks(spec, tmp_path):
+    plan = load_plan(spec)
+    shards = plan.channel("image").shards
+    assert len(shards) == 3  # 8 blocks, 3 per shard
+    assert build(tasks.IngestBlock(spec=spec, channel="image", shard=1)) == "SUCCESS"
+    assert tasks.IngestBlock(spec=spec, channel="image", shard=1).complete()
+    assert not tasks.IngestBlock(spec=spec, channel="image", shard=0).complete()
+    marked = sorted(p.stem for p in (tmp_path / f"store/_markers/{DS}/{PR}/image").rglob("written/level0/*/*.json"))
+    assert marked == sorted(b.to_key() for b in shards[1].blocks)
+
+
+def test_verify_needs_every_shard_and_writes_the_report(spec, tmp_path):
+    assert not tasks.Verify(spec=spec).complete()
+    assert build(tasks.Verify(spec=spec)) == "SUCCESS"
+    assert tasks.Verify(spec=spec).complete()
+    report = (tmp_path / f"store/_reports/{DS}/{PR}/verify.csv").read_text().splitlines()
+    assert len(report) == 1 + 16
+    assert len(list((tmp_path / f"store/_markers/{DS}/{PR}").rglob("verified/level0/*/*.json"))) == 16
+
+
+def test_a_failing_task_records_its_error_for_the_cli(spec, tmp_path, tutorial_data):
+    assert build(tasks.CreateProject(spec=spec)) == "SUCCESS"
+    other = write_spec(tmp_path, "moved.toml", image=tutorial_data / IMAGE_FILE, dataset="another_dataset")
+    assert build(tasks.CreateProject(spec=str(other))) == "FAILED"
+    failures = tasks.recorded_failures(load_plan(other), since=0)
+    assert failures and failures[0]["exit_code"] == 4 and "kat11_scale3" in failures[0]["message"]
