@@ -103,7 +103,8 @@ def engine_for(path: Path, *, create: bool) -> sa.Engine | None:
         return None
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
+    # NullPool: no connection outlives its use, so nothing leaks into Luigi's forked workers
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 60}, poolclass=sa.pool.NullPool)
     if create:
         try:
             metadata.create_all(engine)
@@ -141,6 +142,26 @@ def check_rows(engine: sa.Engine | None, rows: list[Row]) -> None:
                 continue
             if stored is not None:
                 _compare(row, stored)
+
+
+def rows_present(engine: sa.Engine | None, rows: list[Row]) -> bool:
+    """True when every row is stored with these values; a conflict counts as absent, so
+    the task that would create it runs and raises it."""
+    if engine is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            stored = [_stored(conn, row) for row in rows]
+    except OperationalError:  # tables not created yet
+        return False
+    try:
+        for row, have in zip(rows, stored):
+            if have is None:
+                return False
+            _compare(row, have)
+    except CatalogConflict:
+        return False
+    return True
 
 
 def ensure_rows(engine: sa.Engine, rows: list[Row]) -> None:

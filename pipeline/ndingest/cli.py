@@ -165,8 +165,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise SpecError(f"--workers {args.workers}: must be at least 1")
     preflight(plan, skip_channel=args.restart)
-    lock = plan.store.path / "_markers" / plan.spec.dataset.name / plan.spec.project.name / "ingest.lock"
-    with (run_lock(lock) if not args.scheduler_url else _nothing()):
+    with (run_lock(plan.markers / "ingest.lock") if not args.scheduler_url else _nothing()):
         if args.restart:
             restart_channel(plan, args.restart)
             print(f"restart: dropped the markers of channel {args.restart}; writing it again", file=sys.stderr)

@@ -2,6 +2,10 @@
 
 Layout, under the store it describes::
 
+    STORE/_markers/DATASET/PROJECT/
+        inspect.json                             what Inspect read from the sources
+        ingest.lock                              held by a local-scheduler run
+        _failures/TASK.json                      why a task failed, for the CLI
     STORE/_markers/DATASET/PROJECT/CHANNEL/
         manifest.json                            source fingerprint + block plan
         written/level{r}/shard{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
@@ -38,8 +42,13 @@ def checksum(array: np.ndarray) -> str:
     return f"crc32:{zlib.crc32(np.ascontiguousarray(array).data) & 0xFFFFFFFF:08x}"
 
 
+def project_dir(store: Path, dataset: str, project: str) -> Path:
+    """Markers of one dataset/project: inspect.json, ingest.lock, _failures/, channels."""
+    return store / "_markers" / dataset / project
+
+
 def channel_dir(store: Path, dataset: str, project: str, channel: str) -> Path:
-    return store / "_markers" / dataset / project / channel
+    return project_dir(store, dataset, project) / channel
 
 
 def shard_dir(channel_markers: Path, kind: str, level: int, shard: Shard) -> Path:

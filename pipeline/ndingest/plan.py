@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_shards
 from .errors import SourceError, SpecError
-from .markers import channel_dir
+from .markers import channel_dir, project_dir
 from .sources import Source, open_source
 from .spec import ChannelSpec, Spec, load_spec
 from .targets import LocalStore, VolumeRef
@@ -79,6 +79,10 @@ class Plan:
     levels: int
     channels: dict[str, ChannelPlan] = field(hash=False)
 
+    @property
+    def markers(self) -> Path:
+        return project_dir(self.store.path, self.spec.dataset.name, self.spec.project.name)
+
     def channel(self, name: str) -> ChannelPlan:
         if name not in self.channels:
             raise SpecError(f"{self.spec.path}: no channel {name!r}; channels: {', '.join(self.channels)}")
@@ -104,8 +108,8 @@ def check_source(channel: ChannelSpec, source: Source) -> None:
 
 
 def _shards_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int) -> list[Shard]:
-    blocks_per_chunkgrid = [ceil_div(s, c * b) for s, c, b in zip(extent.shape, chunk, spec.ingest.block_chunks)]
-    n_blocks = blocks_per_chunkgrid[0] * blocks_per_chunkgrid[1] * blocks_per_chunkgrid[2] * time_points
+    grid = [ceil_div(s, c * b) for s, c, b in zip(extent.shape, chunk, spec.ingest.block_chunks)]
+    n_blocks = grid[0] * grid[1] * grid[2] * time_points
     per_shard = max(spec.ingest.blocks_per_shard, ceil_div(n_blocks, MAX_SHARDS_PER_CHANNEL))
     return plan_shards(extent, chunk, block_chunks=spec.ingest.block_chunks, blocks_per_shard=per_shard,
                        time_points=time_points)

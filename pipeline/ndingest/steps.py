@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def inspect_path(plan: Plan) -> Path:
-    return plan.store.path / "_markers" / plan.spec.dataset.name / plan.spec.project.name / "inspect.json"
+    return plan.markers / "inspect.json"
 
 
 def cached_summaries(plan: Plan) -> dict[str, SourceSummary] | None:
@@ -98,20 +98,7 @@ def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
 
 
 def rows_present(plan: Plan, rows: list[catalog.Row]) -> bool:
-    """True when every row is in the catalog with these values (a conflict is 'not present',
-    so the task runs and raises it)."""
-    engine = catalog.engine_for(plan.store.catalog_path, create=False)
-    if engine is None:
-        return False
-    try:
-        catalog.check_rows(engine, rows)
-    except catalog.CatalogConflict:
-        return False
-    with engine.connect() as conn:
-        try:
-            return all(catalog._stored(conn, r) is not None for r in rows)
-        except catalog.OperationalError:
-            return False
+    return catalog.rows_present(catalog.engine_for(plan.store.catalog_path, create=False), rows)
 
 
 def dataset_rows(plan: Plan) -> list[catalog.Row]:

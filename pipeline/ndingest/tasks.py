@@ -48,7 +48,7 @@ _config_defaults()
 
 
 def failures_dir(plan: Plan) -> Path:
-    return plan.store.path / "_markers" / plan.spec.dataset.name / plan.spec.project.name / "_failures"
+    return plan.markers / "_failures"
 
 
 class SpecTask(luigi.Task):
