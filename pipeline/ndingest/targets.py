@@ -140,7 +140,7 @@ class LocalStore:
         handle = self._handle(ref, level)
         try:
             handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].write(array.T).result()
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, IndexError) as exc:
             raise StoreError(f"{self.volume_dir(ref)}: cannot write {box}: {exc}") from exc
 
     def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray:
@@ -148,6 +148,6 @@ class LocalStore:
         handle = self._handle(ref, level)
         try:
             xyz = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].read(order="F").result()
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, IndexError) as exc:
             raise StoreError(f"{self.volume_dir(ref)}: cannot read {box}: {exc}") from exc
         return xyz.T
