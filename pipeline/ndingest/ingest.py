@@ -12,10 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from . import markers
-from .blocks import Shard
+from .blocks import Box, Shard
+from .downsample import child_box, factors, pad_to_children, reduce
 from .errors import SourceChanged, SpecError
 from .plan import ChannelPlan, Plan
+from .targets import LocalStore
 
 logger = logging.getLogger(__name__)
 
@@ -83,25 +87,37 @@ class ShardResult:
     seconds: float
 
 
-def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, progress: Progress | None = None) -> ShardResult:
-    """Write every unmarked block of `shard`, each followed by its marker.
+def level_block(plan: Plan, cp: ChannelPlan, store: LocalStore, *, level: int, box: Box, t: int) -> np.ndarray:
+    """What `box` of `level` must hold, (z, y, x): the source at level 0, else the level
+    below (read from `store`) reduced, each level from the one below."""
+    if level == 0:
+        return cp.source.read(box.shift(-plan.spec.dataset.offset_xyz), t)
+    f = factors(plan.spec.dataset.scaling_option)
+    wanted = child_box(box, f)
+    have = wanted.intersect(cp.levels[level - 1].extent)
+    block, mask = pad_to_children(store.read(cp.ref(t), level - 1, have), have, wanted)
+    return reduce(block, mask, f, channel_type=cp.spec.type)
+
+
+def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
+                progress: Progress | None = None) -> ShardResult:
+    """Write every unmarked block of `shard` at `level`, each followed by its marker.
 
     One block is in flight at a time, so memory is one block per worker whatever the
     volume's size. The store's write returns only once the chunk files are synced, so a
     marker never outlives its data.
     """
     ensure_manifest(cp, plan)
-    directory = markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard)
+    directory = markers.shard_dir(cp.markers, markers.WRITTEN, level, shard)
     todo = markers.pending_blocks(shard, markers.marked_boxes(directory))
     ref = cp.ref(shard.t)
-    offset = plan.spec.dataset.offset_xyz
     started, nbytes = time.monotonic(), 0
     skipped = len(shard.blocks) - len(todo)
     for i, box in enumerate(todo, start=1):
-        voxels = cp.source.read(box.shift(-offset), shard.t)
-        plan.store.write(ref, 0, box, voxels)
+        voxels = level_block(plan, cp, plan.store, level=level, box=box, t=shard.t)
+        plan.store.write(ref, level, box, voxels)
         markers.write_marker(directory, box, {
-            "t": shard.t, "level": 0, "checksum": markers.checksum(voxels),
+            "t": shard.t, "level": level, "checksum": markers.checksum(voxels),
             "dtype": voxels.dtype.name, "pid": os.getpid(),
         })
         nbytes += voxels.nbytes

@@ -12,28 +12,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_shards
+from .downsample import factors, level_extent
 from .errors import SourceError, SpecError
 from .markers import channel_dir, project_dir
 from .sources import Source, open_source
 from .spec import ChannelSpec, Spec, load_spec
-from .targets import LocalStore, VolumeRef
+from .targets import LocalStore, Scale, VolumeRef
 
 logger = logging.getLogger(__name__)
 
 MAX_SHARDS_PER_CHANNEL = 1000  # Luigi's scheduler is quadratic in its task count
 
 
-def resolve_levels(scaling_levels: int | str, *, size: Vec3, scaling_option: str,
+def resolve_levels(scaling_levels: int | str, *, extent: Box, scaling_option: str,
                    voxel_resolution_nm: tuple[float, float, float]) -> int:
-    """The levels above 0; "auto" halves until one chunk covers x and y."""
+    """The levels above 0; "auto" halves until one chunk covers the level in x and y."""
     if scaling_levels != "auto":
         return int(scaling_levels)
     level = 0
     while True:
         chunk = chunk_shape(scaling_option, voxel_resolution_nm, level)
-        if ceil_div(size.x, 2**level) <= chunk.x and ceil_div(size.y, 2**level) <= chunk.y:
+        shape = level_extent(extent, level, scaling_option).shape
+        if shape.x <= chunk.x and shape.y <= chunk.y:
             return level
         level += 1
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """One level of a channel: its absolute extent, chunk (ndstore's cuboid) and shards."""
+
+    level: int
+    extent: Box
+    chunk: Vec3
+    shards: list[Shard] = field(hash=False)
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(len(s.blocks) for s in self.shards)
 
 
 @dataclass(frozen=True)
@@ -42,14 +58,26 @@ class ChannelPlan:
     source: Source
     dataset: str
     project: str
-    extent: Box  # absolute voxels at level 0
-    chunk: Vec3
-    shards: list[Shard] = field(hash=False)
+    levels: list[LevelPlan] = field(hash=False)  # level 0 first
     markers: Path = field(hash=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def extent(self) -> Box:
+        """Level 0's extent: the dataset offset and size."""
+        return self.levels[0].extent
+
+    @property
+    def chunk(self) -> Vec3:
+        return self.levels[0].chunk
+
+    @property
+    def shards(self) -> list[Shard]:
+        """Level 0's shards, written from the source."""
+        return self.levels[0].shards
 
     @property
     def datatype(self) -> str:
@@ -68,7 +96,8 @@ class ChannelPlan:
 
     @property
     def total_blocks(self) -> int:
-        return sum(len(s.blocks) for s in self.shards)
+        """Blocks of every level."""
+        return sum(lv.total_blocks for lv in self.levels)
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,16 @@ class Plan:
     size: Vec3
     levels: int
     channels: dict[str, ChannelPlan] = field(hash=False)
+
+    @property
+    def scales(self) -> list[Scale]:
+        """What the precomputed `info` lists, one scale per level."""
+        any_channel = next(iter(self.channels.values()))
+        res = self.spec.dataset.voxel_resolution_nm
+        f = factors(self.spec.dataset.scaling_option)
+        return [Scale(resolution_nm=tuple(r * fa**lv.level for r, fa in zip(res, f)),  # type: ignore[arg-type]
+                      voxel_offset=lv.extent.begin, size=lv.extent.shape, chunk=lv.chunk)
+                for lv in any_channel.levels]
 
     @property
     def markers(self) -> Path:
@@ -115,6 +154,17 @@ def _shards_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int) -> list[
                        time_points=time_points)
 
 
+def plan_levels(extent: Box, spec: Spec, *, levels: int, time_points: int) -> list[LevelPlan]:
+    """Level 0 .. `levels`, each with its own extent, cuboid and shards."""
+    ds = spec.dataset
+    out = []
+    for level in range(levels + 1):
+        lv_extent = level_extent(extent, level, ds.scaling_option)
+        chunk = chunk_shape(ds.scaling_option, ds.voxel_resolution_nm, level)
+        out.append(LevelPlan(level, lv_extent, chunk, _shards_for(lv_extent, chunk, spec, time_points)))
+    return out
+
+
 def build_plan(spec: Spec) -> Plan:
     """Open every source (shape and dtype only) and cut each channel into shards."""
     ds = spec.dataset
@@ -131,19 +181,18 @@ def build_plan(spec: Spec) -> Plan:
             )
     size = sizes[first]
     extent = Box.from_shape(ds.offset_xyz, size)
-    chunk = chunk_shape(ds.scaling_option, ds.voxel_resolution_nm, 0)
+    levels = resolve_levels(ds.scaling_levels, extent=extent, scaling_option=ds.scaling_option,
+                            voxel_resolution_nm=ds.voxel_resolution_nm)
     assert spec.store.path is not None
     store = LocalStore(spec.store.path)
     channels = {
         name: ChannelPlan(
-            spec=ch, source=sources[name], dataset=ds.name, project=spec.project.name, extent=extent,
-            chunk=chunk, shards=_shards_for(extent, chunk, spec, sources[name].time_points),
+            spec=ch, source=sources[name], dataset=ds.name, project=spec.project.name,
+            levels=plan_levels(extent, spec, levels=levels, time_points=sources[name].time_points),
             markers=channel_dir(store.path, ds.name, spec.project.name, name),
         )
         for name, ch in spec.channels.items()
     }
-    levels = resolve_levels(ds.scaling_levels, size=size, scaling_option=ds.scaling_option,
-                            voxel_resolution_nm=ds.voxel_resolution_nm)
     return Plan(spec=spec, store=store, size=size, levels=levels, channels=channels)
 
 

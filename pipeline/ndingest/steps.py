@@ -124,24 +124,56 @@ def create_channels(plan: Plan) -> None:
     """Channel rows, each channel's precomputed volume(s), and its manifest."""
     summaries = inspect_plan(plan)
     create_rows(plan, [channel_row(plan, cp, summaries) for cp in plan.channels.values()])
-    ds = plan.spec.dataset
     for cp in plan.channels.values():
-        info = precomputed_info(datatype=cp.datatype, channel_type=cp.spec.type, resolution_nm=ds.voxel_resolution_nm,
-                                voxel_offset=ds.offset_xyz, size=plan.size, chunk=cp.chunk)
+        info = precomputed_info(datatype=cp.datatype, channel_type=cp.spec.type, scales=plan.scales)
         for ref in cp.refs:
             plan.store.create_volume(ref, info)
         ensure_manifest(cp, plan)
 
 
+def _propagate(plan: Plan, channels: list[str], state: int) -> None:
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    if engine is not None:
+        for name in channels:
+            catalog.set_propagate(engine, plan.spec.project.name, name, state)
+
+
+def mark_propagating(plan: Plan, channel: str) -> None:
+    """ndstore's propagate 1: building the hierarchy is under way."""
+    _propagate(plan, [channel], catalog.PROPAGATE_UNDER_WAY)
+
+
+def mark_propagated(plan: Plan) -> None:
+    """ndstore's propagate 2, set only once verify passed for every level."""
+    _propagate(plan, list(plan.channels), catalog.PROPAGATE_DONE)
+
+
+def all_propagated(plan: Plan) -> bool:
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    if engine is None:
+        return False
+    rows = [catalog.find_channel(engine, plan.spec.project.name, name) for name in plan.channels]
+    return all(r is not None and r["propagate"] == catalog.PROPAGATE_DONE for r in rows)
+
+
 def channel_status(plan: Plan) -> dict[str, dict]:
-    """Blocks done/total per channel, from the markers alone."""
+    """Blocks done/total per channel (every level), from the markers alone."""
     out = {}
     for name, cp in plan.channels.items():
+        levels = {
+            str(lv.level): {
+                "done": markers.count_marked(cp.markers, markers.WRITTEN, lv.level, lv.shards),
+                "verified": markers.count_marked(cp.markers, markers.VERIFIED, lv.level, lv.shards),
+                "total": lv.total_blocks,
+            }
+            for lv in cp.levels
+        }
         out[name] = {
-            "done": markers.count_marked(cp.markers, markers.WRITTEN, 0, cp.shards),
+            "done": sum(lv["done"] for lv in levels.values()),
             "total": cp.total_blocks,
-            "verified": markers.count_marked(cp.markers, markers.VERIFIED, 0, cp.shards),
-            "shards": len(cp.shards),
+            "verified": sum(lv["verified"] for lv in levels.values()),
+            "levels": levels,
+            "shards": sum(len(lv.shards) for lv in cp.levels),
             "time_points": cp.source.time_points,
             "datatype": cp.datatype,
             "volume": str(plan.store.volume_dir(cp.ref(0)).parent if cp.spec.type == "timeseries"

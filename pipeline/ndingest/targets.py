@@ -54,24 +54,32 @@ def scale_key(resolution_nm: tuple[float, float, float]) -> str:
     return "_".join(_number(v) for v in resolution_nm)
 
 
-def precomputed_info(
-    *, datatype: str, channel_type: str, resolution_nm: tuple[float, float, float],
-    voxel_offset: Vec3, size: Vec3, chunk: Vec3,
-) -> dict:
-    """The `info` of one channel at level 0; annotations are `segmentation` volumes."""
+@dataclass(frozen=True)
+class Scale:
+    """One level as precomputed describes it (absolute voxel_offset at that level)."""
+
+    resolution_nm: tuple[float, float, float]
+    voxel_offset: Vec3
+    size: Vec3
+    chunk: Vec3
+
+
+def precomputed_info(*, datatype: str, channel_type: str, scales: list[Scale]) -> dict:
+    """The `info` of one channel, level 0 first; annotations are `segmentation` volumes,
+    so neuroglancer and CloudVolume pick their segmentation views."""
     return {
         "@type": "neuroglancer_multiscale_volume",
         "type": "segmentation" if channel_type == "annotation" else "image",
         "data_type": datatype,
         "num_channels": 1,
         "scales": [{
-            "key": scale_key(resolution_nm),
-            "resolution": list(resolution_nm),
-            "voxel_offset": list(voxel_offset),
-            "size": list(size),
-            "chunk_sizes": [list(chunk)],
+            "key": scale_key(s.resolution_nm),
+            "resolution": list(s.resolution_nm),
+            "voxel_offset": list(s.voxel_offset),
+            "size": list(s.size),
+            "chunk_sizes": [list(s.chunk)],
             "encoding": "raw",
-        }],
+        } for s in scales],
     }
 
 

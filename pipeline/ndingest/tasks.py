@@ -153,19 +153,61 @@ class IngestBlock(SpecTask):
         write_shard(self.plan, cp, shard, progress=lambda d, n: self._progress(d, n, "blocks written"))
 
 
-class Verify(SpecTask):
-    """Re-read every block, compare with the source and the markers, write the report.
-    Verified blocks are marked, so rerunning a finished ingest reads nothing again."""
+class Downsample(SpecTask):
+    """One shard of blocks of `level` >= 1, each reduced from the level below (ndstore's
+    "propagate"): needs every shard of that level first."""
+
+    channel = luigi.Parameter()
+    level = luigi.IntParameter()
+    shard = luigi.IntParameter()
 
     def requires(self):
-        return [IngestBlock(spec=self.spec, channel=name, shard=s.index)
-                for name, cp in self.plan.channels.items() for s in cp.shards]
+        below = self.plan.channel(self.channel).levels[self.level - 1]
+        if self.level == 1:
+            return [IngestBlock(spec=self.spec, channel=self.channel, shard=s.index) for s in below.shards]
+        return [Downsample(spec=self.spec, channel=self.channel, level=self.level - 1, shard=s.index)
+                for s in below.shards]
+
+    def _shard(self):
+        cp = self.plan.channel(self.channel)
+        return cp, cp.levels[self.level].shards[self.shard]
+
+    def complete(self) -> bool:
+        cp, shard = self._shard()
+        return markers.shard_complete(markers.shard_dir(cp.markers, markers.WRITTEN, self.level, shard), shard)
+
+    def run(self) -> None:
+        cp, shard = self._shard()
+        steps.mark_propagating(self.plan, self.channel)
+        write_shard(self.plan, cp, shard, level=self.level,
+                    progress=lambda d, n: self._progress(d, n, f"level {self.level} blocks written"))
+
+
+def top_level_tasks(spec: str, plan: Plan) -> list[luigi.Task]:
+    """The shards of each channel's highest level (level 0 when there is no hierarchy)."""
+    tasks: list[luigi.Task] = []
+    for name, cp in plan.channels.items():
+        top = cp.levels[-1]
+        if top.level == 0:
+            tasks += [IngestBlock(spec=spec, channel=name, shard=s.index) for s in top.shards]
+        else:
+            tasks += [Downsample(spec=spec, channel=name, level=top.level, shard=s.index) for s in top.shards]
+    return tasks
+
+
+class Verify(SpecTask):
+    """Re-read every block of every level, compare with the source (level 0) or the level
+    below (level r) and with the markers, write the report, then mark the channels
+    propagated. Verified blocks are marked, so rerunning a finished ingest reads nothing."""
+
+    def requires(self):
+        return top_level_tasks(self.spec, self.plan)
 
     def complete(self) -> bool:
         plan = self.plan
-        done = all(markers.shard_complete(markers.shard_dir(cp.markers, markers.VERIFIED, 0, s), s)
-                   for cp in plan.channels.values() for s in cp.shards)
-        return done and (report_dir(plan) / "verify.csv").exists()
+        done = all(markers.shard_complete(markers.shard_dir(cp.markers, markers.VERIFIED, lv.level, s), s)
+                   for cp in plan.channels.values() for lv in cp.levels for s in lv.shards)
+        return done and (report_dir(plan) / "verify.csv").exists() and steps.all_propagated(plan)
 
     def run(self) -> None:
         total = sum(cp.total_blocks for cp in self.plan.channels.values())
@@ -177,6 +219,7 @@ class Verify(SpecTask):
             self._progress(done, total, "blocks verified")
 
         verify_plan(self.plan, resume=True, progress=progress)
+        steps.mark_propagated(self.plan)
 
 
 def recorded_failures(plan: Plan, since: float) -> list[dict]:

@@ -18,6 +18,7 @@ import numpy as np
 from . import markers
 from .blocks import Box, Shard
 from .errors import NdingestError, VerifyMismatch
+from .ingest import level_block
 from .plan import ChannelPlan, Plan
 from .targets import LocalStore
 
@@ -52,25 +53,31 @@ def report_dir(plan: Plan) -> Path:
     return plan.store.path / "_reports" / plan.spec.dataset.name / plan.spec.project.name
 
 
-def verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, box: Box) -> dict:
-    """One report row: `status` is "ok" or names what is wrong with this block."""
-    row = {"channel": cp.name, "t": shard.t, "level": 0, "block": box.to_key(), "status": OK, "detail": "",
-           "voxels_differing": 0, "checksum_marker": "", "checksum_store": ""}
-    marker = markers.read_marker(markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard), box)
+def _row(cp: ChannelPlan, shard: Shard, level: int, box: Box, status: str = OK) -> dict:
+    return {"channel": cp.name, "t": shard.t, "level": level, "block": box.to_key(), "status": status,
+            "detail": "", "voxels_differing": 0, "checksum_marker": "", "checksum_store": ""}
+
+
+def verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, box: Box, *, level: int = 0) -> dict:
+    """One report row: `status` is "ok" or names what is wrong with this block. Level 0 is
+    compared with the source; level r with the level below, reduced again."""
+    row = _row(cp, shard, level, box)
+    marker = markers.read_marker(markers.shard_dir(cp.markers, markers.WRITTEN, level, shard), box)
     if marker is None:
         return {**row, "status": "not written", "detail": "no marker: the block was never written"}
     row["checksum_marker"] = marker["checksum"]
     try:
-        stored = store.read(cp.ref(shard.t), 0, box)
+        stored = store.read(cp.ref(shard.t), level, box)
+        expected = level_block(plan, cp, store, level=level, box=box, t=shard.t)
     except NdingestError as exc:
         return {**row, "status": "unreadable", "detail": str(exc)}
     row["checksum_store"] = markers.checksum(stored)
-    expected = cp.source.read(box.shift(-plan.spec.dataset.offset_xyz), shard.t)
     mismatch = compare_block(expected, stored)
     if mismatch is not None:
         z, y, x = mismatch.first_zyx
         first = (box.begin.x + x, box.begin.y + y, box.begin.z + z)
-        return {**row, "status": "differs from source", "voxels_differing": mismatch.voxels,
+        return {**row, "status": "differs from source" if level == 0 else "differs from the level below",
+                "voxels_differing": mismatch.voxels,
                 "detail": f"{mismatch.voxels} voxels differ, first at x,y,z = {first}"}
     if row["checksum_store"] != marker["checksum"]:
         return {**row, "status": "checksum differs from marker",
@@ -78,20 +85,19 @@ def verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, b
     return row
 
 
-def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, resume: bool,
-                 progress: Callable[[int, int], None] | None = None) -> list[dict]:
+def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, resume: bool,
+                 store: LocalStore | None = None, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Rows for every block of `shard`; with `resume`, blocks verified before are skipped
     and newly verified ones are marked."""
-    store = LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
-    directory = markers.shard_dir(cp.markers, markers.VERIFIED, 0, shard)
+    store = store or LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
+    directory = markers.shard_dir(cp.markers, markers.VERIFIED, level, shard)
     done = markers.marked_boxes(directory) if resume else set()
     rows = []
     for i, box in enumerate(shard.blocks, start=1):
         if box in done:
-            rows.append({"channel": cp.name, "t": shard.t, "level": 0, "block": box.to_key(), "status": OK_EARLIER,
-                         "detail": "", "voxels_differing": 0, "checksum_marker": "", "checksum_store": ""})
+            rows.append(_row(cp, shard, level, box, OK_EARLIER))
         else:
-            row = verify_block(plan, cp, store, shard, box)
+            row = verify_block(plan, cp, store, shard, box, level=level)
             rows.append(row)
             if resume and row["status"] == OK:
                 markers.write_marker(directory, box, {"checksum": row["checksum_store"], "verified_at": time.time()})
@@ -116,7 +122,7 @@ def write_report(plan: Plan, rows: list[dict]) -> Path:
 def raise_on_mismatch(rows: list[dict], report: Path) -> None:
     bad = [r for r in rows if r["status"] not in (OK, OK_EARLIER)]
     if bad:
-        named = "; ".join(f"{r['channel']} t{r['t']} {r['block']}: {r['status']}" for r in bad[:5])
+        named = "; ".join(f"{r['channel']} t{r['t']} level{r['level']} {r['block']}: {r['status']}" for r in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise VerifyMismatch(f"verify failed for {len(bad)} of {len(rows)} blocks: {named}{more} (report: {report})")
 
@@ -124,12 +130,14 @@ def raise_on_mismatch(rows: list[dict], report: Path) -> None:
 def verify_plan(plan: Plan, *, resume: bool, progress: Callable[[int], None] | None = None) -> tuple[list[dict], Path]:
     """Verify every block of every channel; writes the report, then raises on a mismatch."""
     rows: list[dict] = []
+    store = LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
     for cp in plan.channels.values():
-        for shard in cp.shards:
-            before = len(rows)
-            rows += verify_shard(plan, cp, shard, resume=resume)
-            if progress:
-                progress(len(rows) - before)
+        for lv in cp.levels:
+            for shard in lv.shards:
+                before = len(rows)
+                rows += verify_shard(plan, cp, shard, level=lv.level, resume=resume, store=store)
+                if progress:
+                    progress(len(rows) - before)
     report = write_report(plan, rows)
     raise_on_mismatch(rows, report)
     return rows, report

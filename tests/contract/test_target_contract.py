@@ -10,15 +10,15 @@ import pytest
 
 from ndingest.blocks import Box, Vec3
 from ndingest.errors import CatalogConflict, StoreError
-from ndingest.targets import LocalStore, VolumeRef, precomputed_info
+from ndingest.targets import LocalStore, Scale, VolumeRef, precomputed_info
 
 OFFSET, SIZE, CHUNK = Vec3(1000, 2000, 1000), Vec3(300, 200, 40), Vec3(128, 128, 16)
 REF = VolumeRef("ds", "pr", "image")
 
 
 def info(dtype: str = "uint16", channel_type: str = "image") -> dict:
-    return precomputed_info(datatype=dtype, channel_type=channel_type, resolution_nm=(4.0, 4.0, 40.0),
-                            voxel_offset=OFFSET, size=SIZE, chunk=CHUNK)
+    return precomputed_info(datatype=dtype, channel_type=channel_type,
+                            scales=[Scale(resolution_nm=(4.0, 4.0, 40.0), voxel_offset=OFFSET, size=SIZE, chunk=CHUNK)])
 
 
 @pytest.fixture(params=["local"])

@@ -146,7 +146,7 @@ def test_verify_catches_a_hand_corrupted_chunk(tmp_path, tutorial_spec, damage, 
     chunk.write_bytes(damage(chunk.read_bytes()))
     result = run_cli("verify", str(tutorial_spec))
     assert result.returncode == 5
-    assert "annotation t0 1000-1256_2000-2200_1000-1064" in result.stderr and status in result.stderr
+    assert "annotation t0 level0 1000-1256_2000-2200_1000-1064" in result.stderr and status in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     report = json.loads((tutorial_spec.parent / "store/_reports/neurostorm_kat11_scale3/kat11_scale3/verify.json").read_text())
     bad = [r for r in report if r["status"] != "ok"]
