@@ -215,6 +215,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_slice(args: argparse.Namespace) -> int:
+    from . import catalog
+    from .plan import load_plan
+    from .slices import render_slice, write_png
+
+    plan = load_plan(args.spec)
+    cp = plan.channel(args.channel)
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    row = catalog.find_channel(engine, plan.spec.project.name, cp.name) if engine else None
+    if row is None:
+        raise StoreError(f"{plan.store.catalog_path}: channel {cp.name} is not in the catalog; run ingest first")
+    picture = render_slice(plan, cp, plane=args.plane, index=args.index, level=args.res,
+                           window=(row["startwindow"], row["endwindow"]))
+    out = Path(args.output or f"{cp.name}_{args.plane}_{args.index}_r{args.res}.png")
+    write_png(picture, out)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="tracebacks and verbose logs")
@@ -246,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="re-read every block and compare with the source")
     p.add_argument("spec")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("slice", parents=[common], help="one plane of a channel as a PNG")
+    p.add_argument("spec")
+    p.add_argument("channel")
+    p.add_argument("plane", choices=("xy", "xz", "yz"))
+    p.add_argument("index", type=int, help="absolute coordinate of the plane at that level")
+    p.add_argument("--res", type=int, default=0, metavar="R", help="level (0 = full resolution)")
+    p.add_argument("-o", "--output", metavar="FILE.png")
+    p.set_defaults(func=cmd_slice)
     return parser
 
 

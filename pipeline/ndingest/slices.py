@@ -1,0 +1,83 @@
+"""`ndingest slice`: one plane of a channel at one level, as a PNG (ndstore's xy/xz/yz).
+
+Image voxels map linearly from the channel's window range to 0..255 (identity for a
+0..255 window), rounded half up; annotation labels get stable colours (the same id is
+the same colour in every slice and every run), zero is black.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .blocks import Box, Vec3
+from .errors import SpecError, StoreError
+from .markers import atomic_write
+from .plan import ChannelPlan, Plan
+
+logger = logging.getLogger(__name__)
+
+PLANES = ("xy", "xz", "yz")
+
+
+def plane_box(extent: Box, plane: str, index: int) -> Box:
+    """The one-voxel-thick box of `plane` at absolute `index` on the fixed axis."""
+    axis = {"xy": "z", "xz": "y", "yz": "x"}[plane]
+    lo, hi = getattr(extent.begin, axis), getattr(extent.end, axis)
+    if not lo <= index < hi:
+        raise SpecError(f"{plane} slice at {axis} = {index} lies outside the level's {axis} range [{lo}, {hi})")
+    begin, end = extent.begin._asdict(), extent.end._asdict()
+    begin[axis], end[axis] = index, index + 1
+    return Box(Vec3(**begin), Vec3(**end))
+
+
+def plane_pixels(zyx: np.ndarray, plane: str) -> np.ndarray:
+    """Rows and columns as ndstore drew them: xy -> (y, x), xz -> (z, x), yz -> (z, y)."""
+    return {"xy": lambda a: a[0], "xz": lambda a: a[:, 0, :], "yz": lambda a: a[:, :, 0]}[plane](zyx)
+
+
+def window_to_uint8(pixels: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Linear map of [lo, hi] to [0, 255], rounded half up, clipped outside the window."""
+    lo, hi = float(window[0]), float(window[1])
+    values = pixels.astype(np.float64)
+    if hi <= lo:
+        return np.where(values > lo, 255, 0).astype(np.uint8)
+    return np.clip(np.floor((values - lo) * 255.0 / (hi - lo) + 0.5), 0, 255).astype(np.uint8)
+
+
+def label_colours(labels: np.ndarray) -> np.ndarray:
+    """RGB per label from a 64-bit mix of the id (splitmix64's finaliser); zero is black,
+    every other id gets channels in 48..255 so no segment is drawn black."""
+    h = labels.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = h ^ (h >> np.uint64(31))
+    rgb = np.stack([(h >> np.uint64(s)) & np.uint64(0xFF) for s in (0, 8, 16)], axis=-1)
+    rgb = (48 + rgb * np.uint64(208) // np.uint64(256)).astype(np.uint8)
+    rgb[labels == 0] = 0
+    return rgb
+
+
+def render_slice(plan: Plan, cp: ChannelPlan, *, plane: str, index: int, level: int, t: int = 0,
+                 window: tuple[float, float]) -> np.ndarray:
+    """The picture of one plane: (rows, cols) uint8 for images, (rows, cols, 3) for labels."""
+    if not 0 <= level < len(cp.levels):
+        raise SpecError(f"--res {level}: channel {cp.name} has levels 0..{len(cp.levels) - 1}")
+    box = plane_box(cp.levels[level].extent, plane, index)
+    if plan.store.info(cp.ref(t)) is None:
+        raise StoreError(f"{plan.store.volume_dir(cp.ref(t))}: channel {cp.name} is not in the store; run ingest first")
+    pixels = plane_pixels(plan.store.read(cp.ref(t), level, box), plane)
+    if cp.spec.type == "annotation":
+        return label_colours(pixels)
+    return window_to_uint8(pixels, window)
+
+
+def write_png(picture: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    atomic_write(path, buffer.getvalue())
