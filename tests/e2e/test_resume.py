@@ -28,17 +28,19 @@ def big_sources(tmp_path_factory) -> tuple[Path, Path]:
     return write_h5(folder / "image.h5", image), write_h5(folder / "labels.h5", labels, "annotation/CUTOUT")
 
 
-def written_markers(folder: Path) -> list[Path]:
-    return list((folder / "store/_markers").rglob("written/level0/*/*.json")) if (folder / "store/_markers").exists() else []
+def written_markers(folder: Path, level: int = 0) -> list[Path]:
+    root = folder / "store/_markers"
+    return list(root.rglob(f"written/level{level}/*/*.json")) if root.exists() else []
 
 
 def start_ingest(spec: Path) -> subprocess.Popen:
     return subprocess.Popen([NDINGEST, "ingest", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_markers(folder: Path, proc: subprocess.Popen, at_least: int = 1, timeout: float = 120) -> None:
+def wait_for_markers(folder: Path, proc: subprocess.Popen, at_least: int = 1, level: int = 0,
+                     timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while len(written_markers(folder)) < at_least:
+    while len(written_markers(folder, level)) < at_least:
         assert proc.poll() is None, f"ingest ended before it could be interrupted: {proc.communicate()}"
         assert time.monotonic() < deadline, "no block was written in time"
         time.sleep(0.005)
@@ -152,3 +154,25 @@ def test_verify_catches_a_hand_corrupted_chunk(tmp_path, tutorial_spec, damage, 
     bad = [r for r in report if r["status"] != "ok"]
     assert [(r["channel"], r["block"], r["status"]) for r in bad] == [
         ("annotation", "1000-1256_2000-2200_1000-1064", status)]
+
+
+def test_sigkill_mid_level_then_rerun_resumes_that_level(tmp_path, big_sources):
+    image, labels = big_sources
+    spec = write_spec(tmp_path, image=image, annotation=labels, ingest=ONE_CHUNK_BLOCKS)
+    spec.write_text(spec.read_text().replace("scaling_levels = 0", "scaling_levels = 1"))
+    proc = start_ingest(spec)
+    wait_for_markers(tmp_path, proc, level=1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]
+    level1_done = sum(status[c]["levels"]["1"]["done"] for c in status)
+    level1_total = sum(status[c]["levels"]["1"]["total"] for c in status)
+    assert 1 <= level1_done < level1_total, status
+    marked = {(m.parts[-5], m.stem): m.stat().st_mtime_ns for m in written_markers(tmp_path, 1)}
+
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    after = {(m.parts[-5], m.stem): m.stat().st_mtime_ns for m in written_markers(tmp_path, 1)}
+    assert len(after) == level1_total
+    assert all(after[key] == mtime for key, mtime in marked.items()), "a marked level-1 block was redone"
+    assert run_cli("verify", str(spec)).returncode == 0
