@@ -24,7 +24,10 @@ demo: $(STAMP)
 	$(VENV)/bin/ndingest ingest $(DEMO)/kasthuri11_scale3.toml
 	$(VENV)/bin/ndingest status $(DEMO)/kasthuri11_scale3.toml
 	$(VENV)/bin/ndingest verify $(DEMO)/kasthuri11_scale3.toml
+	$(VENV)/bin/ndingest slice $(DEMO)/kasthuri11_scale3.toml image xy 1100 -o $(DEMO)/image_xy_1100.png
+	$(VENV)/bin/ndingest slice $(DEMO)/kasthuri11_scale3.toml annotation xy 1100 -o $(DEMO)/annotation_xy_1100.png
 	@echo "store: $(abspath $(DEMO))/store  (open a channel with CloudVolume: file://$(abspath $(DEMO))/store/neurostorm_kat11_scale3/kat11_scale3/image)"
+	@echo "slices: $(DEMO)/image_xy_1100.png $(DEMO)/annotation_xy_1100.png; browse it: $(VENV)/bin/ndingest view $(DEMO)/kasthuri11_scale3.toml"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -15,6 +15,7 @@ from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE, write_sample
 
 NDINGEST = str(Path(sys.executable).parent / "ndingest")
 LUIGI = str(Path(sys.executable).parent / "luigi")
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass

@@ -125,6 +125,9 @@ class ProgressMonitor:
         self._thread.join()
 
 
+OTHERS_POLL_SECONDS = 2.0
+
+
 def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> None:
     """Build the DAG through Verify; a failure becomes the error its task recorded."""
     import luigi
@@ -137,9 +140,24 @@ def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> 
     if not config.has_section("core"):
         config.add_section("core")
     config.set("core", "no_configure_logging", "true")  # ours is set; luigi's would print tracebacks
-    result = luigi.build([Verify(spec=str(plan.spec.path))], workers=workers, detailed_summary=True, **kwargs)
-    if result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY"):
-        return
+    if not scheduler_url:  # alone, a failed shard must end the run, not wait for Luigi's retry
+        config.set("worker", "keep_alive", "false")
+    goal = Verify(spec=str(plan.spec.path))
+    waited = False
+    while True:
+        result = luigi.build([goal], workers=workers, detailed_summary=True, **kwargs)
+        if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY", "NOT_RUN"):
+            break
+        if goal.complete():
+            return
+        if not scheduler_url or recorded_failures(plan, since=started):
+            break
+        # luigid gave the rest to other runs (Luigi calls that success, or "not granted run
+        # permission" when they finished in between): wait, and take over what they leave.
+        if not waited:
+            print("ndingest: other runs on the scheduler hold the remaining shards; waiting for them", file=sys.stderr)
+            waited = True
+        time.sleep(OTHERS_POLL_SECONDS)
     failures = recorded_failures(plan, since=started)
     if failures:
         first = failures[0]
@@ -197,7 +215,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, s in status.items():
         pct = 100 * s["done"] / max(s["total"], 1)
         print(f"{name}: {s['done']}/{s['total']} blocks written ({pct:.0f} %), {s['verified']} verified, "
-              f"{s['shards']} shards")
+              f"{s['shards']} shard{'s' if s['shards'] != 1 else ''}")
     return 0
 
 
@@ -215,19 +233,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_slice(args: argparse.Namespace) -> int:
+def _catalog_window(plan, channel: str) -> tuple[float, float]:
+    """The window range the catalog holds for `channel` (set by ingest)."""
     from . import catalog
+
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    row = catalog.find_channel(engine, plan.spec.project.name, channel) if engine else None
+    if row is None:
+        raise StoreError(f"{plan.store.catalog_path}: channel {channel} is not in the catalog; run ingest first")
+    return (row["startwindow"], row["endwindow"])
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+    from .view import open_viewer, screenshot
+
+    plan = load_plan(args.spec)
+    windows = {name: _catalog_window(plan, name) for name in plan.channels}
+    viewing = open_viewer(plan, windows, bind=args.bind, port=args.port, t=args.t)
+    try:
+        if args.screenshot:
+            screenshot(viewing, Path(args.screenshot), size=(args.width, args.height))
+            print(args.screenshot)
+            return 0
+        print(f"neuroglancer: {viewing.url}", flush=True)
+        print(f"store served at {viewing.server.url} ({', '.join(plan.channels)}); Ctrl-C to stop",
+              file=sys.stderr, flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewing.close()
+    return 0
+
+
+def cmd_slice(args: argparse.Namespace) -> int:
     from .plan import load_plan
     from .slices import render_slice, write_png
 
     plan = load_plan(args.spec)
     cp = plan.channel(args.channel)
-    engine = catalog.engine_for(plan.store.catalog_path, create=False)
-    row = catalog.find_channel(engine, plan.spec.project.name, cp.name) if engine else None
-    if row is None:
-        raise StoreError(f"{plan.store.catalog_path}: channel {cp.name} is not in the catalog; run ingest first")
     picture = render_slice(plan, cp, plane=args.plane, index=args.index, level=args.res,
-                           window=(row["startwindow"], row["endwindow"]))
+                           window=_catalog_window(plan, cp.name))
     out = Path(args.output or f"{cp.name}_{args.plane}_{args.index}_r{args.res}.png")
     write_png(picture, out)
     print(out)
@@ -235,10 +282,12 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --debug before or after the subcommand; the subcommand's copy must not reset the first
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="tracebacks and verbose logs")
-    parser = argparse.ArgumentParser(prog="ndingest", parents=[common],
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks and verbose logs")
+    parser = argparse.ArgumentParser(prog="ndingest",
                                      description="Resumable, verified ingest of microscopy volumes (ndstore tutorial).")
+    parser.add_argument("--debug", action="store_true", help="tracebacks and verbose logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample", parents=[common], help="write the tutorial's two cutouts (synthetic)")
@@ -274,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--res", type=int, default=0, metavar="R", help="level (0 = full resolution)")
     p.add_argument("-o", "--output", metavar="FILE.png")
     p.set_defaults(func=cmd_slice)
+
+    p = sub.add_parser("view", parents=[common], help="a local neuroglancer on the store, every channel a layer")
+    p.add_argument("spec")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address of the viewer and the store server")
+    p.add_argument("--port", type=int, default=0, metavar="N", help="viewer port (default: any free one)")
+    p.add_argument("--t", type=int, default=0, metavar="T", help="time point of time-series channels")
+    p.add_argument("--screenshot", metavar="FILE.png", help="draw once in headless chromium, save, and exit")
+    p.add_argument("--width", type=int, default=1000, metavar="PX", help="screenshot width")
+    p.add_argument("--height", type=int, default=700, metavar="PX", help="screenshot height")
+    p.set_defaults(func=cmd_view)
     return parser
 
 

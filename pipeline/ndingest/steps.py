@@ -23,6 +23,11 @@ def inspect_path(plan: Plan) -> Path:
     return plan.markers / "inspect.json"
 
 
+def _given_window(spec) -> list[float] | None:
+    """The spec's window range as JSON stores it (a list), so cached and current compare equal."""
+    return list(spec.window_range) if spec.window_range is not None else None
+
+
 def cached_summaries(plan: Plan) -> dict[str, SourceSummary] | None:
     """The summaries Inspect wrote, if they still describe the sources as they are."""
     stored = markers.read_json(inspect_path(plan))
@@ -31,7 +36,7 @@ def cached_summaries(plan: Plan) -> dict[str, SourceSummary] | None:
     out = {}
     for name, cp in plan.channels.items():
         entry = stored.get(name)
-        if entry is None or entry["source"] != cp.source.fingerprint() or entry["window_given"] != cp.spec.window_range:
+        if entry is None or entry["source"] != cp.source.fingerprint() or entry["window_given"] != _given_window(cp.spec):
             return None
         out[name] = SourceSummary.from_json(entry["summary"])
     return out
@@ -50,7 +55,7 @@ def record_inspection(plan: Plan, summaries: dict[str, SourceSummary]) -> None:
     check_catalog(plan, summaries)
     markers.write_json(inspect_path(plan), {
         name: {"summary": s.to_json(), "source": plan.channels[name].source.fingerprint(),
-               "window_given": list(plan.channels[name].spec.window_range or []) or None}
+               "window_given": _given_window(plan.channels[name].spec)}
         for name, s in summaries.items()
     })
 

@@ -20,7 +20,7 @@ import luigi.configuration
 
 from . import markers, steps
 from .errors import NdingestError
-from .ingest import write_shard
+from .ingest import ShardResult, write_shard
 from .plan import Plan, load_plan
 from .verify import report_dir, verify_plan
 
@@ -70,6 +70,11 @@ class SpecTask(luigi.Task):
         except Exception:  # the spec itself may be what failed; luigi still reports it
             logger.debug("could not record failure of %s", self.task_id, exc_info=True)
         return super().on_failure(exception)
+
+    def _report(self, result: ShardResult) -> None:
+        """One log line per shard: what this process wrote (a rerun of a shard writes 0)."""
+        logger.info("%s: wrote %d blocks (%d already marked), %.1f MB in %.1f s", self.task_id, result.written,
+                    result.skipped, result.bytes / 1e6, result.seconds)
 
     def _progress(self, done: int, total: int, what: str) -> None:
         """The luigid UI's per-task progress, at most about once a second."""
@@ -150,7 +155,7 @@ class IngestBlock(SpecTask):
 
     def run(self) -> None:
         cp, shard = self._shard()
-        write_shard(self.plan, cp, shard, progress=lambda d, n: self._progress(d, n, "blocks written"))
+        self._report(write_shard(self.plan, cp, shard, progress=lambda d, n: self._progress(d, n, "blocks written")))
 
 
 class Downsample(SpecTask):
@@ -179,8 +184,8 @@ class Downsample(SpecTask):
     def run(self) -> None:
         cp, shard = self._shard()
         steps.mark_propagating(self.plan, self.channel)
-        write_shard(self.plan, cp, shard, level=self.level,
-                    progress=lambda d, n: self._progress(d, n, f"level {self.level} blocks written"))
+        self._report(write_shard(self.plan, cp, shard, level=self.level,
+                                 progress=lambda d, n: self._progress(d, n, f"level {self.level} blocks written")))
 
 
 def top_level_tasks(spec: str, plan: Plan) -> list[luigi.Task]:

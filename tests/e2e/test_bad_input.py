@@ -118,7 +118,16 @@ def test_a_channel_whose_size_differs_from_the_dataset_exits_3(tmp_path, tutoria
     assert not (tmp_path / "store").exists()
 
 
-def test_debug_shows_the_traceback(tmp_path):
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_debug_shows_the_traceback(tmp_path, where):
     spec = write_spec(tmp_path, image=tmp_path / "nowhere.h5")
-    result = run_cli("ingest", str(spec), "--debug")
+    args = ["ingest", str(spec), "--debug"] if where == "after" else ["--debug", "ingest", str(spec)]
+    result = run_cli(*args)
     assert result.returncode == 3 and "Traceback" in result.stderr
+    assert "nowhere.h5" in result.stderr.strip().splitlines()[-1]
+
+
+def test_without_debug_there_is_no_traceback(tmp_path):
+    spec = write_spec(tmp_path, image=tmp_path / "nowhere.h5")
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 3 and "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from conftest import LUIGI, read_cutout, run_cli, snapshot, write_spec
+from conftest import LUIGI, REPO, read_cutout, run_cli, snapshot, write_spec
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 
 CHANNEL_DIR = "store/neurostorm_kat11_scale3/kat11_scale3"
@@ -100,6 +101,14 @@ def test_cloudvolume_opens_each_channel_as_is(ingested, tutorial_data, channel, 
     np.testing.assert_array_equal(part, read_cutout(tutorial_data / file)[13:50, 50:99, 100:137])
 
 
+def test_a_window_range_given_in_the_spec_is_kept(tmp_path, tutorial_data):
+    spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, image_extra="window_range = [10, 200]")
+    assert (first := run_cli("ingest", str(spec))).returncode == 0, first.stderr
+    assert (again := run_cli("ingest", str(spec))).returncode == 0, again.stderr
+    db = sqlite3.connect(tmp_path / "store/catalog.sqlite")
+    assert db.execute("select startwindow, endwindow from channels where channel_name = 'image'").fetchone() == (10, 200)
+
+
 def test_catalog_holds_the_tutorial_data_model(ingested):
     folder, _, _ = ingested
     db = sqlite3.connect(folder / "store/catalog.sqlite")
@@ -141,10 +150,11 @@ def test_verify_command_rereads_and_passes(ingested):
     assert "all 16 blocks equal" in result.stdout
 
 
-def test_runs_the_luigi_way(tmp_path, tutorial_data):
+def test_runs_the_luigi_way_with_the_shipped_luigi_cfg(tmp_path, tutorial_data):
     spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)
     proc = subprocess.run([LUIGI, "--module", "ndingest.tasks", "Verify", "--spec", str(spec), "--local-scheduler"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "LUIGI_CONFIG_PATH": str(REPO / "configs/luigi.cfg")})
     assert proc.returncode == 0, proc.stderr
     status = json.loads(run_cli("status", str(spec), "--json").stdout)
     assert status["channels"]["image"]["verified"] == 8

@@ -1,0 +1,157 @@
+"""10^5 blocks: how long planning, scheduling, resuming and a no-op rerun take.
+
+Run from the project root:
+
+    .venv/bin/python benchmarks/scale.py [--blocks-x 50 --blocks-y 50 --blocks-z 40]
+
+In a temporary folder it writes an HDF5 source whose shape holds the requested grid of
+64x64x64 blocks (isotropic chunks, `block_chunks = [1, 1, 1]`; 100,000 blocks by
+default) without writing any voxel (unallocated chunks), so the figures are about the
+pipeline's bookkeeping, not I/O. Then, each timed on its own:
+
+1. `load_plan`: the spec joined with its source into levels, blocks and shards;
+2. Luigi scheduling of a fresh ingest (a local-scheduler Worker adding the Verify task,
+   which asks every task's `complete()`), no task run;
+3. the finished state is made without writing voxels: the real Inspect → CreateChannels
+   tasks, then every block's written and verified markers (same files as the writers'),
+   the verify report and propagate = 2;
+4. `ndingest status SPEC` (counts 2 x 10^5 markers);
+5. `ndingest ingest SPEC` on the finished ingest (the cron no-op), as a subprocess;
+6. resume after losing one shard's markers (what a rerun after a kill decides): Luigi
+   scheduling of the same DAG, which finds the one incomplete shard.
+
+Prints a Markdown table and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import luigi
+import luigi.scheduler
+import luigi.worker
+
+from ndingest import markers
+from ndingest.plan import load_plan
+from ndingest.steps import mark_propagated
+from ndingest.tasks import CreateChannels, Verify
+from ndingest.verify import report_dir
+
+NDINGEST = str(Path(sys.executable).parent / "ndingest")
+EDGE = 64  # isotropic chunk = block
+
+
+def spec_text(source: Path, store: Path) -> str:
+    return f"""
+[dataset]
+name = "scale_bench"
+offset = [0, 0, 0]
+voxel_resolution = [4.0, 4.0, 4.0]
+scaling_option = "isotropic"
+scaling_levels = 0
+
+[project]
+name = "scale_bench"
+token = "scale_bench"
+
+[channels.image]
+type = "image"
+source = "{source}"
+window_range = [0, 255]
+
+[store]
+path = "{store}"
+
+[ingest]
+block_chunks = [1, 1, 1]
+"""
+
+
+def timed(fn):
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+def schedule_only(spec: Path) -> int:
+    """Add the DAG to a fresh local scheduler, as `luigi.build` does, without running it."""
+    worker = luigi.worker.Worker(scheduler=luigi.scheduler.Scheduler(), worker_processes=1)
+    with worker:
+        worker.add(Verify(spec=str(spec)))
+        return len(worker._scheduled_tasks)
+
+
+def fake_finished(spec: Path) -> None:
+    """The state a finished ingest leaves, without its voxels."""
+    assert luigi.build([CreateChannels(spec=str(spec))], local_scheduler=True), "CreateChannels failed"
+    plan = load_plan(str(spec))
+    for cp in plan.channels.values():
+        for lv in cp.levels:
+            for shard in lv.shards:
+                for kind in (markers.WRITTEN, markers.VERIFIED):
+                    directory = markers.shard_dir(cp.markers, kind, lv.level, shard)
+                    directory.mkdir(parents=True, exist_ok=True)
+                    for box in shard.blocks:
+                        record = {"box": box.to_key(), "t": shard.t, "level": lv.level, "checksum": 0,
+                                  "dtype": "uint8", "pid": os.getpid()}
+                        (directory / f"{box.to_key()}{markers.SUFFIX}").write_text(json.dumps(record))
+    report_dir(plan).mkdir(parents=True, exist_ok=True)
+    (report_dir(plan) / "verify.csv").write_text("fabricated by benchmarks/scale.py\n")
+    mark_propagated(plan)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks-x", type=int, default=50)
+    parser.add_argument("--blocks-y", type=int, default=50)
+    parser.add_argument("--blocks-z", type=int, default=40)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="ndingest-scale-"))
+    rows = []
+    try:
+        source = folder / "big.h5"
+        shape = (args.blocks_z * EDGE, args.blocks_y * EDGE, args.blocks_x * EDGE)  # (z, y, x)
+        with h5py.File(source, "w") as f:
+            f.create_dataset("image/CUTOUT", shape=shape, dtype="uint8", chunks=(EDGE, EDGE, EDGE))
+        spec = folder / "spec.toml"
+        spec.write_text(spec_text(source, folder / "store"))
+
+        seconds, plan = timed(lambda: load_plan(str(spec)))
+        cp = plan.channel("image")
+        n_blocks = sum(len(s.blocks) for s in cp.shards)
+        rows.append(("plan (`load_plan`)", seconds, f"{n_blocks:,} blocks in {len(cp.shards):,} shards"))
+        seconds, n_tasks = timed(lambda: schedule_only(spec))
+        rows.append(("Luigi scheduling, fresh ingest (no task run)", seconds, f"{n_tasks:,} tasks"))
+        seconds, _ = timed(lambda: fake_finished(spec))
+        rows.append(("(setup: catalog, 2 x markers, report; not a figure)", seconds, ""))
+        seconds, status = timed(lambda: subprocess.run([NDINGEST, "status", str(spec)], capture_output=True,
+                                                        text=True, check=True))
+        rows.append(("`ndingest status SPEC`", seconds, status.stdout.strip()))
+        seconds, rerun = timed(lambda: subprocess.run([NDINGEST, "ingest", str(spec)], capture_output=True, text=True))
+        assert rerun.returncode == 0, rerun.stderr
+        rows.append(("`ndingest ingest SPEC`, finished ingest (cron no-op)", seconds, rerun.stdout.splitlines()[0]))
+        lost = cp.shards[len(cp.shards) // 2]
+        shutil.rmtree(markers.shard_dir(cp.markers, markers.WRITTEN, 0, lost))
+        shutil.rmtree(markers.shard_dir(cp.markers, markers.VERIFIED, 0, lost))
+        seconds, n_tasks = timed(lambda: schedule_only(spec))
+        rows.append(("resume: Luigi scheduling after one shard's markers were lost", seconds,
+                     f"{n_tasks:,} tasks scheduled"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print("| step | seconds | note |\n|---|---:|---|")
+    for name, seconds, note in rows:
+        print(f"| {name} | {seconds:.2f} | {note} |")
+    print(f"\nMachine: {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}")
+
+
+if __name__ == "__main__":
+    main()

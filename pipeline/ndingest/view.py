@@ -1,0 +1,122 @@
+"""`ndingest view`: the store in a local neuroglancer, every channel of a spec as a layer.
+
+The `neuroglancer` package serves its own client and the viewer state; the store folder is
+served beside it by a static file server with CORS, so the client reads each channel as
+`precomputed://http://HOST:PORT/DATASET/PROJECT/CHANNEL`, exactly as it would from a
+bucket. Both listen on 127.0.0.1 unless told otherwise.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StoreError
+from .plan import ChannelPlan, Plan
+
+# Debian's chromium, as root and offline (no sandbox, no background connections)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-dev-shm-usage", "--force-device-scale-factor=1"]
+
+
+class CorsFiles(http.server.SimpleHTTPRequestHandler):
+    """Static files anyone may fetch (`Access-Control-Allow-Origin: *`), quietly."""
+
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class StoreServer:
+    """The store folder over HTTP, on a thread, until `close()`."""
+
+    def __init__(self, folder: Path, *, bind: str = "127.0.0.1", port: int = 0, handler=CorsFiles):
+        self.httpd = http.server.ThreadingHTTPServer((bind, port), functools.partial(handler, directory=str(folder)))
+        self.httpd.daemon_threads = True
+        host, port = self.httpd.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def layer_for(cp: ChannelPlan, source: str, window: tuple[float, float]):
+    """Image channels in grey over their window range; annotation channels as segments."""
+    import neuroglancer
+
+    if cp.spec.type == "annotation":
+        return neuroglancer.SegmentationLayer(source=source)
+    return neuroglancer.ImageLayer(source=source, shader_controls={"normalized": {"range": list(window)}})
+
+
+@dataclass
+class Viewing:
+    viewer: object
+    server: StoreServer
+
+    @property
+    def url(self) -> str:
+        return self.viewer.get_viewer_url()
+
+    def close(self) -> None:
+        import neuroglancer
+
+        self.server.close()
+        neuroglancer.server.stop()
+
+
+def open_viewer(plan: Plan, windows: dict[str, tuple[float, float]], *, bind: str = "127.0.0.1",
+                port: int = 0, t: int = 0) -> Viewing:
+    """A neuroglancer viewer on every channel (time point `t`), centred on the dataset."""
+    import neuroglancer
+
+    missing = [cp.name for cp in plan.channels.values() if plan.store.info(cp.ref(t)) is None]
+    if missing:
+        raise StoreError(f"{plan.store.path}: channel {missing[0]} is not in the store; run ingest first")
+    server = StoreServer(plan.store.path, bind=bind)
+    neuroglancer.set_server_bind_address(bind, port)
+    viewer = neuroglancer.Viewer()
+    extent = next(iter(plan.channels.values())).extent
+    with viewer.txn() as s:
+        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                    scales=list(plan.spec.dataset.voxel_resolution_nm))
+        b, shape = extent.begin, extent.shape
+        s.position = [b.x + shape.x // 2, b.y + shape.y // 2, b.z + shape.z // 2 + 0.5]
+        s.cross_section_scale = 1
+        s.layout = "4panel"
+        for cp in plan.channels.values():
+            s.layers[cp.name] = layer_for(cp, f"precomputed://{server.url}/{cp.ref(t)}", windows[cp.name])
+    return Viewing(viewer, server)
+
+
+def screenshot(viewing: Viewing, path: Path, *, size: tuple[int, int] = (1000, 700), timeout: float = 60.0) -> None:
+    """What the viewer draws, from Debian's headless chromium, as a PNG (for READMEs)."""
+    import os
+
+    import neuroglancer.webdriver
+
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        raise StoreError(f"{CHROMIUM} or {CHROMEDRIVER} is missing: apt-get install chromium chromium-driver")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not go online for a driver
+    os.environ.setdefault("SE_CHROMEDRIVER", str(CHROMEDRIVER))
+    viewer = viewing.viewer
+    with viewer.config_state.txn() as s:
+        s.viewer_size = list(size)
+    with neuroglancer.webdriver.Webdriver(viewer, headless=True, browser="chrome", browser_binary_path=str(CHROMIUM),
+                                          extra_command_line_args=CHROMIUM_ARGS, print_logs=False):
+        done = threading.Event()
+        reply = []
+        viewer.async_screenshot(lambda s: (reply.append(s), done.set()))
+        if not done.wait(timeout):
+            raise StoreError(f"neuroglancer did not finish drawing within {timeout:.0f} s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(reply[0].screenshot.image)
