@@ -13,12 +13,12 @@ pipeline's bookkeeping, not I/O. Then, each timed on its own:
 2. Luigi scheduling of a fresh ingest (a local-scheduler Worker adding the Verify task,
    which asks every task's `complete()`), no task run;
 3. the finished state is made without writing voxels: the real Inspect → CreateChannels
-   tasks, then every block's written and verified markers (same files as the writers'),
-   the verify report and propagate = 2;
+   tasks, then every block's written and verified markers and each shard's seal (same
+   files as the writers'), the verify report and propagate = 2;
 4. `ndingest status SPEC` (counts 2 x 10^5 markers);
 5. `ndingest ingest SPEC` on the finished ingest (the cron no-op), as a subprocess;
-6. resume after losing one shard's markers (what a rerun after a kill decides): Luigi
-   scheduling of the same DAG, which finds the one incomplete shard.
+6. resume after a kill in the middle of a shard (half its blocks marked, no seal): Luigi
+   scheduling alone, then the whole `ndingest ingest SPEC` that finishes the job.
 
 Prints a Markdown table and the machine.
 """
@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 import h5py
+import logging
+
 import luigi
 import luigi.scheduler
 import luigi.worker
@@ -104,16 +106,19 @@ def fake_finished(spec: Path) -> None:
                         record = {"box": box.to_key(), "t": shard.t, "level": lv.level, "checksum": 0,
                                   "dtype": "uint8", "pid": os.getpid()}
                         (directory / f"{box.to_key()}{markers.SUFFIX}").write_text(json.dumps(record))
+                    markers.seal_shard(directory, shard)  # as write_shard and verify_shard do
     report_dir(plan).mkdir(parents=True, exist_ok=True)
     (report_dir(plan) / "verify.csv").write_text("fabricated by benchmarks/scale.py\n")
     mark_propagated(plan)
 
 
 def main() -> None:
+    logging.getLogger("luigi-interface").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks-x", type=int, default=50)
     parser.add_argument("--blocks-y", type=int, default=50)
     parser.add_argument("--blocks-z", type=int, default=40)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (for profiling)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ndingest-scale-"))
     rows = []
@@ -139,14 +144,25 @@ def main() -> None:
         seconds, rerun = timed(lambda: subprocess.run([NDINGEST, "ingest", str(spec)], capture_output=True, text=True))
         assert rerun.returncode == 0, rerun.stderr
         rows.append(("`ndingest ingest SPEC`, finished ingest (cron no-op)", seconds, rerun.stdout.splitlines()[0]))
+        # a kill in the middle of a shard: half its blocks marked, no seal, nothing verified
         lost = cp.shards[len(cp.shards) // 2]
-        shutil.rmtree(markers.shard_dir(cp.markers, markers.WRITTEN, 0, lost))
-        shutil.rmtree(markers.shard_dir(cp.markers, markers.VERIFIED, 0, lost))
+        for kind in (markers.WRITTEN, markers.VERIFIED):
+            directory = markers.shard_dir(cp.markers, kind, 0, lost)
+            markers.sealed_path(directory).unlink()
+            for box in lost.blocks[len(lost.blocks) // 2 if kind == markers.WRITTEN else 0:]:
+                (directory / f"{box.to_key()}{markers.SUFFIX}").unlink()
         seconds, n_tasks = timed(lambda: schedule_only(spec))
-        rows.append(("resume: Luigi scheduling after one shard's markers were lost", seconds,
-                     f"{n_tasks:,} tasks scheduled"))
+        rows.append(("resume: Luigi scheduling after a kill mid-shard", seconds, f"{n_tasks:,} tasks"))
+        seconds, rerun = timed(lambda: subprocess.run([NDINGEST, "ingest", str(spec)], capture_output=True, text=True))
+        assert rerun.returncode == 0, rerun.stderr
+        rows.append(("resume: `ndingest ingest SPEC` after a kill mid-shard", seconds,
+                     f"writes {len(lost.blocks) - len(lost.blocks) // 2} blocks, verifies {len(lost.blocks)}, "
+                     "report of every block"))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep:
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     print("| step | seconds | note |\n|---|---:|---|")
     for name, seconds, note in rows:
         print(f"| {name} | {seconds:.2f} | {note} |")

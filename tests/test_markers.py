@@ -10,7 +10,7 @@ from ndingest.blocks import Box, Vec3, plan_shards
 from ndingest.errors import StoreError
 from ndingest.markers import (
     VERIFIED, WRITTEN, channel_dir, checksum, count_marked, drop, marked_boxes, pending_blocks,
-    read_marker, shard_complete, shard_dir, write_marker,
+    read_marker, seal_shard, sealed_path, shard_complete, shard_dir, write_marker,
 )
 
 CHUNK = Vec3(128, 128, 16)
@@ -70,6 +70,30 @@ def test_shard_complete_only_when_every_block_is_marked(tmp_path, shard):
     assert not shard_complete(directory, shard)
     write_marker(directory, shard.blocks[-1], {})
     assert shard_complete(directory, shard)
+
+
+def test_seal_only_once_every_block_is_marked(tmp_path, shard):
+    directory = shard_dir(tmp_path, WRITTEN, 0, shard)
+    for box in shard.blocks[:-1]:
+        write_marker(directory, box, {})
+    assert not seal_shard(directory, shard) and not sealed_path(directory).exists()
+    write_marker(directory, shard.blocks[-1], {})
+    assert seal_shard(directory, shard) and sealed_path(directory).exists()
+    assert sealed_path(directory).parent == directory.parent  # beside the shard's folder, not in it
+    assert marked_boxes(directory) == set(shard.blocks)
+
+
+def test_a_sealed_shard_is_complete_and_counted_without_listing_its_markers(tmp_path, shard):
+    directory = shard_dir(tmp_path, WRITTEN, 0, shard)
+    for box in shard.blocks:
+        write_marker(directory, box, {})
+    seal_shard(directory, shard)
+    for marker in directory.iterdir():  # the seal alone answers, as it does for 10^3 shards
+        marker.unlink()
+    assert shard_complete(directory, shard)
+    assert count_marked(tmp_path, WRITTEN, 0, [shard]) == len(shard.blocks)
+    drop(tmp_path, WRITTEN)  # --restart forgets the seal with the markers
+    assert not shard_complete(directory, shard) and count_marked(tmp_path, WRITTEN, 0, [shard]) == 0
 
 
 def test_write_marker_leaves_no_temp_files(tmp_path, shard):

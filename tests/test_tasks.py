@@ -93,3 +93,32 @@ def test_a_failing_task_records_its_error_for_the_cli(spec, tmp_path, tutorial_d
     assert build(tasks.CreateProject(spec=str(other))) == "FAILED"
     failures = tasks.recorded_failures(load_plan(other), since=0)
     assert failures and failures[0]["exit_code"] == 4 and "kat11_scale3" in failures[0]["message"]
+
+
+# --- the write loop's commits: markers follow flushed data, in batches ----------------
+
+def _markers_seen_during(spec, commit_seconds: float) -> tuple[list[int], int]:
+    """Marker counts in the shard folder as each block of shard 0 finishes, and at the end."""
+    from ndingest import markers
+    from ndingest.ingest import write_shard
+
+    assert build(tasks.CreateChannels(spec=spec)) == "SUCCESS"
+    plan = load_plan(spec)
+    cp = plan.channel("image")
+    shard = cp.shards[0]
+    directory = markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard)
+    seen = []
+    write_shard(plan, cp, shard, commit_seconds=commit_seconds,
+                progress=lambda done, total: seen.append(len(markers.marked_boxes(directory))))
+    assert markers.sealed_path(directory).exists()
+    return seen, len(markers.marked_boxes(directory))
+
+
+def test_each_block_is_marked_right_after_its_commit(spec):
+    seen, final = _markers_seen_during(spec, commit_seconds=0.0)
+    assert seen == [1, 2, 3] and final == 3
+
+
+def test_a_batch_is_marked_only_once_it_is_committed(spec):
+    seen, final = _markers_seen_during(spec, commit_seconds=3600.0)
+    assert seen == [0, 0, 0] and final == 3  # nothing marked before the flush at the end

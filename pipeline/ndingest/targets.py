@@ -20,7 +20,7 @@ import numpy as np
 
 from .blocks import Box, Vec3
 from .errors import CatalogConflict, StoreError
-from .markers import atomic_write
+from .markers import atomic_write, flush_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ def precomputed_info(*, datatype: str, channel_type: str, scales: list[Scale]) -
     }
 
 
-def tensorstore_spec(volume_dir: Path, level: int, *, sync: bool = True) -> dict:
+def tensorstore_spec(volume_dir: Path, level: int, *, sync: bool = False) -> dict:
+    """tensorstore's view of one level; writes are made durable by `LocalStore.flush`,
+    once per batch, not by an fsync per chunk file (`sync`)."""
     return {
         "driver": "neuroglancer_precomputed",
         "kvstore": {"driver": "file", "path": str(volume_dir) + "/"},
@@ -143,8 +145,12 @@ class LocalStore:
                 raise StoreError(f"{self.volume_dir(ref)}: cannot open level {level}: {exc}") from exc
         return self._handles[key]
 
+    def flush(self) -> None:
+        """Make every write so far durable (one syncfs for the store's file system)."""
+        flush_filesystem(self.path)
+
     def write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None:
-        """Write (z, y, x) voxels at `box`; returns once they are durably on disk."""
+        """Write (z, y, x) voxels at `box`; durable once `flush()` returns."""
         handle = self._handle(ref, level)
         try:
             handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].write(array.T).result()

@@ -31,6 +31,7 @@ CONFIG_DEFAULTS = {
     "retcode": {"already_running": "6", "missing_data": "3", "not_run": "1", "task_failed": "1",
                 "scheduling_error": "1", "unhandled_exception": "1"},
     "worker": {"check_complete_on_run": "true"},
+    "core": {"autoload_range": "false"},  # ndingest has no range tasks; silences Luigi's warning
 }
 
 

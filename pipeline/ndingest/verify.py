@@ -92,17 +92,22 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
     store = store or LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
     directory = markers.shard_dir(cp.markers, markers.VERIFIED, level, shard)
     done = markers.marked_boxes(directory) if resume else set()
-    rows = []
+    rows, marked = [], 0
     for i, box in enumerate(shard.blocks, start=1):
         if box in done:
             rows.append(_row(cp, shard, level, box, OK_EARLIER))
         else:
             row = verify_block(plan, cp, store, shard, box, level=level)
             rows.append(row)
-            if resume and row["status"] == OK:
-                markers.write_marker(directory, box, {"checksum": row["checksum_store"], "verified_at": time.time()})
+            if resume and row["status"] == OK:  # made durable below, once for the shard
+                markers.write_marker(directory, box, {"checksum": row["checksum_store"], "verified_at": time.time()},
+                                     durable=False)
+                marked += 1
         if progress:
             progress(i, len(shard.blocks))
+    if marked:
+        markers.flush_filesystem(directory)
+        markers.seal_shard(directory, shard)
     return rows
 
 
