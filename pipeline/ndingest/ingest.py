@@ -104,11 +104,12 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
                 progress: Progress | None = None, commit_seconds: float = COMMIT_SECONDS) -> ShardResult:
     """Write every unmarked block of `shard` at `level`, each marked once durable.
 
-    One block is in flight at a time, so memory is one block per worker whatever the
-    volume's size. Blocks are committed in batches (every `commit_seconds` and at the
-    end): flush the store, write the batch's markers, flush again. So a marker never
-    outlives its data, and a kill costs at most one batch of rework, while the disk sees
-    two flushes per batch instead of one per chunk file and marker.
+    One write is in flight at a time (tensorstore finishes it while the next block is
+    read), so memory is about two blocks per worker whatever the volume's size. Blocks
+    are committed in batches (every `commit_seconds` and at the end): flush the store,
+    write the batch's markers, flush again. So a marker never outlives its data, a kill
+    costs at most one batch of rework, and the disk sees two flushes per batch instead
+    of one per chunk file and marker.
     """
     ensure_manifest(cp, plan)
     directory = markers.shard_dir(cp.markers, markers.WRITTEN, level, shard)
@@ -118,8 +119,13 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
     skipped = len(shard.blocks) - len(todo)
     batch: list[tuple[Box, dict]] = []
     last_commit = started
+    in_flight = None  # the one write tensorstore finishes while the next block is read
 
     def commit() -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            in_flight.wait()
+            in_flight = None
         plan.store.flush()
         for box, record in batch:
             markers.write_marker(directory, box, record, durable=False)
@@ -128,7 +134,9 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
 
     for i, box in enumerate(todo, start=1):
         voxels = level_block(plan, cp, plan.store, level=level, box=box, t=shard.t)
-        plan.store.write(ref, level, box, voxels)
+        if in_flight is not None:
+            in_flight.wait()
+        in_flight = plan.store.start_write(ref, level, box, voxels)
         batch.append((box, {"t": shard.t, "level": level, "checksum": markers.checksum(voxels),
                             "dtype": voxels.dtype.name, "pid": os.getpid()}))
         nbytes += voxels.nbytes

@@ -97,6 +97,20 @@ def tensorstore_spec(volume_dir: Path, level: int, *, sync: bool = False) -> dic
     }
 
 
+@dataclass
+class PendingWrite:
+    """A tensorstore write under way; `wait()` returns once it is written (not yet flushed)."""
+
+    future: object
+    what: str
+
+    def wait(self) -> None:
+        try:
+            self.future.result()
+        except (ValueError, RuntimeError, IndexError) as exc:
+            raise StoreError(f"{self.what}: {exc}") from exc
+
+
 class LocalStore:
     """A folder holding the catalog and the precomputed volumes."""
 
@@ -151,11 +165,17 @@ class LocalStore:
 
     def write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None:
         """Write (z, y, x) voxels at `box`; durable once `flush()` returns."""
+        self.start_write(ref, level, box, array).wait()
+
+    def start_write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> "PendingWrite":
+        """Begin writing (z, y, x) voxels at `box`; tensorstore finishes it in the
+        background while the caller reads the next block. `wait()` before `flush()`."""
         handle = self._handle(ref, level)
         try:
-            handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].write(array.T).result()
+            future = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].write(array.T)
         except (ValueError, RuntimeError, IndexError) as exc:
             raise StoreError(f"{self.volume_dir(ref)}: cannot write {box}: {exc}") from exc
+        return PendingWrite(future, f"{self.volume_dir(ref)}: cannot write {box}")
 
     def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray:
         """The (z, y, x) voxels at `box`: an F-order read, transposed as a view."""

@@ -69,3 +69,5 @@ def test_two_workers_write_every_block_once(tmp_path, volume):
     np.testing.assert_array_equal(read_volume(tmp_path, "image"), volume)
     status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]["image"]
     assert status["done"] == status["total"] == status["verified"] == 2 * 2 * 3
+    writers = {json.loads(m.read_text())["pid"] for m in (tmp_path / "store/_markers").rglob("written/**/*.json")}
+    assert len(writers) > 1  # worker processes (Luigi forks one per running shard), not threads of one
