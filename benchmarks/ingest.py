@@ -316,6 +316,13 @@ def measure(argv: list[str], cwd: Path) -> Measured:
     return Measured(seconds, usage.ru_maxrss * 1024, stdout, stderr)
 
 
+def median_run(runs: list[Measured], *, reported: bool) -> Measured:
+    """The run with the median time (timed part or whole process), with the largest peak RSS of all."""
+    ordered = sorted(runs, key=lambda m: m.reported_seconds if reported else m.process_seconds)
+    middle = ordered[len(ordered) // 2]
+    return Measured(middle.process_seconds, max(m.peak_rss for m in runs), middle.stdout, middle.stderr)
+
+
 def step_argv(step: str, workdir: Path, *extra: str) -> list[str]:
     return [PYTHON, str(Path(__file__).resolve()), "--step", step, "--workdir", str(workdir), *extra]
 
@@ -370,21 +377,32 @@ def bench(args: argparse.Namespace) -> int:
         spec.write_text(SPEC.format(rx=RESOLUTION[0], ry=RESOLUTION[1], rz=RESOLUTION[2], dtype=args.dtype))
         generate = measure(step_argv("generate", workdir), workdir)
 
-        copy = measure(step_argv("copy", workdir, "--out", str(workdir / "baseline")), workdir)
-        readback = measure(step_argv("readback", workdir, "--out", str(workdir / "baseline")), workdir)
-        drop(workdir / "baseline")
-        nosync = measure(step_argv("copy", workdir, "--out", str(workdir / "baseline_nosync"), "--sync", "end"),
-                         workdir)
-        drop(workdir / "baseline_nosync")
-
-        inspect = measure([NDINGEST, "inspect", str(spec)], workdir)  # no store yet: scans the source
-        ingest = measure([NDINGEST, "--debug", "ingest", str(spec), "--workers", str(args.workers)], workdir)
-        verify = measure([NDINGEST, "verify", str(spec)], workdir)
-        status = json.loads(measure([NDINGEST, "status", "--json", str(spec)], workdir).stdout)
-        drop(workdir / "store")
-
-        cloudvolume = measure(step_argv("cloudvolume", workdir, "--out", str(workdir / "cloudvolume")), workdir)
-        drop(workdir / "cloudvolume")
+        runs: dict[str, list[Measured]] = {k: [] for k in
+                                           ("copy", "readback", "nosync", "inspect", "ingest", "verify", "cloudvolume")}
+        statuses = []
+        for _ in range(args.rounds):  # interleaved, so a slow spell of the disk hits every step alike
+            runs["copy"].append(measure(step_argv("copy", workdir, "--out", str(workdir / "baseline")), workdir))
+            runs["readback"].append(measure(step_argv("readback", workdir, "--out", str(workdir / "baseline")),
+                                            workdir))
+            shutil.rmtree(workdir / "baseline", ignore_errors=True)
+            runs["nosync"].append(measure(step_argv("copy", workdir, "--out", str(workdir / "baseline_nosync"),
+                                                    "--sync", "end"), workdir))
+            shutil.rmtree(workdir / "baseline_nosync", ignore_errors=True)
+            shutil.rmtree(workdir / "store", ignore_errors=True)
+            runs["inspect"].append(measure([NDINGEST, "inspect", str(spec)], workdir))  # no store: scans the source
+            runs["ingest"].append(measure([NDINGEST, "--debug", "ingest", str(spec), "--workers", str(args.workers)],
+                                          workdir))
+            runs["verify"].append(measure([NDINGEST, "verify", str(spec)], workdir))
+            statuses.append(json.loads(measure([NDINGEST, "status", "--json", str(spec)], workdir).stdout))
+            runs["cloudvolume"].append(measure(step_argv("cloudvolume", workdir, "--out", str(workdir / "cloudvolume")),
+                                               workdir))
+            shutil.rmtree(workdir / "cloudvolume", ignore_errors=True)
+        copy, readback, nosync, cloudvolume = (median_run(runs[k], reported=True)
+                                               for k in ("copy", "readback", "nosync", "cloudvolume"))
+        inspect, ingest, verify = (median_run(runs[k], reported=False) for k in ("inspect", "ingest", "verify"))
+        status = statuses[-1]
+        if not args.keep:
+            drop(workdir / "store")
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -392,7 +410,9 @@ def bench(args: argparse.Namespace) -> int:
     image = status["channels"]["image"]
     if image["done"] != image["total"] or image["verified"] != image["total"]:
         sys.exit(f"ingest did not finish: {image}")
-    phase = write_phase(ingest.stderr)
+    if any(s["channels"]["image"] != image for s in statuses):
+        sys.exit(f"rounds disagree: {statuses}")
+    phase = sorted((write_phase(m.stderr) for m in runs["ingest"]), key=lambda p: p.span_seconds)[len(runs["ingest"]) // 2]
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     nbytes = vol.nbytes
@@ -410,7 +430,7 @@ def bench(args: argparse.Namespace) -> int:
     print(f"Volume: {x}x{y}x{z} {vol.dtype} = {nbytes:,} bytes ({nbytes / MiB:.0f} MiB), uncompressed HDF5 "
           f"chunked {HDF5_CHUNK_ZYX} (z, y, x); precomputed chunks {chunk.x}x{chunk.y}x{chunk.z}, raw; "
           f"ndingest blocks {block.x}x{block.y}x{block.z} ({blocks} blocks, {phase.shards} shards), "
-          f"--workers {args.workers}; baseline and CloudVolume slabs {x}x{y}x{vol.slab_z}. "
+          f"--workers {args.workers}; median of {args.rounds} interleaved rounds; baseline and CloudVolume slabs {x}x{y}x{vol.slab_z}. "
           f"Source written in {generate.reported_seconds:.1f} s (not timed below).")
     print()
     print("| step | seconds | process s | MB/s | peak RSS MiB | speed vs baseline copy |")
@@ -472,6 +492,8 @@ def main() -> int:
                         "256MiB")
     parser.add_argument("--dtype", choices=sorted(ITEMSIZE), default="uint8", help="voxel type (default uint8)")
     parser.add_argument("--workers", type=int, default=1, help="ndingest ingest --workers (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="measure every step N times, interleaved; report "
+                        "the median time and the largest peak RSS (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and every output")
     parser.add_argument("--tmp", metavar="DIR", help="where to make the temporary folder (default: system temp dir)")
     parser.add_argument("--step", choices=("generate", "copy", "readback", "cloudvolume"), help=argparse.SUPPRESS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -117,7 +118,7 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
     ref = cp.ref(shard.t)
     started, nbytes = time.monotonic(), 0
     skipped = len(shard.blocks) - len(todo)
-    batch: list[tuple[Box, dict]] = []
+    batch: list[tuple[Box, dict, Future]] = []
     last_commit = started
     in_flight = None  # the one write tensorstore finishes while the next block is read
 
@@ -127,25 +128,28 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
             in_flight.wait()
             in_flight = None
         plan.store.flush()
-        for box, record in batch:
-            markers.write_marker(directory, box, record, durable=False)
+        for box, record, summing in batch:
+            markers.write_marker(directory, box, {**record, "checksum": summing.result()}, durable=False)
         markers.flush_filesystem(directory)
         batch.clear()
 
-    for i, box in enumerate(todo, start=1):
-        voxels = level_block(plan, cp, plan.store, level=level, box=box, t=shard.t)
-        if in_flight is not None:
-            in_flight.wait()
-        in_flight = plan.store.start_write(ref, level, box, voxels)
-        batch.append((box, {"t": shard.t, "level": level, "checksum": markers.checksum(voxels),
-                            "dtype": voxels.dtype.name, "pid": os.getpid()}))
-        nbytes += voxels.nbytes
-        if time.monotonic() - last_commit >= commit_seconds:
+    with ThreadPoolExecutor(1) as pool:  # checksums beside the reads; per call, as Luigi forks workers
+        for i, box in enumerate(todo, start=1):
+            voxels = level_block(plan, cp, plan.store, level=level, box=box, t=shard.t)
+            if in_flight is not None:
+                in_flight.wait()
+            if batch:
+                batch[-1][2].result()  # one checksum at a time, so blocks never pile up in memory
+            in_flight = plan.store.start_write(ref, level, box, voxels)
+            batch.append((box, {"t": shard.t, "level": level, "dtype": voxels.dtype.name, "pid": os.getpid()},
+                          pool.submit(markers.checksum, voxels)))
+            nbytes += voxels.nbytes
+            if time.monotonic() - last_commit >= commit_seconds:
+                commit()
+                last_commit = time.monotonic()
+            if progress:
+                progress(skipped + i, len(shard.blocks))
+        if batch:
             commit()
-            last_commit = time.monotonic()
-        if progress:
-            progress(skipped + i, len(shard.blocks))
-    if batch:
-        commit()
     markers.seal_shard(directory, shard)
     return ShardResult(len(todo), skipped, nbytes, time.monotonic() - started)

@@ -111,6 +111,20 @@ class PendingWrite:
             raise StoreError(f"{self.what}: {exc}") from exc
 
 
+@dataclass
+class PendingRead:
+    """A tensorstore read under way; `wait()` returns the (z, y, x) voxels."""
+
+    future: object
+    what: str
+
+    def wait(self) -> np.ndarray:
+        try:
+            return self.future.result().T
+        except (ValueError, RuntimeError, IndexError) as exc:
+            raise StoreError(f"{self.what}: {exc}") from exc
+
+
 class LocalStore:
     """A folder holding the catalog and the precomputed volumes."""
 
@@ -179,9 +193,14 @@ class LocalStore:
 
     def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray:
         """The (z, y, x) voxels at `box`: an F-order read, transposed as a view."""
+        return self.start_read(ref, level, box).wait()
+
+    def start_read(self, ref: VolumeRef, level: int, box: Box) -> "PendingRead":
+        """Begin reading `box`; tensorstore reads in the background until `wait()`."""
         handle = self._handle(ref, level)
+        what = f"{self.volume_dir(ref)}: cannot read {box}"
         try:
-            xyz = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].read(order="F").result()
+            future = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].read(order="F")
         except (ValueError, RuntimeError, IndexError) as exc:
-            raise StoreError(f"{self.volume_dir(ref)}: cannot read {box}: {exc}") from exc
-        return xyz.T
+            raise StoreError(f"{what}: {exc}") from exc
+        return PendingRead(future, what)

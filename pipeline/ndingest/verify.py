@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -58,21 +59,37 @@ def _row(cp: ChannelPlan, shard: Shard, level: int, box: Box, status: str = OK) 
             "detail": "", "voxels_differing": 0, "checksum_marker": "", "checksum_store": ""}
 
 
-def verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, box: Box, *, level: int = 0) -> dict:
+class _Inline(Executor):
+    """Runs the call at once; the pool `verify_block` uses when it is given none."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+_INLINE = _Inline()
+
+
+def verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, box: Box, *, level: int = 0,
+                 pool: Executor | None = None) -> dict:
     """One report row: `status` is "ok" or names what is wrong with this block. Level 0 is
-    compared with the source; level r with the level below, reduced again."""
+    compared with the source; level r with the level below, reduced again. The store is
+    read while the source is, and the checksum (on `pool`) runs beside the compare."""
     row = _row(cp, shard, level, box)
     marker = markers.read_marker(markers.shard_dir(cp.markers, markers.WRITTEN, level, shard), box)
     if marker is None:
         return {**row, "status": "not written", "detail": "no marker: the block was never written"}
     row["checksum_marker"] = marker["checksum"]
     try:
-        stored = store.read(cp.ref(shard.t), level, box)
+        reading = store.start_read(cp.ref(shard.t), level, box)
         expected = level_block(plan, cp, store, level=level, box=box, t=shard.t)
+        stored = reading.wait()
     except NdingestError as exc:
         return {**row, "status": "unreadable", "detail": str(exc)}
-    row["checksum_store"] = markers.checksum(stored)
+    summing = (pool or _INLINE).submit(markers.checksum, stored)
     mismatch = compare_block(expected, stored)
+    row["checksum_store"] = summing.result()
     if mismatch is not None:
         z, y, x = mismatch.first_zyx
         first = (box.begin.x + x, box.begin.y + y, box.begin.z + z)
@@ -93,18 +110,21 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
     directory = markers.shard_dir(cp.markers, markers.VERIFIED, level, shard)
     done = markers.marked_boxes(directory) if resume else set()
     rows, marked = [], 0
-    for i, box in enumerate(shard.blocks, start=1):
-        if box in done:
-            rows.append(_row(cp, shard, level, box, OK_EARLIER))
-        else:
-            row = verify_block(plan, cp, store, shard, box, level=level)
+    with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork
+        for i, box in enumerate(shard.blocks, start=1):
+            if box in done:
+                rows.append(_row(cp, shard, level, box, OK_EARLIER))
+                if progress:
+                    progress(i, len(shard.blocks))
+                continue
+            row = verify_block(plan, cp, store, shard, box, level=level, pool=pool)
             rows.append(row)
             if resume and row["status"] == OK:  # made durable below, once for the shard
                 markers.write_marker(directory, box, {"checksum": row["checksum_store"], "verified_at": time.time()},
                                      durable=False)
                 marked += 1
-        if progress:
-            progress(i, len(shard.blocks))
+            if progress:
+                progress(i, len(shard.blocks))
     if marked:
         markers.flush_filesystem(directory)
         markers.seal_shard(directory, shard)

@@ -78,9 +78,10 @@ def blocks_written(log: str, family: str) -> list[int]:
 
 
 def test_concurrent_runs_share_the_shards_and_write_each_block_once(tmp_path, luigid):
-    # 768 x 768 x 64 uint8 in 128 x 128 x 16 blocks: 144 blocks, 72 shards, enough for all three to join
-    source = write_h5(tmp_path / "big.h5", np.random.default_rng(0).integers(0, 256, (64, 768, 768), dtype=np.uint8))
-    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 2")
+    # 1024 x 1024 x 96 uint8 in 128 x 128 x 16 blocks: 384 blocks in 96 shards, some seconds of work for
+    # one run, so the others (started at the same time, polling luigid every 1-2 s) join in
+    source = write_h5(tmp_path / "big.h5", np.random.default_rng(0).integers(0, 256, (96, 1024, 1024), dtype=np.uint8))
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4")
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(REPO / "configs/luigi.cfg")}
     runs = []
     for i, extra in enumerate(([], ["--workers", "2"], [])):
@@ -103,7 +104,7 @@ def test_concurrent_runs_share_the_shards_and_write_each_block_once(tmp_path, lu
     # Luigi may hand a finished shard out again (a run that saw it pending re-adds it), but
     # that run finds every block marked: each block is written exactly once, by some run.
     written = [blocks_written(log, "IngestBlock") for log in logs]
-    assert sum(map(sum, written)) == 144, written
+    assert sum(map(sum, written)) == 384, written
     assert sum(1 for w in written if sum(w) > 0) > 1, written  # shared, not run by one alone
     writers = {json.loads(m.read_text())["pid"] for m in (tmp_path / "store/_markers").rglob("written/**/*.json")}
     assert len(writers) > 1
