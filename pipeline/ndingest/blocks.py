@@ -84,9 +84,11 @@ class Box:
         """The grid cells of size `chunk` (from `within.begin`) that cover this box,
         each clipped to `within`, x fastest."""
         grid = self.snap_to_grid(chunk, within.begin)
-        ranges = [range(b, e, c) for b, e, c in zip(grid.begin, grid.end, chunk)]
-        for z, y, x in itertools.product(ranges[2], ranges[1], ranges[0]):
-            yield Box.from_shape(Vec3(x, y, z), chunk).intersect(within)
+        # per axis, the clipped [lo, hi) of each cell, then their product (10^5 blocks plan in a blink)
+        spans = [[(max(lo, w0), max(max(lo, w0), min(lo + c, w1))) for lo in range(b, e, c)]
+                 for b, e, c, w0, w1 in zip(grid.begin, grid.end, chunk, within.begin, within.end)]
+        for (z0, z1), (y0, y1), (x0, x1) in itertools.product(spans[2], spans[1], spans[0]):
+            yield Box(Vec3(x0, y0, z0), Vec3(x1, y1, z1))
 
     def to_zyx_slices(self) -> tuple[slice, slice, slice]:
         return (

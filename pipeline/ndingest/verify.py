@@ -108,7 +108,12 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
     and newly verified ones are marked."""
     store = store or LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
     directory = markers.shard_dir(cp.markers, markers.VERIFIED, level, shard)
-    done = markers.marked_boxes(directory) if resume else set()
+    if not resume:
+        done = set()
+    elif markers.sealed_path(directory).exists():  # verified before, every block: no listing
+        done = set(shard.blocks)
+    else:
+        done = markers.marked_boxes(directory)
     rows, marked = [], 0
     with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork
         for i, box in enumerate(shard.blocks, start=1):
