@@ -47,11 +47,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +58,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from measuring import Measured, machine
+from measuring import measure as measure_once
 from ndingest.blocks import Vec3, chunk_shape  # pure: no numpy, no I/O
 from ndingest.spec import DEFAULT_BLOCK_CHUNKS
 
@@ -287,40 +287,21 @@ def run_step(args: argparse.Namespace) -> int:
 
 # --- the parent: runs and measures the steps ---------------------------------------------
 
-@dataclass
-class Measured:
-    process_seconds: float
-    peak_rss: int  # bytes
-    stdout: str
-    stderr: str
-
-    @property
-    def reported_seconds(self) -> float:
-        """The timed part a step printed as its last stdout line."""
-        return float(json.loads(self.stdout.strip().splitlines()[-1])["seconds"])
-
-
 def measure(argv: list[str], cwd: Path) -> Measured:
-    """Run `argv`, wait for it with wait4, and return its wall time, peak RSS and output."""
-    os.sync()  # the previous step's dirty pages are not this step's writeback
-    with tempfile.TemporaryFile(mode="w+", dir=cwd) as out, tempfile.TemporaryFile(mode="w+", dir=cwd) as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{stdout}{stderr[-5000:]}")
-    return Measured(seconds, usage.ru_maxrss * 1024, stdout, stderr)
+    """Each step starts with the disk flushed: the previous step's writeback is not its cost."""
+    return measure_once(argv, cwd, sync_first=True)
+
+
+def reported_seconds(m: Measured) -> float:
+    """The timed part a step printed as its last stdout line."""
+    return float(json.loads(m.stdout.strip().splitlines()[-1])["seconds"])
 
 
 def median_run(runs: list[Measured], *, reported: bool) -> Measured:
     """The run with the median time (timed part or whole process), with the largest peak RSS of all."""
-    ordered = sorted(runs, key=lambda m: m.reported_seconds if reported else m.process_seconds)
+    ordered = sorted(runs, key=lambda m: reported_seconds(m) if reported else m.seconds)
     middle = ordered[len(ordered) // 2]
-    return Measured(middle.process_seconds, max(m.peak_rss for m in runs), middle.stdout, middle.stderr)
+    return Measured(middle.seconds, max(m.peak_rss for m in runs), middle.stdout, middle.stderr)
 
 
 def step_argv(step: str, workdir: Path, *extra: str) -> list[str]:
@@ -353,15 +334,6 @@ def write_phase(log: str) -> WritePhase:
         sys.exit("could not find the IngestBlock lines in the ingest's --debug log; has its format changed?")
     return WritePhase(max(ends) - min(starts), sum(float(s[4]) for s in shards), len(shards),
                       sum(int(s[1]) for s in shards))
-
-
-def machine() -> str:
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:"))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{len(os.sched_getaffinity(0))} CPUs ({cpu}), {mem_kib / 2**20:.1f} GiB RAM, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -416,8 +388,8 @@ def bench(args: argparse.Namespace) -> int:
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     nbytes = vol.nbytes
-    base = copy.reported_seconds
-    base_rb = base + readback.reported_seconds
+    base = reported_seconds(copy)
+    base_rb = base + reported_seconds(readback)
 
     def row(what: str, seconds: float, process: float | None, peak: int | None) -> str:
         process_s = f"{process:.2f}" if process is not None else "-"
@@ -431,28 +403,28 @@ def bench(args: argparse.Namespace) -> int:
           f"chunked {HDF5_CHUNK_ZYX} (z, y, x); precomputed chunks {chunk.x}x{chunk.y}x{chunk.z}, raw; "
           f"ndingest blocks {block.x}x{block.y}x{block.z} ({blocks} blocks, {phase.shards} shards), "
           f"--workers {args.workers}; median of {args.rounds} interleaved rounds; baseline and CloudVolume slabs {x}x{y}x{vol.slab_z}. "
-          f"Source written in {generate.reported_seconds:.1f} s (not timed below).")
+          f"Source written in {reported_seconds(generate):.1f} s (not timed below).")
     print()
     print("| step | seconds | process s | MB/s | peak RSS MiB | speed vs baseline copy |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(row("baseline copy: h5py -> tensorstore, defaults (file_io_sync on)", base, copy.process_seconds,
+    print(row("baseline copy: h5py -> tensorstore, defaults (file_io_sync on)", base, copy.seconds,
               copy.peak_rss))
-    print(row("baseline read-back compare (tensorstore vs h5py)", readback.reported_seconds,
-              readback.process_seconds, readback.peak_rss))
-    print(row("baseline copy + read-back compare", base_rb, copy.process_seconds + readback.process_seconds,
+    print(row("baseline read-back compare (tensorstore vs h5py)", reported_seconds(readback),
+              readback.seconds, readback.peak_rss))
+    print(row("baseline copy + read-back compare", base_rb, copy.seconds + readback.seconds,
               max(copy.peak_rss, readback.peak_rss)))
     print(row("(baseline copy, file_io_sync off + one os.sync() at the end; for information)",
-              nosync.reported_seconds, nosync.process_seconds, nosync.peak_rss))
-    print(row("`ndingest inspect SPEC` (window-range scan, no store yet)", inspect.process_seconds,
-              inspect.process_seconds, inspect.peak_rss))
+              reported_seconds(nosync), nosync.seconds, nosync.peak_rss))
+    print(row("`ndingest inspect SPEC` (window-range scan, no store yet)", inspect.seconds,
+              inspect.seconds, inspect.peak_rss))
     print(row(f"ndingest write phase (Luigi span of {phase.shards} IngestBlock tasks)", phase.span_seconds,
               None, None))
-    print(row("`ndingest ingest SPEC` (whole pipeline: inspect, catalog, write, verify)", ingest.process_seconds,
-              ingest.process_seconds, ingest.peak_rss))
-    print(row("`ndingest verify SPEC` (re-reads every block)", verify.process_seconds, verify.process_seconds,
+    print(row("`ndingest ingest SPEC` (whole pipeline: inspect, catalog, write, verify)", ingest.seconds,
+              ingest.seconds, ingest.peak_rss))
+    print(row("`ndingest verify SPEC` (re-reads every block)", verify.seconds, verify.seconds,
               verify.peak_rss))
-    print(row("CloudVolume upload (parallel=1, compress=False)", cloudvolume.reported_seconds,
-              cloudvolume.process_seconds, cloudvolume.peak_rss))
+    print(row("CloudVolume upload (parallel=1, compress=False)", reported_seconds(cloudvolume),
+              cloudvolume.seconds, cloudvolume.peak_rss))
     print()
     print(f"Write phase: Luigi span {phase.span_seconds:.2f} s; sum of ndingest's per-shard times "
           f"{phase.shard_seconds:.1f} s ({phase.blocks} blocks over {phase.shards} shards).")
@@ -468,11 +440,11 @@ def bench(args: argparse.Namespace) -> int:
     print("Goals:")
     print(goal("write phase vs baseline copy (speed ratio)", base / phase.span_seconds, 0.9))
     print(f"  (for information: vs the copy with one os.sync() at the end, "
-          f"{nosync.reported_seconds / phase.span_seconds:.3f}x)")
-    print(goal("whole ingest vs baseline copy + read-back compare (speed ratio)", base_rb / ingest.process_seconds,
+          f"{reported_seconds(nosync) / phase.span_seconds:.3f}x)")
+    print(goal("whole ingest vs baseline copy + read-back compare (speed ratio)", base_rb / ingest.seconds,
                0.75))
     print(goal("whole ingest vs CloudVolume upload (speed ratio)",
-               cloudvolume.reported_seconds / ingest.process_seconds, 3))
+               reported_seconds(cloudvolume) / ingest.seconds, 3))
     per_process = ", largest single process" if args.workers > 1 else ""
     print(goal(f"ingest peak RSS, {nbytes / MiB:.0f} MiB volume, --workers {args.workers}{per_process} "
                f"(goal stated for 1 GiB, defaults)", ingest_mib, 400, unit=" MiB", below=True))

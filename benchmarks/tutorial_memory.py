@@ -27,18 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from measuring import Measured, machine, measure
 from ndingest.blocks import Box, Vec3, chunk_shape, plan_blocks  # pure: no numpy, no I/O
 from ndingest.spec import DEFAULT_BLOCK_CHUNKS
 
@@ -50,40 +47,6 @@ PYTHON = str(BIN / "python")
 IMPORT_FLOOR = "import ndingest.tasks, tensorstore, h5py, pandas, sqlalchemy"
 ITEMSIZE = {"uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "float32": 4}
 MiB = 2**20
-
-
-@dataclass
-class Measured:
-    seconds: float
-    peak_rss: int  # bytes
-    stdout: str
-
-
-def measure(argv: list[str], cwd: Path) -> Measured:
-    """Run `argv`, wait for it with wait4, and return its wall time and peak RSS."""
-    out = tempfile.TemporaryFile(mode="w+", dir=cwd)
-    err = tempfile.TemporaryFile(mode="w+", dir=cwd)
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
-    out.seek(0), err.seek(0)
-    stdout, stderr = out.read(), err.read()
-    out.close(), err.close()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{stdout}{stderr}")
-    return Measured(seconds, usage.ru_maxrss * 1024, stdout)
-
-
-def machine() -> str:
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:"))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{len(os.sched_getaffinity(0))} CPUs ({cpu}), {mem_kib / 2**20:.1f} GiB RAM, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}, "
-            f"temp dir {tempfile.gettempdir()}")
 
 
 def volume_figures(workdir: Path, spec_text: str) -> tuple[int, str, list[str]]:
@@ -182,7 +145,7 @@ def main() -> int:
     for line in volume_lines:
         print(f"- {line}")
     print()
-    print(f"Machine: {machine()}")
+    print(f"Machine: {machine()}, temp dir {tempfile.gettempdir()}")
     return 0
 
 

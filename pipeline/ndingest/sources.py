@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .blocks import Box, Vec3, ceil_div
+from .blocks import Box, Vec3
 from .errors import SourceError
 
 logger = logging.getLogger(__name__)

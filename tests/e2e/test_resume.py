@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from conftest import NDINGEST, read_cutout, run_cli, snapshot, write_h5, write_spec
+from conftest import NDINGEST, read_cutout, run_cli, write_h5, write_spec
 
 SHAPE_ZYX = (256, 512, 512)  # 256 one-chunk blocks per channel: slow enough to kill mid-run
 ONE_CHUNK_BLOCKS = "block_chunks = [1, 1, 1]\nblocks_per_shard = 16"
