@@ -82,6 +82,14 @@ def tutorial_data(tmp_path_factory) -> Path:
     return folder
 
 
+def ingest_tutorial(folder: Path, data: Path) -> tuple[Path, Run]:
+    """Both tutorial channels ingested into `folder`/store by the CLI: (spec, the run)."""
+    spec = write_spec(folder, image=data / IMAGE_FILE, annotation=data / ANNOTATION_FILE)
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    return spec, result
+
+
 @pytest.fixture
 def tutorial_spec(tmp_path, tutorial_data) -> Path:
     return write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_cutout, run_cli, write_spec
+from conftest import ingest_tutorial, read_cutout
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 from ndingest.view import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS, CorsFiles, StoreServer
 
@@ -143,9 +143,7 @@ class Browser:
 def session(tmp_path_factory, tutorial_data):
     """The tutorial ingested by the CLI, its store served on 127.0.0.1, and a headless neuroglancer."""
     folder = tmp_path_factory.mktemp("neuroglancer")
-    spec = write_spec(folder, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)
-    result = run_cli("ingest", str(spec))
-    assert result.returncode == 0, result.stderr
+    ingest_tutorial(folder, tutorial_data)
     server = StaticServer(folder / "store")
     browser = None
     with pytest.MonkeyPatch.context() as mp:

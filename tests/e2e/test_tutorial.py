@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from conftest import LUIGI, REPO, read_cutout, run_cli, snapshot, write_spec
+from conftest import LUIGI, REPO, ingest_tutorial, read_cutout, run_cli, snapshot, write_spec
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 
 CHANNEL_DIR = "store/neurostorm_kat11_scale3/kat11_scale3"
@@ -20,10 +20,7 @@ CHANNEL_DIR = "store/neurostorm_kat11_scale3/kat11_scale3"
 def ingested(tmp_path_factory, tutorial_data):
     """One finished tutorial ingest, shared by the read-only checks below."""
     folder = tmp_path_factory.mktemp("tutorial")
-    spec = write_spec(folder, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)
-    result = run_cli("ingest", str(spec))
-    assert result.returncode == 0, result.stderr
-    return folder, spec, result
+    return (folder, *ingest_tutorial(folder, tutorial_data))
 
 
 def test_sample_writes_the_tutorial_cutouts_in_ndstore_layout(tmp_path):

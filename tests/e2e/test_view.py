@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import NDINGEST, run_cli, write_spec
-from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
+from conftest import NDINGEST, ingest_tutorial, run_cli, write_spec
+from ndingest.sample import IMAGE_FILE
 from ndingest.view import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS
 
 if not CHROMIUM.exists():
@@ -40,11 +40,7 @@ return out;"""
 
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory, tutorial_data):
-    folder = tmp_path_factory.mktemp("view")
-    spec = write_spec(folder, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)
-    result = run_cli("ingest", str(spec))
-    assert result.returncode == 0, result.stderr
-    return spec
+    return ingest_tutorial(tmp_path_factory.mktemp("view"), tutorial_data)[0]
 
 
 def chromium() -> webdriver.Chrome:
