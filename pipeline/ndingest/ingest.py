@@ -114,7 +114,7 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
     """
     ensure_manifest(cp, plan)
     directory = markers.shard_dir(cp.markers, markers.WRITTEN, level, shard)
-    todo = markers.pending_blocks(shard, markers.marked_boxes(directory))
+    todo = markers.pending_blocks(shard, markers.marked_in_shard(directory, shard))
     ref = cp.ref(shard.t)
     started, nbytes = time.monotonic(), 0
     skipped = len(shard.blocks) - len(todo)

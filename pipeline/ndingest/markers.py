@@ -77,9 +77,17 @@ def sealed_path(directory: Path) -> Path:
     return directory.parent / f"{directory.name}.done"
 
 
+def marked_in_shard(directory: Path, shard: Shard) -> set[Box]:
+    """The blocks of `shard` marked in `directory`: all of them if it is sealed (a stat),
+    else those its listing holds. What every reader of markers asks."""
+    if sealed_path(directory).exists():
+        return set(shard.blocks)
+    return set(shard.blocks) & marked_boxes(directory)
+
+
 def shard_complete(directory: Path, shard: Shard) -> bool:
-    """Every block of `shard` is marked in `directory` (reads only; sealed shards cost a stat)."""
-    return sealed_path(directory).exists() or not pending_blocks(shard, marked_boxes(directory))
+    """Every block of `shard` is marked in `directory` (reads only)."""
+    return not pending_blocks(shard, marked_in_shard(directory, shard))
 
 
 def seal_shard(directory: Path, shard: Shard) -> bool:
@@ -177,11 +185,7 @@ def read_marker(directory: Path, box: Box) -> dict | None:
 
 def count_marked(channel_markers: Path, kind: str, level: int, shards: Iterable[Shard]) -> int:
     """Blocks of `shards` that carry a `kind` marker (a stat per sealed shard, else a listing)."""
-    total = 0
-    for s in shards:
-        directory = shard_dir(channel_markers, kind, level, s)
-        total += len(s.blocks) if sealed_path(directory).exists() else len(set(s.blocks) & marked_boxes(directory))
-    return total
+    return sum(len(marked_in_shard(shard_dir(channel_markers, kind, level, s), s)) for s in shards)
 
 
 def drop(channel_markers: Path, kind: str | None = None) -> None:

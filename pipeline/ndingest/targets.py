@@ -185,11 +185,12 @@ class LocalStore:
         """Begin writing (z, y, x) voxels at `box`; tensorstore finishes it in the
         background while the caller reads the next block. `wait()` before `flush()`."""
         handle = self._handle(ref, level)
+        what = f"{self.volume_dir(ref)}: cannot write {box}"
         try:
             future = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].write(array.T)
         except (ValueError, RuntimeError, IndexError) as exc:
-            raise StoreError(f"{self.volume_dir(ref)}: cannot write {box}: {exc}") from exc
-        return PendingWrite(future, f"{self.volume_dir(ref)}: cannot write {box}")
+            raise StoreError(f"{what}: {exc}") from exc
+        return PendingWrite(future, what)
 
     def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray:
         """The (z, y, x) voxels at `box`: an F-order read, transposed as a view."""

@@ -108,26 +108,19 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
     and newly verified ones are marked."""
     store = store or LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
     directory = markers.shard_dir(cp.markers, markers.VERIFIED, level, shard)
-    if not resume:
-        done = set()
-    elif markers.sealed_path(directory).exists():  # verified before, every block: no listing
-        done = set(shard.blocks)
-    else:
-        done = markers.marked_boxes(directory)
+    done = markers.marked_in_shard(directory, shard) if resume else set()
     rows, marked = [], 0
     with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork
         for i, box in enumerate(shard.blocks, start=1):
             if box in done:
                 rows.append(_row(cp, shard, level, box, OK_EARLIER))
-                if progress:
-                    progress(i, len(shard.blocks))
-                continue
-            row = verify_block(plan, cp, store, shard, box, level=level, pool=pool)
-            rows.append(row)
-            if resume and row["status"] == OK:  # made durable below, once for the shard
-                markers.write_marker(directory, box, {"checksum": row["checksum_store"], "verified_at": time.time()},
-                                     durable=False)
-                marked += 1
+            else:
+                row = verify_block(plan, cp, store, shard, box, level=level, pool=pool)
+                rows.append(row)
+                if resume and row["status"] == OK:  # made durable below, once for the shard
+                    markers.write_marker(directory, box, {"checksum": row["checksum_store"],
+                                                          "verified_at": time.time()}, durable=False)
+                    marked += 1
             if progress:
                 progress(i, len(shard.blocks))
     if marked:
