@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
+from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
+
 from conftest import NDINGEST, read_cutout, run_cli, write_h5, write_spec
 
 SHAPE_ZYX = (256, 512, 512)  # 256 one-chunk blocks per channel: slow enough to kill mid-run
@@ -175,4 +177,40 @@ def test_sigkill_mid_level_then_rerun_resumes_that_level(tmp_path, big_sources):
     after = {(m.parts[-5], m.stem): m.stat().st_mtime_ns for m in written_markers(tmp_path, 1)}
     assert len(after) == level1_total
     assert all(after[key] == mtime for key, mtime in marked.items()), "a marked level-1 block was redone"
+    assert run_cli("verify", str(spec)).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs mounted at `tmp_path`/store: a real disk that fills up (root only)."""
+    mount = tmp_path / "store"
+    mount.mkdir()
+    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                           capture_output=True, text=True)
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {tried.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_exits_7_naming_the_store_and_a_rerun_with_room_finishes(tmp_path, tutorial_data, small_disk):
+    spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 7, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ndingest: error")]
+    assert len(errors) == 1 and str(small_disk) in errors[0] and "No space left on device" in errors[0], result.stderr
+    status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]
+    assert sum(c["done"] for c in status.values()) < sum(c["total"] for c in status.values()), status
+
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    for channel, source in (("image", IMAGE_FILE), ("annotation", ANNOTATION_FILE)):
+        vol = ts.open({"driver": "neuroglancer_precomputed",
+                       "kvstore": {"driver": "file", "path": str(tmp_path / VOLUME / channel)}}).result()
+        np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0),
+                                      read_cutout(tutorial_data / source))
     assert run_cli("verify", str(spec)).returncode == 0
