@@ -5,6 +5,7 @@ import json
 import os
 import pty
 import socket
+import sqlite3
 import re
 import subprocess
 import sys
@@ -25,25 +26,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def luigid(tmp_path):
-    """luigid as the README starts it, with the shipped configs/luigi.cfg."""
+def start_luigid(luigid_bin: Path, config: Path, folder: Path) -> tuple[subprocess.Popen, str]:
+    """luigid as the README starts it, on a free port of 127.0.0.1, once it answers."""
     port = free_port()
-    (tmp_path / "luigid-log").mkdir()
+    (folder / "luigid-log").mkdir()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "luigid"), "--address", "127.0.0.1", "--port", str(port),
-         "--state-path", str(tmp_path / "luigid.state"), "--logdir", str(tmp_path / "luigid-log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "LUIGI_CONFIG_PATH": str(REPO / "configs/luigi.cfg")})
+        [str(luigid_bin), "--address", "127.0.0.1", "--port", str(port),
+         "--state-path", str(folder / "luigid.state"), "--logdir", str(folder / "luigid-log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
             requests.get(f"{url}/api/task_list", params={"data": "{}"}, timeout=1)
-            break
+            return proc, url
         except requests.ConnectionError:
             assert proc.poll() is None and time.monotonic() < deadline, "luigid did not start"
             time.sleep(0.1)
+
+
+@pytest.fixture
+def luigid(tmp_path):
+    """luigid from the project's environment, with the shipped configs/luigi.cfg."""
+    proc, url = start_luigid(Path(sys.executable).parent / "luigid", REPO / "configs/luigi.cfg", tmp_path)
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -129,3 +134,37 @@ def test_terminal_shows_a_progress_bar_with_rate_and_eta(tmp_path, tutorial_data
     assert "write+verify" in text and "156/156" in text  # 78 blocks written + 78 verified
     assert "block/s" in text or "s/block" in text  # the rate
     assert "<" in text  # tqdm's "elapsed<remaining" ETA
+
+
+@pytest.fixture(scope="module")
+def history_luigid_bin(tmp_path_factory) -> Path:
+    """luigid in its own environment with SQLAlchemy 1.4, as the README sets it up for task history."""
+    venv = tmp_path_factory.mktemp("luigid-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin/pip"), "install", "-q", "luigi>=3.5", "sqlalchemy>=1.4,<2"], check=True,
+                   capture_output=True)
+    return venv / "bin/luigid"
+
+
+def test_luigid_with_task_history_records_every_task_of_an_ingest(tmp_path, tutorial_data, history_luigid_bin):
+    config = tmp_path / "luigi.cfg"  # configs/luigi.cfg with history on, as the README says
+    history = tmp_path / "luigi-task-history.db"
+    shipped = (REPO / "configs/luigi.cfg").read_text()
+    assert "record_task_history = false" in shipped
+    config.write_text(shipped.replace("record_task_history = false", "record_task_history = true")
+                      + f"\n[task_history]\ndb_connection = sqlite:///{history}\n")
+    proc, url = start_luigid(history_luigid_bin, config, tmp_path)
+    try:
+        spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE)
+        result = run_cli("ingest", str(spec), "--scheduler-url", url)
+        assert result.returncode == 0, result.stderr
+        page = requests.get(f"{url}/history", timeout=5)
+        assert page.status_code == 200 and "IngestBlock" in page.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    with sqlite3.connect(history) as db:
+        done = dict(db.execute("SELECT t.name, count(*) FROM tasks t JOIN task_events e ON e.task_id = t.id "
+                               "WHERE e.event_name = 'DONE' GROUP BY t.name").fetchall())
+    assert done == {"Inspect": 1, "CreateDataset": 1, "CreateProject": 1, "CreateChannels": 1, "IngestBlock": 2,
+                    "Verify": 1}
