@@ -122,3 +122,26 @@ def test_each_block_is_marked_right_after_its_commit(spec):
 def test_a_batch_is_marked_only_once_it_is_committed(spec):
     seen, final = _markers_seen_during(spec, commit_seconds=3600.0)
     assert seen == [0, 0, 0] and final == 3  # nothing marked before the flush at the end
+
+
+def test_spot_check_picks_the_first_and_last_marked_blocks_then_random_ones(spec):
+    import random
+
+    from ndingest.ingest import spot_check_blocks, spot_check_source, write_shard
+
+    assert build(tasks.CreateChannels(spec=spec)) == "SUCCESS"
+    plan = load_plan(spec)
+    cp = plan.channel("image")
+    assert spot_check_blocks(cp, random.Random(0)) == []  # nothing marked yet: nothing to read
+    first, last = cp.shards[0], cp.shards[-1]
+    assert first != last
+    write_shard(plan, cp, first)
+    picked = spot_check_blocks(cp, random.Random(0))
+    assert picked[0] == (first, first.blocks[0])  # the last shard has no marker yet
+    assert all(shard == first and box in first.blocks for shard, box in picked)
+    write_shard(plan, cp, last)
+    picked = spot_check_blocks(cp, random.Random(0))
+    assert picked[:2] == [(first, first.blocks[0]), (last, last.blocks[-1])]
+    draws = {tuple(spot_check_blocks(cp, random.Random(seed))[2:]) for seed in range(20)}
+    assert len(draws) > 1  # the third pick varies from run to run
+    assert spot_check_source(plan, cp, random.Random(0)) == len(picked)  # unchanged source: all match

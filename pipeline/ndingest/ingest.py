@@ -1,13 +1,15 @@
 """The write loop: read a block from the source, write it, and only then mark it.
 
 Also the channel manifest, which remembers which source (size, mtime) and which block
-plan the markers belong to, so a source that changed under a half-done ingest stops the
-run instead of mixing two versions of the data.
+plan the markers belong to, and a spot check of a few marked blocks against their
+checksums, so a source that changed under a half-done ingest stops the run instead of
+mixing two versions of the data.
 """
 from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from .targets import LocalStore
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SPOT_CHECKS = 3  # marked blocks per channel re-read from the source on every run (first, last, random)
 COMMIT_SECONDS = 2.0  # a kill loses at most this much written-but-unmarked work per worker
 Progress = Callable[[int, int], None]  # (blocks done in this shard, blocks in this shard)
 
@@ -73,6 +76,45 @@ def check_manifest(cp: ChannelPlan, plan: Plan) -> dict:
                 f"written with {stored.get(key)!r}; restore it or rerun with --restart {cp.name}"
             )
     return current
+
+
+def spot_check_blocks(cp: ChannelPlan, rng: random.Random, count: int = SPOT_CHECKS) -> list[tuple[Shard, Box]]:
+    """Which marked level-0 blocks to re-read: the first and last of the plan, then random
+    ones (a new draw each run, so reruns cover more of the source). At most `count`
+    shards are looked at, each with one stat or listing."""
+    shards = cp.shards
+    if not shards:
+        return []
+    picks = [shards[0], shards[-1]] + [rng.choice(shards) for _ in range(max(0, count - 2))]
+    chosen: dict[Box, Shard] = {}
+    for i, shard in enumerate(picks[:count]):
+        directory = markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard)
+        marked = [box for box in shard.blocks if box in markers.marked_in_shard(directory, shard)]
+        if marked:
+            box = marked[0] if i == 0 else marked[-1] if i == 1 else rng.choice(marked)
+            chosen.setdefault(box, shard)
+    return [(shard, box) for box, shard in chosen.items()]
+
+
+def spot_check_source(plan: Plan, cp: ChannelPlan, rng: random.Random | None = None) -> int:
+    """Raise SourceChanged if a few marked blocks, read again from the source, no longer
+    match the checksum recorded when they were written. Size and mtime (the manifest)
+    miss a change that keeps both; this catches it in the blocks it reads, at the cost of
+    `SPOT_CHECKS` block reads per channel and run. `ndingest verify` reads every block."""
+    checked = 0
+    for shard, box in spot_check_blocks(cp, rng or random.Random()):
+        record = markers.read_marker(markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard), box)
+        if record is None or "checksum" not in record:
+            continue
+        now = markers.checksum(level_block(plan, cp, plan.store, level=0, box=box, t=shard.t))
+        if now != record["checksum"]:
+            raise SourceChanged(
+                f"{cp.source.description}: content changed since blocks of channel {cp.name} were written "
+                f"(block {box.to_key()} t={shard.t} now reads {now}, written as {record['checksum']}); "
+                f"rerun with --restart {cp.name} to ingest it again"
+            )
+        checked += 1
+    return checked
 
 
 def ensure_manifest(cp: ChannelPlan, plan: Plan) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import catalog, markers
-from .ingest import check_manifest, ensure_manifest
+from .ingest import check_manifest, ensure_manifest, spot_check_source
 from .inspection import SourceSummary, summarize
 from .plan import ChannelPlan, Plan
 from .targets import precomputed_info
@@ -92,11 +92,13 @@ def _check(plan: Plan, rows: list[catalog.Row], *, windows_known: bool) -> None:
 
 
 def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
-    """Every check that writes nothing: sources unchanged since their blocks were written,
-    and no catalog conflict. `skip_channel` is about to be restarted, so it is exempt."""
+    """Every check that writes nothing: sources unchanged since their blocks were written
+    (size and mtime of every file, and a few marked blocks re-read), and no catalog
+    conflict. `skip_channel` is about to be restarted, so it is exempt."""
     for cp in plan.channels.values():
         if cp.name != skip_channel:
             check_manifest(cp, plan)
+            spot_check_source(plan, cp)
     rows = catalog_rows(plan, cached_summaries(plan))
     rows = [r for r in rows if not (r.kind == "channel" and r.values["channel_name"] == skip_channel)]
     _check(plan, rows, windows_known=cached_summaries(plan) is not None)

@@ -101,7 +101,7 @@ def test_second_run_on_the_same_store_exits_6_while_the_first_runs(tmp_path, big
 
 
 def test_changed_source_stops_the_run_with_exit_3_and_restart_rewrites_it(tmp_path, tutorial_data):
-    source = write_h5(tmp_path / "src/image.h5", read_cutout(tutorial_data / "kasthuri11-image-hdf5-3-1000_1300-2000_2200-1000_1200-ocpcutout.h5"))
+    source = write_h5(tmp_path / "src/image.h5", read_cutout(tutorial_data / IMAGE_FILE))
     spec = write_spec(tmp_path, image=source)
     assert run_cli("ingest", str(spec)).returncode == 0
 
@@ -119,22 +119,54 @@ def test_changed_source_stops_the_run_with_exit_3_and_restart_rewrites_it(tmp_pa
     np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0), changed)
 
 
-def test_content_change_without_size_or_mtime_change_fails_verify(tmp_path, tutorial_data):
-    data = read_cutout(tutorial_data / "kasthuri11-image-hdf5-3-1000_1300-2000_2200-1000_1200-ocpcutout.h5")
-    source = tmp_path / "src/raw.h5"
-    source.parent.mkdir()
+def ingest_contiguous(tmp_path: Path, data: np.ndarray) -> tuple[Path, Path, int]:
+    """`data` as a contiguous, uncompressed HDF5 (so bytes can change in place), ingested:
+    (spec, source, file offset of the first voxel)."""
     import h5py
 
-    with h5py.File(source, "w") as f:  # contiguous, uncompressed: bytes can change in place
+    source = tmp_path / "src/raw.h5"
+    source.parent.mkdir()
+    with h5py.File(source, "w") as f:
         f.create_dataset("image/CUTOUT", data=data)
         offset = f["image/CUTOUT"].id.get_offset()
     spec = write_spec(tmp_path, image=source)
     assert run_cli("ingest", str(spec)).returncode == 0
+    return spec, source, offset
+
+
+def change_in_place(source: Path, at: int, value: int) -> None:
+    """One byte of `source` changed, its size and mtime kept."""
     st = source.stat()
     with open(source, "r+b") as f:
-        f.seek(offset + 5)
-        f.write(bytes([(int(data.flat[5]) + 1) % 256]))
+        f.seek(at)
+        f.write(bytes([value]))
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("where, block", [
+    ("first", "1000-1256_2000-2200_1000-1064"),
+    ("last", "1256-1300_2000-2200_1192-1200"),
+])
+def test_content_change_keeping_size_and_mtime_stops_the_rerun_with_exit_3(tmp_path, tutorial_data, where, block):
+    data = read_cutout(tutorial_data / IMAGE_FILE)
+    spec, source, offset = ingest_contiguous(tmp_path, data)
+    index = 5 if where == "first" else data.size - 1  # the first voxel row's 6th, or the very last voxel
+    change_in_place(source, offset + index, (int(data.flat[index]) + 1) % 256)
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert str(source) in line and block in line and "--restart image" in line, line
+
+    result = run_cli("ingest", str(spec), "--restart", "image")
+    assert result.returncode == 0, result.stderr
+    assert run_cli("verify", str(spec)).returncode == 0
+
+
+def test_content_change_without_size_or_mtime_change_fails_verify(tmp_path, tutorial_data):
+    data = read_cutout(tutorial_data / IMAGE_FILE)
+    spec, source, offset = ingest_contiguous(tmp_path, data)
+    change_in_place(source, offset + 5, (int(data.flat[5]) + 1) % 256)
     result = run_cli("verify", str(spec))
     assert result.returncode == 5, result.stderr
     assert "1000-1256_2000-2200_1000-1064" in result.stderr
