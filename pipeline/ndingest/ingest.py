@@ -114,6 +114,8 @@ def spot_check_source(plan: Plan, cp: ChannelPlan, rng: random.Random | None = N
                 f"rerun with --restart {cp.name} to ingest it again"
             )
         checked += 1
+    if checked:
+        logger.debug("%s: %d marked block(s) read again from the source match their checksums", cp.name, checked)
     return checked
 
 
