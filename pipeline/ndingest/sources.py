@@ -114,13 +114,20 @@ class HDF5Source(Source):
                 f"{path}:{dataset}: array has {len(self._shape)} axes {self._shape}, "
                 f"but axes = {self.axes or '(none)'!r}; set the channel's axes, e.g. \"zyx\" or \"tzyx\""
             )
-        self._handle = None
+        self._handle = None  # (file, dataset), opened at the first read of each process
 
     def _open(self):
         return open_hdf5(self.path)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None}
+
+    def _array(self):
+        """The dataset, looked up once: a path lookup per block costs about a millisecond."""
+        if self._handle is None:
+            f = self._open()
+            self._handle = (f, f[self.dataset])
+        return self._handle[1]
 
     @property
     def shape_tzyx(self) -> tuple[int, int, int, int]:
@@ -141,12 +148,10 @@ class HDF5Source(Source):
 
     def read(self, box: Box, t: int = 0) -> np.ndarray:
         self._check_box(box, t)
-        if self._handle is None:
-            self._handle = self._open()
         span = {"x": slice(box.begin.x, box.end.x), "y": slice(box.begin.y, box.end.y),
                 "z": slice(box.begin.z, box.end.z), "t": t}
         try:
-            array = self._handle[self.dataset][tuple(span[a] for a in self.axes)]
+            array = self._array()[tuple(span[a] for a in self.axes)]
         except (OSError, KeyError, ValueError) as exc:
             raise SourceError(f"{self.description}: cannot read {box}: {exc}") from exc
         return _to_zyx(array, self.axes.replace("t", ""))
