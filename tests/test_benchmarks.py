@@ -1,0 +1,35 @@
+"""The benchmark scripts still run end to end at a small size (their figures are not
+checked here: speed is measured by running them, not by timed assertions)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def run_benchmark(tmp_path, script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_ingest_benchmark_prints_every_row_and_goal(tmp_path):
+    out = run_benchmark(tmp_path, "ingest.py", "--size", "8MiB", "--rounds", "1", "--tmp", str(tmp_path))
+    for row in ("disk floor", "baseline copy", "read-back compare", "ndingest write phase", "`ndingest ingest SPEC`",
+                "`ndingest verify SPEC`", "CloudVolume upload"):
+        assert f"| {row}" in out or row in out, row
+    goals = [line for line in out.splitlines() if line.startswith("- ") and ("PASS" in line or "MISS" in line)]
+    assert len(goals) == 4, out
+    assert not list(tmp_path.iterdir()), "the benchmark left its temporary folder behind"
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("scale.py", ("--blocks-x", "8", "--blocks-y", "8", "--blocks-z", "2"), "128/128 blocks written"),
+    ("tutorial_memory.py", ("--runs", "1"), "import floor"),
+])
+def test_other_benchmarks_run(tmp_path, script, args, expect):
+    assert expect in run_benchmark(tmp_path, script, *args)
