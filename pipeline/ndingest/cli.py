@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import AlreadyRunning, NdingestError, SpecError, StoreError
+from .errors import AlreadyRunning, NdingestError, RemoteError, SpecError, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +126,38 @@ class ProgressMonitor:
 
 
 OTHERS_POLL_SECONDS = 2.0
+SCHEDULER_PROBE_SECONDS = 10.0
+
+
+def check_scheduler(url: str) -> None:
+    """Raise RemoteError unless a luigid answers at `url`: before any work, so a wrong URL
+    is one line at once, not Luigi's minute of retries and a traceback."""
+    import requests
+
+    probe = url.rstrip("/") + "/api/task_list"
+    try:
+        answer = requests.get(probe, params={"data": json.dumps({"status": "RUNNING", "upstream_status": "",
+                                                                 "search": ""})}, timeout=SCHEDULER_PROBE_SECONDS)
+    except requests.Timeout:
+        raise RemoteError(f"--scheduler-url {url}: no answer in {SCHEDULER_PROBE_SECONDS:g} s; is luigid running there?")
+    except requests.RequestException as exc:
+        text = str(exc)
+        reason = next((said for key, said in (("Connection refused", "connection refused"),
+                                              ("Name or service not known", "host name not found"),
+                                              ("NameResolution", "host name not found"),
+                                              ("No route to host", "no route to host")) if key in text),
+                      type(exc).__name__)
+        raise RemoteError(f"--scheduler-url {url}: cannot reach luigid ({reason}); start it, or run without "
+                          f"--scheduler-url") from exc
+    if answer.status_code != 200 or "response" not in answer.text:
+        raise RemoteError(f"--scheduler-url {url}: answered HTTP {answer.status_code} to {probe}, "
+                          f"not as luigid does; check the URL")
 
 
 def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> None:
     """Build the DAG through Verify; a failure becomes the error its task recorded."""
     import luigi
+    import luigi.rpc
 
     from .tasks import Verify, recorded_failures
 
@@ -145,7 +172,11 @@ def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> 
     goal = Verify(spec=str(plan.spec.path))
     waited = False
     while True:
-        result = luigi.build([goal], workers=workers, detailed_summary=True, **kwargs)
+        try:
+            result = luigi.build([goal], workers=workers, detailed_summary=True, **kwargs)
+        except luigi.rpc.RPCError as exc:  # luigid went away mid-run, after Luigi's retries
+            raise RemoteError(f"--scheduler-url {scheduler_url}: lost luigid mid-run ({exc}); finished blocks "
+                              f"are kept, rerun the same command to continue") from exc
         if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY", "NOT_RUN"):
             break
         if goal.complete():
@@ -182,6 +213,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         plan.channel(args.restart)  # a SpecError naming the channels if unknown
     if args.workers < 1:
         raise SpecError(f"--workers {args.workers}: must be at least 1")
+    if args.scheduler_url:
+        check_scheduler(args.scheduler_url)
     preflight(plan, skip_channel=args.restart)
     with (run_lock(plan.markers / "ingest.lock") if not args.scheduler_url else _nothing()):
         if args.restart:

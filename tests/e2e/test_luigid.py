@@ -26,10 +26,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_luigid(luigid_bin: Path, config: Path, folder: Path) -> tuple[subprocess.Popen, str]:
-    """luigid as the README starts it, on a free port of 127.0.0.1, once it answers."""
-    port = free_port()
-    (folder / "luigid-log").mkdir()
+def start_luigid(luigid_bin: Path, config: Path, folder: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """luigid as the README starts it (state file, log folder), on 127.0.0.1, once it answers."""
+    port = port or free_port()
+    (folder / "luigid-log").mkdir(exist_ok=True)
     proc = subprocess.Popen(
         [str(luigid_bin), "--address", "127.0.0.1", "--port", str(port),
          "--state-path", str(folder / "luigid.state"), "--logdir", str(folder / "luigid-log")],
@@ -168,3 +168,53 @@ def test_luigid_with_task_history_records_every_task_of_an_ingest(tmp_path, tuto
                                "WHERE e.event_name = 'DONE' GROUP BY t.name").fetchall())
     assert done == {"Inspect": 1, "CreateDataset": 1, "CreateProject": 1, "CreateChannels": 1, "IngestBlock": 2,
                     "Verify": 1}
+
+
+def test_after_a_crash_of_run_and_luigid_the_rerun_finishes_within_a_minute(tmp_path):
+    """The reboot story under luigid: the run is killed mid-shard, luigid stops (its state
+    file still shows that shard running), luigid comes back, the same command finishes."""
+    source = write_h5(tmp_path / "big.h5", np.random.default_rng(1).integers(0, 256, (128, 1024, 1024), dtype=np.uint8))
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 64")
+    luigid_bin, config = Path(sys.executable).parent / "luigid", REPO / "configs/luigi.cfg"
+    proc, url = start_luigid(luigid_bin, config, tmp_path)
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
+    run = subprocess.Popen([NDINGEST, "ingest", str(spec), "--scheduler-url", url], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    markers = tmp_path / "store/_markers"
+    deadline = time.monotonic() + 120
+    while sum(1 for _ in markers.rglob("written/level0/*/*.json")) < 70:  # past the first shard of 64
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    run.kill()
+    run.wait()
+    proc.terminate()  # luigid writes its state file on the way down
+    proc.wait(timeout=10)
+    assert (tmp_path / "luigid.state").exists()
+    status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]["image"]
+    assert 0 < status["done"] < status["total"] == 512, status
+
+    proc, url = start_luigid(luigid_bin, config, tmp_path, port=int(url.rsplit(":", 1)[1]))
+    try:
+        started = time.monotonic()
+        result = run_cli("ingest", str(spec), "--scheduler-url", url, env=env, timeout=300)
+        took = time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert "512/512 verified" in result.stdout
+    # the shard the dead run held is released after worker_disconnect_delay + retry_delay
+    # (20 s + 20 s in configs/luigi.cfg), not at luigid's prune ticks (about 3 minutes)
+    assert took < 120, f"the rerun took {took:.0f} s"
+
+
+def test_an_unreachable_scheduler_is_one_line_and_exit_8_at_once(tmp_path, tutorial_data):
+    spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    result = run_cli("ingest", str(spec), "--scheduler-url", url)
+    assert result.returncode == 8, result.stderr
+    assert result.stderr.strip() == (f"ndingest: error: --scheduler-url {url}: cannot reach luigid "
+                                      f"(connection refused); start it, or run without --scheduler-url")
+    assert time.monotonic() - started < 30  # not Luigi's minute of retries
+    assert not (tmp_path / "store").exists()  # nothing written
