@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -374,6 +375,8 @@ def _configure_logging(debug: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for name in ("luigi", "luigi-interface", "luigi.scheduler"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    if not debug:  # e.g. Luigi warns of its own documented [core] rpc-* settings as "not consumed"
+        warnings.filterwarnings("ignore", module=r"luigi(\.|$)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,3 +218,30 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_8_at_once(tmp_path, tutor
                                       f"(connection refused); start it, or run without --scheduler-url")
     assert time.monotonic() - started < 30  # not Luigi's minute of retries
     assert not (tmp_path / "store").exists()  # nothing written
+
+
+def test_losing_luigid_mid_run_is_exit_8_and_a_rerun_alone_finishes(tmp_path):
+    source = write_h5(tmp_path / "big.h5", np.random.default_rng(2).integers(0, 256, (128, 1024, 1024), dtype=np.uint8))
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 16")
+    config = tmp_path / "luigi.cfg"  # the shipped settings, with Luigi's RPC retries cut to seconds
+    config.write_text((REPO / "configs/luigi.cfg").read_text().replace("[core]\n", "[core]\nrpc-retry-attempts = 2\n"
+                                                                        "rpc-retry-wait = 1\n", 1))
+    proc, url = start_luigid(Path(sys.executable).parent / "luigid", config, tmp_path)
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
+    run = subprocess.Popen([NDINGEST, "ingest", str(spec), "--scheduler-url", url], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    markers = tmp_path / "store/_markers"
+    deadline = time.monotonic() + 120
+    while sum(1 for _ in markers.rglob("written/level0/*/*.json")) < 20:
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before luigid could be stopped"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 8, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"--scheduler-url {url}: lost luigid mid-run" in err and "rerun" in err
+
+    result = run_cli("ingest", str(spec))  # the same store, alone: continues from the markers
+    assert result.returncode == 0, result.stderr
+    assert "512/512 verified" in result.stdout
