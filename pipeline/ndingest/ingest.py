@@ -89,7 +89,8 @@ def spot_check_blocks(cp: ChannelPlan, rng: random.Random, count: int = SPOT_CHE
     chosen: dict[Box, Shard] = {}
     for i, shard in enumerate(picks[:count]):
         directory = markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard)
-        marked = [box for box in shard.blocks if box in markers.marked_in_shard(directory, shard)]
+        in_shard = markers.marked_in_shard(directory, shard)
+        marked = [box for box in shard.blocks if box in in_shard]  # plan order
         if marked:
             box = marked[0] if i == 0 else marked[-1] if i == 1 else rng.choice(marked)
             chosen.setdefault(box, shard)
