@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -63,14 +65,17 @@ class SpecTask(luigi.Task):
 
     def on_failure(self, exception: BaseException) -> str:
         code = exception.exit_code if isinstance(exception, NdingestError) else 1
+        self.record_failure(code, str(exception), type(exception).__name__,
+                            None if isinstance(exception, NdingestError) else traceback.format_exc())
+        return super().on_failure(exception)
+
+    def record_failure(self, code: int, message: str, kind: str, trace: str | None) -> None:
         try:
             markers.write_json(failures_dir(self.plan) / f"{self.task_id}.json", {
-                "exit_code": code, "message": str(exception), "type": type(exception).__name__,
-                "time": time.time(), "pid": os.getpid(), "task": self.task_id,
-                "traceback": None if isinstance(exception, NdingestError) else traceback.format_exc()})
+                "exit_code": code, "message": message, "type": kind, "time": time.time(), "pid": os.getpid(),
+                "task": self.task_id, "traceback": trace})
         except Exception:  # the spec itself may be what failed; luigi still reports it
             logger.debug("could not record failure of %s", self.task_id, exc_info=True)
-        return super().on_failure(exception)
 
     def _report(self, result: ShardResult) -> None:
         """One log line per shard: what this process wrote (a rerun of a shard writes 0)."""
@@ -84,6 +89,18 @@ class SpecTask(luigi.Task):
             self._last_progress = now
             self.set_progress_percentage(round(100 * done / max(total, 1), 1))
             self.set_status_message(f"{done}/{total} {what}")
+
+
+@SpecTask.event_handler(luigi.Event.PROCESS_FAILURE)
+def _worker_process_died(task: SpecTask, error_msg: str) -> None:
+    """With --workers N, Luigi runs each task in a child process; when one dies (killed, out
+    of memory) no on_failure runs in it, so its parent records why, for the CLI."""
+    code = re.search(r"exit code (-?\d+)", error_msg)
+    how = f"exit code {code.group(1)}" if code else "no exit code"
+    if code and int(code.group(1)) < 0:
+        how += f", {signal.Signals(-int(code.group(1))).name}, e.g. from the out-of-memory killer"
+    task.record_failure(1, f"{task.task_id}: its worker process died ({how}); the blocks it finished are kept, "
+                           f"rerun the same command to continue", "WorkerDied", None)
 
 
 class Inspect(SpecTask):

@@ -246,3 +246,29 @@ def test_disk_full_exits_7_naming_the_store_and_a_rerun_with_room_finishes(tmp_p
         np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0),
                                       read_cutout(tutorial_data / source))
     assert run_cli("verify", str(spec)).returncode == 0
+
+
+def test_a_killed_worker_process_is_named_and_a_rerun_finishes(tmp_path, big_sources):
+    image, labels = big_sources  # shards of 64 one-chunk blocks: each task's process lives a while
+    spec = write_spec(tmp_path, image=image, annotation=labels, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 64")
+    proc = subprocess.Popen([NDINGEST, "ingest", str(spec), "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_markers(tmp_path, proc, at_least=3)
+    deadline = time.monotonic() + 60
+    while True:  # a task's process: a live child of the run (Luigi forks one per task)
+        listed = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid=,stat="], capture_output=True, text=True)
+        live = [int(pid) for pid, stat in zip(*[iter(listed.stdout.split())] * 2) if not stat.startswith("Z")]
+        if live:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, "no worker process to kill"
+        time.sleep(0.005)
+    os.kill(live[0], signal.SIGKILL)  # as the out-of-memory killer would
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, err
+    assert "its worker process died (exit code -9, SIGKILL" in line and "rerun the same command" in line, line
+
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    assert run_cli("verify", str(spec)).returncode == 0
