@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,24 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     proc = subprocess.run([NDINGEST, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_in_terminal(*args: str) -> tuple[int, str]:
+    """`ndingest ARGS` with a terminal as its stdout and stderr, as a user sees it."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(NDINGEST, [NDINGEST, *args])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
 def spec_text(*, image: Path | str, annotation: Path | str | None = None, store: str = "store",

@@ -41,16 +41,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan_bar(voxels: int):
+    """A terminal bar (rate, ETA) for a window-range scan of `voxels`."""
+    from tqdm import tqdm
+
+    return tqdm(total=voxels, unit="vox", unit_scale=True, desc="scan", disable=None if voxels else True,
+                leave=False, **_bar_size())
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import source_table, spec_table, summarize
     from .plan import load_plan
     from .sources import open_source
-    from .steps import inspect_plan
+    from .steps import inspect_plan, scan_voxels
 
     target = args.target
     if target.endswith(".toml"):
         plan = load_plan(target)
-        summaries = inspect_plan(plan)
+        with _scan_bar(scan_voxels(plan)) as bar:
+            summaries = inspect_plan(plan, progress=bar.update)
         if args.json:
             print(json.dumps({"channels": {n: s.to_json() for n, s in summaries.items()}}, indent=1))
             return 0
@@ -58,7 +67,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             _print_table(spec_table(plan.spec, name, summary, levels=plan.levels), title=f"[{name}]")
             print()
         return 0
-    summary = summarize(open_source(target))
+    source = open_source(target)
+    with _scan_bar(source.size_xyz.volume * source.time_points) as bar:
+        summary = summarize(source, progress=bar.update)
     if args.json:
         print(json.dumps(summary.to_json(), indent=1))
     else:
@@ -107,9 +118,30 @@ class ProgressMonitor:
         status = channel_status(self.plan)
         return sum(s["done"] + s["verified"] for s in status.values()), sum(2 * s["total"] for s in status.values())
 
+    def _scan(self) -> None:
+        """The window-range scan's bar, from the file Inspect updates, until Inspect is done."""
+        from tqdm import tqdm
+
+        from . import markers
+        from .steps import cached_summaries, scan_progress_path
+
+        bar = None
+        while cached_summaries(self.plan) is None and not self._stop.wait(min(self.interval, 0.2)):
+            seen = markers.read_json(scan_progress_path(self.plan))
+            if seen is None:
+                continue
+            if bar is None:
+                bar = tqdm(total=seen["total"], unit="vox", unit_scale=True, desc="scan", disable=None,
+                           **_bar_size())
+            bar.update(seen["done"] - bar.n)
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+            bar.close()
+
     def _run(self) -> None:
         from tqdm import tqdm
 
+        self._scan()
         done, total = self._counts()
         with tqdm(total=total, initial=done, unit="block", desc="write+verify", disable=None, **_bar_size()) as bar:
             while not self._stop.wait(self.interval):

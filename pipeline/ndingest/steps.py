@@ -42,6 +42,18 @@ def cached_summaries(plan: Plan) -> dict[str, SourceSummary] | None:
     return out
 
 
+def scan_progress_path(plan: Plan) -> Path:
+    return plan.markers / "inspect.progress.json"
+
+
+def scan_voxels(plan: Plan) -> int:
+    """Voxels the window-range scan still has to read (0 once inspected or all given)."""
+    if cached_summaries(plan) is not None:
+        return 0
+    return sum(cp.source.size_xyz.volume * cp.source.time_points
+               for cp in plan.channels.values() if cp.spec.window_range is None)
+
+
 def inspect_plan(plan: Plan, *, progress: Callable[[int], None] | None = None) -> dict[str, SourceSummary]:
     """Summaries of every channel's source (window ranges scanned once, then cached)."""
     cached = cached_summaries(plan)

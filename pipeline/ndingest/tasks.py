@@ -103,6 +103,9 @@ def _worker_process_died(task: SpecTask, error_msg: str) -> None:
                            f"rerun the same command to continue", "WorkerDied", None)
 
 
+SCAN_REPORT_SECONDS = 0.25  # how often Inspect rewrites its progress file (a few bytes)
+
+
 class Inspect(SpecTask):
     """Read what each source tells (sizes, dtype, time and window range) and check the
     catalog for conflicts; writes `inspect.json` in the store's markers."""
@@ -111,7 +114,20 @@ class Inspect(SpecTask):
         return steps.cached_summaries(self.plan) is not None
 
     def run(self) -> None:
-        steps.record_inspection(self.plan, steps.inspect_plan(self.plan))
+        plan = self.plan
+        total, done, last = steps.scan_voxels(plan), 0, 0.0
+        path = steps.scan_progress_path(plan)
+
+        def progress(voxels: int) -> None:  # for the CLI's bar (it may run in another process) and luigid
+            nonlocal done, last
+            done += voxels
+            if time.monotonic() - last >= SCAN_REPORT_SECONDS or done >= total:
+                last = time.monotonic()
+                markers.write_json(path, {"done": done, "total": total}, durable=False)
+                self._progress(done, total, "voxels scanned for the window range")
+
+        steps.record_inspection(plan, steps.inspect_plan(plan, progress=progress))
+        path.unlink(missing_ok=True)
 
 
 class CreateDataset(SpecTask):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import socket
 import sqlite3
 import re
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import NDINGEST, REPO, run_cli, write_h5, write_spec
+from conftest import NDINGEST, REPO, run_cli, run_in_terminal, write_h5, write_spec
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 
 
@@ -116,21 +115,8 @@ def test_concurrent_runs_share_the_shards_and_write_each_block_once(tmp_path, lu
 
 def test_terminal_shows_a_progress_bar_with_rate_and_eta(tmp_path, tutorial_data):
     spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, ingest="block_chunks = [1, 1, 1]")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child runs ndingest with a terminal, as a user would
-        os.execv(NDINGEST, [NDINGEST, "ingest", str(spec)])
-    output = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    _, status = os.waitpid(pid, 0)
-    text = output.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    code, text = run_in_terminal("ingest", str(spec))
+    assert code == 0, text
     assert "write+verify" in text and "156/156" in text  # 78 blocks written + 78 verified
     assert "block/s" in text or "s/block" in text  # the rate
     assert "<" in text  # tqdm's "elapsed<remaining" ETA

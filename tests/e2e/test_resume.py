@@ -14,7 +14,7 @@ import tensorstore as ts
 
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 
-from conftest import NDINGEST, read_cutout, run_cli, write_h5, write_spec
+from conftest import NDINGEST, read_cutout, run_cli, run_in_terminal, write_h5, write_spec
 
 SHAPE_ZYX = (256, 512, 512)  # 256 one-chunk blocks per channel: slow enough to kill mid-run
 ONE_CHUNK_BLOCKS = "block_chunks = [1, 1, 1]\nblocks_per_shard = 16"
@@ -272,3 +272,17 @@ def test_a_killed_worker_process_is_named_and_a_rerun_finishes(tmp_path, big_sou
     result = run_cli("ingest", str(spec))
     assert result.returncode == 0, result.stderr
     assert run_cli("verify", str(spec)).returncode == 0
+
+
+def test_the_window_range_scan_shows_its_own_progress_bar(tmp_path, big_sources):
+    image, labels = big_sources  # 320 MiB of gzip-chunked voxels: a scan of about a second
+    code, text = run_in_terminal("inspect", str(labels))
+    assert code == 0, text
+    assert "scan:" in text and "vox/s" in text and "67.1M/67.1M" in text, text  # 256 x 512 x 512 voxels
+    spec = write_spec(tmp_path, image=image, annotation=labels)
+    code, text = run_in_terminal("ingest", str(spec))
+    assert code == 0, text
+    scan, blocks = text.find("scan:"), text.find("write+verify")
+    assert 0 <= scan < blocks, text  # the scan's bar first, then the blocks'
+    assert "134M/134M" in text and "vox/s" in text, text  # both channels' voxels
+    assert not (tmp_path / "store/_markers/neurostorm_kat11_scale3/kat11_scale3/inspect.progress.json").exists()
