@@ -117,6 +117,7 @@ class Inspect(SpecTask):
         plan = self.plan
         total, done, last = steps.scan_voxels(plan), 0, 0.0
         path = steps.scan_progress_path(plan)
+        path.unlink(missing_ok=True)  # a failed run's figures are not this scan's
 
         def progress(voxels: int) -> None:  # for the CLI's bar (it may run in another process) and luigid
             nonlocal done, last
