@@ -81,6 +81,10 @@ def test_seal_only_once_every_block_is_marked(tmp_path, shard):
     assert seal_shard(directory, shard) and sealed_path(directory).exists()
     assert sealed_path(directory).parent == directory.parent  # beside the shard's folder, not in it
     assert marked_boxes(directory) == set(shard.blocks)
+    before = sealed_path(directory).stat()
+    assert seal_shard(directory, shard)  # sealed already: left as it is
+    after = sealed_path(directory).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 def test_a_sealed_shard_is_complete_and_counted_without_listing_its_markers(tmp_path, shard):

@@ -91,11 +91,18 @@ def shard_complete(directory: Path, shard: Shard) -> bool:
 
 
 def seal_shard(directory: Path, shard: Shard) -> bool:
-    """Write the shard's `.done` if every block is marked (after the markers, like them atomic)."""
-    if not pending_blocks(shard, marked_boxes(directory)):
-        write_json(sealed_path(directory), {"blocks": len(shard.blocks)})
+    """Write the shard's `.done` if every block is marked; True if it is sealed.
+
+    Its markers are flushed first, whoever wrote them (a run killed before its own flush
+    leaves them in the page cache only), so a seal never outlives the markers it stands
+    for. A sealed shard is left as it is."""
+    if sealed_path(directory).exists():
         return True
-    return False
+    if pending_blocks(shard, marked_boxes(directory)):
+        return False
+    flush_filesystem(directory)
+    write_json(sealed_path(directory), {"blocks": len(shard.blocks)})
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -123,9 +123,8 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
                     marked += 1
             if progress:
                 progress(i, len(shard.blocks))
-    if marked:
+    if resume and not markers.seal_shard(directory, shard) and marked:  # sealing flushes the markers itself
         markers.flush_filesystem(directory)
-        markers.seal_shard(directory, shard)
     return rows
 
 
