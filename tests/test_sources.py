@@ -390,3 +390,24 @@ def test_compressed_tiff_reads_back_equal(tmp_path, kind):
         source = open_source(str(tmp_path / "v.tif"))
     np.testing.assert_array_equal(source.read(source.extent), data)
     np.testing.assert_array_equal(source.read(box((3, 2, 1), (11, 9, 5))), data[1:5, 2:9, 3:11])
+
+
+def test_a_forked_process_reads_through_a_handle_of_its_own(tmp_path):
+    """Luigi forks its workers after the CLI's preflight has read from the same source."""
+    import os
+
+    data = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image/CUTOUT", data=data)
+    source = HDF5Source(path, "/image/CUTOUT")
+    box = Box(Vec3(1, 1, 1), Vec3(5, 4, 3))
+    np.testing.assert_array_equal(source.read(box), data[1:3, 1:4, 1:5])
+    parents = source._handle[1]
+    pid = os.fork()
+    if pid == 0:  # the child: same answer, read through a file it opened itself
+        ok = np.array_equal(source.read(box), data[1:3, 1:4, 1:5]) and source._handle[1] is not parents
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert source._handle[1] is parents  # the parent keeps its own

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -114,7 +115,7 @@ class HDF5Source(Source):
                 f"{path}:{dataset}: array has {len(self._shape)} axes {self._shape}, "
                 f"but axes = {self.axes or '(none)'!r}; set the channel's axes, e.g. \"zyx\" or \"tzyx\""
             )
-        self._handle = None  # (file, dataset), opened at the first read of each process
+        self._handle = None  # (pid, file, dataset), opened at the first read of each process
 
     def _open(self):
         return open_hdf5(self.path)
@@ -123,11 +124,13 @@ class HDF5Source(Source):
         return {**self.__dict__, "_handle": None}
 
     def _array(self):
-        """The dataset, looked up once: a path lookup per block costs about a millisecond."""
-        if self._handle is None:
+        """The dataset, looked up once per process: a path lookup per block costs about a
+        millisecond, and a handle inherited through Luigi's fork (the CLI's preflight reads
+        blocks before Luigi forks its workers) is not this process's to use."""
+        if self._handle is None or self._handle[0] != os.getpid():
             f = self._open()
-            self._handle = (f, f[self.dataset])
-        return self._handle[1]
+            self._handle = (os.getpid(), f, f[self.dataset])
+        return self._handle[2]
 
     @property
     def shape_tzyx(self) -> tuple[int, int, int, int]:

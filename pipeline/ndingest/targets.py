@@ -7,12 +7,14 @@ Layout::
     STORE/DATASET/PROJECT/CHANNEL/<scale key>/<x0-x1_y0-y1_z0-z1>
 
 `precomputed_info` and `tensorstore_spec` are pure; `LocalStore` opens each volume once
-per process, lazily, and drops its handles when pickled (Luigi forks its workers).
+per process, lazily: its handles are keyed by process, so a worker Luigi forks opens its
+own, and they are dropped when pickled.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +132,7 @@ class LocalStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._handles: dict[tuple[VolumeRef, int], object] = {}
+        self._handles: dict[tuple[VolumeRef, int, int], object] = {}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}
@@ -165,7 +167,7 @@ class LocalStore:
     def _handle(self, ref: VolumeRef, level: int):
         import tensorstore as ts
 
-        key = (ref, level)
+        key = (ref, level, os.getpid())  # per process: tensorstore's threads do not survive a fork
         if key not in self._handles:
             try:
                 self._handles[key] = ts.open(tensorstore_spec(self.volume_dir(ref), level)).result()
