@@ -159,32 +159,6 @@ class ProgressMonitor:
 
 
 OTHERS_POLL_SECONDS = 2.0
-SCHEDULER_PROBE_SECONDS = 10.0
-
-
-def check_scheduler(url: str) -> None:
-    """Raise RemoteError unless a luigid answers at `url`: before any work, so a wrong URL
-    is one line at once, not Luigi's minute of retries and a traceback."""
-    import requests
-
-    probe = url.rstrip("/") + "/api/task_list"
-    try:
-        answer = requests.get(probe, params={"data": json.dumps({"status": "RUNNING", "upstream_status": "",
-                                                                 "search": ""})}, timeout=SCHEDULER_PROBE_SECONDS)
-    except requests.Timeout:
-        raise RemoteError(f"--scheduler-url {url}: no answer in {SCHEDULER_PROBE_SECONDS:g} s; is luigid running there?")
-    except requests.RequestException as exc:
-        text = str(exc)
-        reason = next((said for key, said in (("Connection refused", "connection refused"),
-                                              ("Name or service not known", "host name not found"),
-                                              ("NameResolution", "host name not found"),
-                                              ("No route to host", "no route to host")) if key in text),
-                      type(exc).__name__)
-        raise RemoteError(f"--scheduler-url {url}: cannot reach luigid ({reason}); start it, or run without "
-                          f"--scheduler-url") from exc
-    if answer.status_code != 200 or "response" not in answer.text:
-        raise RemoteError(f"--scheduler-url {url}: answered HTTP {answer.status_code} to {probe}, "
-                          f"not as luigid does; check the URL")
 
 
 def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> None:
@@ -192,6 +166,7 @@ def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> 
     import luigi
     import luigi.rpc
 
+    from .scheduler import IDLE_RESCHEDULE, release_finished
     from .tasks import Verify, recorded_failures
 
     started = time.time() - 1
@@ -202,10 +177,16 @@ def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> 
     config.set("core", "no_configure_logging", "true")  # ours is set; luigi's would print tracebacks
     if not scheduler_url:  # alone, a failed shard must end the run, not wait for Luigi's retry
         config.set("worker", "keep_alive", "false")
+    elif not config.has_option("worker", "max_keep_alive_idle_duration"):
+        config.set("worker", "max_keep_alive_idle_duration", IDLE_RESCHEDULE)
     goal = Verify(spec=str(plan.spec.path))
     waited = False
     while True:
         try:
+            released = release_finished(scheduler_url, goal.spec) if scheduler_url else []
+            if released:
+                print(f"ndingest: luigid still showed {len(released)} finished task(s) as running (a run that "
+                      f"stopped before it could report them); marked done: {', '.join(released)}", file=sys.stderr)
             result = luigi.build([goal], workers=workers, detailed_summary=True, **kwargs)
         except luigi.rpc.RPCError as exc:  # luigid went away mid-run, after Luigi's retries
             raise RemoteError(f"--scheduler-url {scheduler_url}: lost luigid mid-run ({exc}); finished blocks "
@@ -247,6 +228,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise SpecError(f"--workers {args.workers}: must be at least 1")
     if args.scheduler_url:
+        from .scheduler import check_scheduler
+
         check_scheduler(args.scheduler_url)
     preflight(plan, skip_channel=args.restart)
     with (run_lock(plan.markers / "ingest.lock") if not args.scheduler_url else _nothing()):

@@ -194,6 +194,37 @@ def test_after_a_crash_of_run_and_luigid_the_rerun_finishes_within_a_minute(tmp_
     assert took < 120, f"the rerun took {took:.0f} s"
 
 
+def test_a_finished_shard_luigid_still_shows_running_for_a_dead_run_is_released(tmp_path, tutorial_data, luigid):
+    """A reboot between a shard's last marker and the run telling luigid: luigid (or its
+    state file) keeps the finished shard RUNNING under a dead worker, and ignores a new
+    run's DONE for it. Luigi would fail it after the worker is pruned, then leave it pending
+    with nobody to run it: the rerun waited for ever (CI, stop 12). It must finish at once."""
+    from luigi.rpc import RemoteScheduler
+    from ndingest.plan import load_plan
+    from ndingest.tasks import IngestBlock
+    from ndingest.verify import report_dir
+
+    spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE)
+    assert run_cli("ingest", str(spec)).returncode == 0
+    (report_dir(load_plan(spec)) / "verify.csv").unlink()  # the run died before Verify
+    shard = IngestBlock(spec=str(spec), channel="image", shard=0)
+    assert shard.complete()
+    # what the dead run's worker last told luigid, word for word: it started the shard
+    RemoteScheduler(luigid).add_task(worker="Worker(salt=0, host=rebooted, pid=1)", task_id=shard.task_id,
+                                     status="RUNNING", family=shard.task_family, params=shard.to_str_params())
+    started = time.monotonic()
+    result = run_cli("ingest", str(spec), "--scheduler-url", luigid, timeout=120,
+                     env={"LUIGI_CONFIG_PATH": str(REPO / "configs/luigi.cfg")})  # keep_alive, as the README says
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert f"marked done: {shard.task_id}" in result.stderr
+    status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]["image"]
+    assert status["done"] == status["verified"] == status["total"] > 0, status
+    assert (report_dir(load_plan(spec)) / "verify.csv").exists()
+    # released at once, not after luigid prunes the dead worker (worker_disconnect_delay 20 s)
+    assert took < 20, f"the rerun took {took:.0f} s"
+
+
 def test_an_unreachable_scheduler_is_one_line_and_exit_8_at_once(tmp_path, tutorial_data):
     spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE)
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there

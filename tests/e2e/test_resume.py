@@ -48,6 +48,17 @@ def wait_for_markers(folder: Path, proc: subprocess.Popen, at_least: int = 1, le
         time.sleep(0.005)
 
 
+def live_children(pid: int) -> list[int]:
+    listed = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,stat="], capture_output=True, text=True)
+    return sorted(int(child) for child, stat in zip(*[iter(listed.stdout.split())] * 2) if not stat.startswith("Z"))
+
+
+def unsealed_shards(folder: Path) -> list[Path]:
+    """Level-0 shard folders with some block markers but no `.done` seal: being written."""
+    return [d for d in (folder / "store/_markers").glob("*/*/*/written/level0/shard*")
+            if d.is_dir() and not d.with_name(d.name + ".done").exists() and any(d.glob("*.json"))]
+
+
 def chunk_path(folder: Path, channel: str, block_key: str) -> Path:
     return folder / VOLUME / channel / "32_32_40" / block_key
 
@@ -254,15 +265,22 @@ def test_a_killed_worker_process_is_named_and_a_rerun_finishes(tmp_path, big_sou
     proc = subprocess.Popen([NDINGEST, "ingest", str(spec), "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     wait_for_markers(tmp_path, proc, at_least=3)
+    # Kill task processes (Luigi forks one per task) that are surely mid-shard: one that has
+    # just finished may already have told its parent DONE, and then nothing died. So freeze
+    # them all, and kill them only while some shard has markers but no seal yet.
     deadline = time.monotonic() + 60
-    while True:  # a task's process: a live child of the run (Luigi forks one per task)
-        listed = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid=,stat="], capture_output=True, text=True)
-        live = [int(pid) for pid, stat in zip(*[iter(listed.stdout.split())] * 2) if not stat.startswith("Z")]
-        if live:
+    while True:
+        live = live_children(proc.pid)
+        for pid in live:
+            os.kill(pid, signal.SIGSTOP)
+        if live and unsealed_shards(tmp_path) and live_children(proc.pid) == live:
             break
-        assert proc.poll() is None and time.monotonic() < deadline, "no worker process to kill"
+        for pid in live:
+            os.kill(pid, signal.SIGCONT)
+        assert proc.poll() is None and time.monotonic() < deadline, "no worker process caught mid-shard"
         time.sleep(0.005)
-    os.kill(live[0], signal.SIGKILL)  # as the out-of-memory killer would
+    for pid in live:
+        os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     line = err.strip()
