@@ -34,6 +34,28 @@ def test_mean_does_not_overflow_and_keeps_dtype():
     assert downsample_mean(block, full(block), XYZ).tolist() == [[[65535]]]
 
 
+def test_mean_is_exact_for_uint64_near_its_maximum():
+    top = np.iinfo(np.uint64).max  # 2^64 - 1: eight of them would wrap a uint64 sum
+    block = np.full((2, 2, 2), top, dtype=np.uint64)
+    assert downsample_mean(block, full(block), XYZ).tolist() == [[[int(top)]]]
+    block = np.array([[[top, top - 1], [top - 1, top - 1]]], dtype=np.uint64)  # mean top - 0.75
+    assert downsample_mean(block, full(block), XY).tolist() == [[[int(top) - 1]]]
+    block = np.array([[[top, top - 1], [top, top - 1]]], dtype=np.uint64)  # top - 0.5: half up
+    assert downsample_mean(block, full(block), XY).tolist() == [[[int(top)]]]
+    big = 2**60 + 1  # above 2^53, where a float64 mean would lose the last bits
+    block = np.array([[[big, big + 2], [big, big]]], dtype=np.uint64)  # mean big + 0.5
+    assert downsample_mean(block, full(block), XY).tolist() == [[[big + 1]]]
+
+
+def test_mean_of_negative_integers_rounds_half_up():
+    block = np.array([[[-3, -2], [-2, -2]]], dtype=np.int64)  # mean -2.25 -> -2
+    assert downsample_mean(block, full(block), XY).tolist() == [[[-2]]]
+    block = np.array([[[-3, -2], [-3, -2]]], dtype=np.int64)  # mean -2.5 -> -2 (half up)
+    assert downsample_mean(block, full(block), XY).tolist() == [[[-2]]]
+    mask = np.array([[[True, False], [True, False]]])
+    assert downsample_mean(block, mask, XY).tolist() == [[[-3]]]
+
+
 def test_mean_leaves_out_children_outside_the_volume():
     block = np.array([[[0, 200], [0, 100]]], dtype=np.uint8)
     mask = np.array([[[False, True], [False, True]]])  # the left column lies outside

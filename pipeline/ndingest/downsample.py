@@ -56,7 +56,7 @@ def pad_to_children(children: np.ndarray, children_box: Box, wanted: Box) -> tup
 
 
 def downsample_mean(block: np.ndarray, mask: np.ndarray, f: Vec3) -> np.ndarray:
-    """Mean of the existing children. Integers round half up (floor(mean + 1/2)), exactly,
+    """Mean of the existing children. Integers round half up (floor(mean + 1/2)) exactly,
     in int64/uint64 arithmetic; float32 keeps the float mean. The dtype is kept."""
     values, valid = _children(block, mask, f)
     count = valid.sum(axis=-1)
@@ -64,9 +64,15 @@ def downsample_mean(block: np.ndarray, mask: np.ndarray, f: Vec3) -> np.ndarray:
         total = np.where(valid, values, 0).sum(axis=-1, dtype=np.float64)
         return (total / np.maximum(count, 1)).astype(block.dtype)
     wide = np.uint64 if block.dtype == np.uint64 else np.int64
-    total = np.where(valid, values, 0).astype(wide).sum(axis=-1, dtype=wide)
-    count = count.astype(wide)
-    return ((2 * total + count) // np.maximum(2 * count, 1)).astype(block.dtype)
+    values = np.where(valid, values, 0).astype(wide)
+    c = np.maximum(count, 1).astype(wide)
+    if block.dtype.itemsize < 8:  # at most 8 children of < 2^32: the sum cannot wrap
+        return ((2 * values.sum(axis=-1, dtype=wide) + c) // (2 * c)).astype(block.dtype)
+    # 64-bit values near the maximum would wrap a plain sum: split each child by the count
+    # into quotient and remainder, so mean = sum(q) + the rounded mean of the remainders
+    quotients = (values // c[..., None]).sum(axis=-1, dtype=wide)
+    remainders = (values % c[..., None]).sum(axis=-1, dtype=wide)  # at most c * (c - 1)
+    return (quotients + (2 * remainders + c) // (2 * c)).astype(block.dtype)
 
 
 def downsample_mode_nonzero(block: np.ndarray, mask: np.ndarray, f: Vec3) -> np.ndarray:
