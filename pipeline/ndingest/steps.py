@@ -111,9 +111,10 @@ def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
         if cp.name != skip_channel:
             check_manifest(cp, plan)
             spot_check_source(plan, cp)
-    rows = catalog_rows(plan, cached_summaries(plan))
+    summaries = cached_summaries(plan)
+    rows = catalog_rows(plan, summaries)
     rows = [r for r in rows if not (r.kind == "channel" and r.values["channel_name"] == skip_channel)]
-    _check(plan, rows, windows_known=cached_summaries(plan) is not None)
+    _check(plan, rows, windows_known=summaries is not None)
 
 
 def rows_present(plan: Plan, rows: list[catalog.Row]) -> bool:
