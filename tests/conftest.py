@@ -5,6 +5,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,21 @@ def read_cutout(path: Path) -> np.ndarray:
     with h5py.File(path, "r") as f:
         group = next(iter(f))
         return f[group]["CUTOUT"][()]
+
+
+def written_markers(folder: Path, level: int = 0) -> list[Path]:
+    root = folder / "store/_markers"
+    return list(root.rglob(f"written/level{level}/*/*.json")) if root.exists() else []
+
+
+def wait_for_markers(folder: Path, proc: subprocess.Popen, at_least: int = 1, level: int = 0,
+                     timeout: float = 120) -> None:
+    """Until the running ingest `proc` has marked `at_least` blocks of `level` (to kill it mid-run)."""
+    deadline = time.monotonic() + timeout
+    while len(written_markers(folder, level)) < at_least:
+        assert proc.poll() is None, f"ingest ended before it could be interrupted: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no block was written in time"
+        time.sleep(0.005)
 
 
 def write_h5(path: Path, data: np.ndarray, dataset: str = "image/CUTOUT") -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import NDINGEST, REPO, run_cli, run_in_terminal, write_h5, write_spec
+from conftest import NDINGEST, REPO, run_cli, run_in_terminal, wait_for_markers, write_h5, write_spec
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 
 
@@ -166,11 +166,7 @@ def test_after_a_crash_of_run_and_luigid_the_rerun_finishes_within_a_minute(tmp_
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     run = subprocess.Popen([NDINGEST, "ingest", str(spec), "--scheduler-url", url], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    markers = tmp_path / "store/_markers"
-    deadline = time.monotonic() + 120
-    while sum(1 for _ in markers.rglob("written/level0/*/*.json")) < 70:  # past the first shard of 64
-        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.01)
+    wait_for_markers(tmp_path, run, at_least=70)  # past the first shard of 64
     run.kill()
     run.wait()
     proc.terminate()  # luigid writes its state file on the way down
@@ -247,11 +243,7 @@ def test_losing_luigid_mid_run_is_exit_8_and_a_rerun_alone_finishes(tmp_path):
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     run = subprocess.Popen([NDINGEST, "ingest", str(spec), "--scheduler-url", url], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    markers = tmp_path / "store/_markers"
-    deadline = time.monotonic() + 120
-    while sum(1 for _ in markers.rglob("written/level0/*/*.json")) < 20:
-        assert run.poll() is None and time.monotonic() < deadline, "the run ended before luigid could be stopped"
-        time.sleep(0.01)
+    wait_for_markers(tmp_path, run, at_least=20)
     proc.kill()
     proc.wait()
     _, err = run.communicate(timeout=120)

@@ -14,7 +14,8 @@ import tensorstore as ts
 
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 
-from conftest import NDINGEST, read_cutout, run_cli, run_in_terminal, write_h5, write_spec
+from conftest import (NDINGEST, read_cutout, run_cli, run_in_terminal, wait_for_markers, write_h5,
+                      write_spec, written_markers)
 
 SHAPE_ZYX = (256, 512, 512)  # 256 one-chunk blocks per channel: slow enough to kill mid-run
 ONE_CHUNK_BLOCKS = "block_chunks = [1, 1, 1]\nblocks_per_shard = 16"
@@ -30,22 +31,8 @@ def big_sources(tmp_path_factory) -> tuple[Path, Path]:
     return write_h5(folder / "image.h5", image), write_h5(folder / "labels.h5", labels, "annotation/CUTOUT")
 
 
-def written_markers(folder: Path, level: int = 0) -> list[Path]:
-    root = folder / "store/_markers"
-    return list(root.rglob(f"written/level{level}/*/*.json")) if root.exists() else []
-
-
 def start_ingest(spec: Path) -> subprocess.Popen:
     return subprocess.Popen([NDINGEST, "ingest", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_markers(folder: Path, proc: subprocess.Popen, at_least: int = 1, level: int = 0,
-                     timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while len(written_markers(folder, level)) < at_least:
-        assert proc.poll() is None, f"ingest ended before it could be interrupted: {proc.communicate()}"
-        assert time.monotonic() < deadline, "no block was written in time"
-        time.sleep(0.005)
 
 
 def live_children(pid: int) -> list[int]:
