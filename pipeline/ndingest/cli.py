@@ -125,10 +125,14 @@ class ProgressMonitor:
         from . import markers
         from .steps import cached_summaries, scan_progress_path
 
+        if cached_summaries(self.plan) is not None:
+            return
         bar = None
-        while cached_summaries(self.plan) is None and not self._stop.wait(min(self.interval, 0.2)):
+        while not self._stop.wait(min(self.interval, 0.2)):
             seen = markers.read_json(scan_progress_path(self.plan))
-            if seen is None:
+            if seen is None:  # not started or just ended: only then stat every source file to know
+                if cached_summaries(self.plan) is not None:
+                    break
                 continue
             if bar is None:
                 bar = tqdm(total=seen["total"], unit="vox", unit_scale=True, desc="scan", disable=None,
