@@ -129,7 +129,8 @@ def main() -> None:
         source = folder / "big.h5"
         shape = (args.blocks_z * EDGE, args.blocks_y * EDGE, args.blocks_x * EDGE)  # (z, y, x)
         with h5py.File(source, "w") as f:
-            f.create_dataset("image/CUTOUT", shape=shape, dtype="uint8", chunks=(EDGE, EDGE, EDGE))
+            ds = f.create_dataset("image/CUTOUT", shape=shape, dtype="uint8", chunks=(EDGE, EDGE, EDGE))
+            ds[0, 0, 0] = 0  # stores one (all-zero) chunk: a huge array with none is refused as broken
         spec = folder / "spec.toml"
         spec.write_text(spec_text(source, folder / "store"))
 

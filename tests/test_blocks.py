@@ -1,10 +1,14 @@
 """Geometry as values: Vec3, Box, the chunk grid and the shard plan (pure, no I/O)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from ndingest.blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_blocks, plan_shards
+from ndingest.errors import BadBox, SpecError
 
 
 def box(b, e) -> Box:
@@ -274,3 +278,21 @@ def test_one_hundred_thousand_blocks_are_planned_with_the_right_counts():
     assert len(shards) == ceil_div(100_000, 64)
     assert sum(b.shape.volume for s in shards for b in s.blocks) == extent.shape.volume
     assert len({b for s in shards for b in s.blocks}) == 100_000
+
+
+def test_a_box_that_begins_after_it_ends_is_a_spec_error_naming_the_axis():
+    with pytest.raises(BadBox) as info:
+        Box(Vec3(0, 5, 0), Vec3(4, 3, 4))
+    assert isinstance(info.value, SpecError) and info.value.exit_code == 2
+    assert "y range [5, 3)" in str(info.value)
+
+
+def test_a_bad_box_is_refused_under_python_O_too():
+    """Not an assert: `python -O` strips those, and a bad box would go on to a wrong read."""
+    code = ("from ndingest.blocks import Box, Vec3\n"
+            "from ndingest.errors import BadBox\n"
+            "assert False, 'asserts must be off here'\n"
+            "try:\n    Box(Vec3(7, 0, 0), Vec3(2, 1, 1))\nexcept BadBox as exc:\n    print('refused:', exc)\n")
+    proc = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused: box x range [7, 2)"), proc.stdout

@@ -1,6 +1,10 @@
 """The catalog on a real SQLite file: create once, no-op on the same values, conflict otherwise."""
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -11,7 +15,7 @@ from ndingest.catalog import (
     PROPAGATE_DONE, PROPAGATE_NOT, channel_row, check_rows, dataset_row, delete_channel, engine_for,
     ensure_rows, find_channel, project_rows, set_propagate,
 )
-from ndingest.errors import CatalogConflict, NdingestError
+from ndingest.errors import CatalogConflict, NdingestError, StoreError
 from ndingest.spec import ChannelSpec, DatasetSpec, ProjectSpec
 
 DATASET = DatasetSpec(name="kat11", offset_xyz=Vec3(1000, 2000, 1000), voxel_resolution_nm=(32.0, 32.0, 40.0),
@@ -217,3 +221,67 @@ def test_catalog_persists_across_engines_on_the_same_file(tmp_path):
     assert find_channel(reopened, "kat11_scale3", "image")["channel_type"] == "image"
     with pytest.raises(CatalogConflict):
         check_rows(reopened, rows(datatype="float32"))
+
+
+def _hold_exclusive_lock(path, seconds: float) -> threading.Thread:
+    """A second, real SQLite connection that locks the whole catalog for `seconds`."""
+    locked = threading.Event()
+
+    def hold():
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(seconds)
+        other.execute("COMMIT")
+        other.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert locked.wait(10)
+    return thread
+
+
+def _impatient(path):
+    """An engine whose SQLite driver gives up on a lock at once ("database is locked")."""
+    return sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.01}, poolclass=sa.pool.NullPool)
+
+
+def test_check_rows_waits_for_a_locked_catalog_and_still_finds_the_conflict(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    ensure_rows(engine_for(path, create=True), rows())
+    holder = _hold_exclusive_lock(path, 1.0)
+    started = time.monotonic()
+    with pytest.raises(CatalogConflict, match="xvoxelres"):
+        check_rows(_impatient(path), rows(dataset=DatasetSpec(
+            name="kat11", offset_xyz=Vec3(1000, 2000, 1000), voxel_resolution_nm=(4.0, 32.0, 40.0),
+            scaling_option="zslices", scaling_levels=0)))
+    assert time.monotonic() - started >= 0.5  # it waited for the lock, not skipped the check
+    holder.join()
+
+
+def test_check_rows_on_a_catalog_locked_for_too_long_is_a_store_error_not_a_pass(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    ensure_rows(engine_for(path, create=True), rows())
+    holder = _hold_exclusive_lock(path, 2.0)
+    with pytest.raises(StoreError, match="locked") as info:
+        check_rows(_impatient(path), rows(), patience=0.3)
+    assert info.value.exit_code == 7
+    holder.join()
+
+
+def test_check_rows_treats_only_a_missing_table_as_nothing_stored(tmp_path):
+    """A catalog from before the channels table existed: its other rows are still checked.
+    Any other failure to read (here a file that is not a database) stops with a store error."""
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database, " * 512)
+    with pytest.raises(StoreError, match="garbage.sqlite"):
+        check_rows(_impatient(garbage), rows())
+    path = tmp_path / "catalog.sqlite"
+    engine = _impatient(path)
+    catalog.datasets.create(engine)
+    ensure_rows(engine, rows()[:1])
+    check_rows(engine, rows())  # same dataset, no channels table: no conflict
+    with pytest.raises(CatalogConflict, match="xoffset"):
+        check_rows(engine, rows(dataset=DatasetSpec(
+            name="kat11", offset_xyz=Vec3(0, 2000, 1000), voxel_resolution_nm=(32.0, 32.0, 40.0),
+            scaling_option="zslices", scaling_levels=0)))

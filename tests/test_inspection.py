@@ -38,6 +38,15 @@ def test_sizes_come_from_the_zyx_cutout_in_the_right_order(tmp_path, cutout_2_3_
     assert (summary.x_size, summary.y_size, summary.z_size) == (5, 3, 2)
 
 
+@pytest.mark.parametrize("fill, window", [(np.nan, (-2.5, 7.0)), (np.inf, (-2.5, 7.0))])
+def test_a_float_window_range_counts_finite_values_only(tmp_path, fill, window):
+    data = np.full((2, 3, 5), fill, np.float32)
+    data[0, 1, 2], data[1, 2, 4] = -2.5, 7.0
+    assert summarize(open_source(str(cutout_file(tmp_path / "f.h5", data)))).window_range == window
+    all_nan = np.full((2, 3, 5), np.nan, np.float32)
+    assert summarize(open_source(str(cutout_file(tmp_path / "n.h5", all_nan)))).window_range == (0, 0)
+
+
 def test_3d_summary_has_time_range_zero_dtype_window_and_axes(tmp_path, cutout_2_3_5):
     summary = summarize(open_source(str(tmp_path / "c.h5")))
     assert summary == SourceSummary(x_size=5, y_size=3, z_size=2, time_range=(0, 0), datatype="uint8",

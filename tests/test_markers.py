@@ -100,6 +100,23 @@ def test_a_sealed_shard_is_complete_and_counted_without_listing_its_markers(tmp_
     assert not shard_complete(directory, shard) and count_marked(tmp_path, WRITTEN, 0, [shard]) == 0
 
 
+def test_a_seal_counts_only_the_blocks_it_was_written_for(tmp_path):
+    """A source that grew (z 20 -> 24) cuts shard 0 into other blocks: the old seal is not theirs."""
+    shard = shards_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 20)), per_shard=100)[0]
+    directory = shard_dir(tmp_path, WRITTEN, 0, shard)
+    for box in shard.blocks:
+        write_marker(directory, box, {})
+    seal_shard(directory, shard)
+    grown = shards_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 24)), per_shard=100)[0]
+    assert grown.index == shard.index and grown.blocks != shard.blocks
+    same = set(grown.blocks) & set(shard.blocks)  # blocks the two plans share stay counted
+    assert count_marked(tmp_path, WRITTEN, 0, [grown]) == len(same) < len(grown.blocks)
+    assert not shard_complete(directory, grown)
+    for box in grown.blocks:
+        write_marker(directory, box, {})
+    assert seal_shard(directory, grown) and shard_complete(directory, grown)
+
+
 def test_write_marker_leaves_no_temp_files(tmp_path, shard):
     for b in shard.blocks:
         write_marker(tmp_path / "m", b, {"checksum": "crc32:12345678"})

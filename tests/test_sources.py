@@ -51,11 +51,19 @@ def make_source(kind: str, tmp_path: Path, data: np.ndarray) -> str:
     if kind == "tiff-stack":
         return write_stack(tmp_path / "pages", data)
     path = tmp_path / "volume.tif"
-    tifffile.imwrite(path, data)
+    if kind == "tiff-pagewise":  # one series per page, as a writer appending page by page leaves it
+        for plane in data:
+            tifffile.imwrite(path, plane, append=True)
+    elif kind == "tiff-strips":  # uncompressed, strips of 4 rows: rows are read from several strips
+        tifffile.imwrite(path, data, rowsperstrip=4)
+    elif kind == "tiff-imagej":
+        tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"})
+    else:
+        tifffile.imwrite(path, data)
     return str(path)
 
 
-KINDS = ["hdf5", "tiff-stack", "tiff-multipage"]
+KINDS = ["hdf5", "tiff-stack", "tiff-multipage", "tiff-pagewise", "tiff-strips", "tiff-imagej"]
 
 
 @pytest.fixture(params=KINDS)
@@ -366,15 +374,13 @@ def test_single_2d_tiff_is_a_one_slice_volume(tmp_path):
     np.testing.assert_array_equal(source.read(source.extent), plane[None])
 
 
-def test_tiff_stack_page_with_another_shape_is_a_source_error_naming_it(tmp_path):
-    data = random_zyx(dtype=np.uint8)
-    pattern = write_stack(tmp_path / "pages", data)
-    odd = tmp_path / "pages" / "z0003.tif"
-    tifffile.imwrite(odd, np.zeros((3, 3), np.uint8))
-    source = open_source(pattern)
-    np.testing.assert_array_equal(source.read(box((0, 0, 0), (14, 10, 3))), data[:3])
-    with pytest.raises(SourceError, match="z0003.tif"):
-        source.read(source.extent)
+def test_tiff_stack_page_with_another_shape_is_refused_at_open_naming_it(tmp_path):
+    """Refused when opened (build_plan opens every source before anything is written),
+    not when a block first reaches the odd page."""
+    pattern = write_stack(tmp_path / "pages", random_zyx(dtype=np.uint8))
+    tifffile.imwrite(tmp_path / "pages" / "z0003.tif", np.zeros((3, 3), np.uint8))
+    error = str(source_error(pattern))
+    assert "z0003.tif" in error and "x3 y3" in error and "x14 y10" in error
 
 
 @pytest.mark.parametrize("kind", ["tiff-stack", "tiff-multipage"])
@@ -411,3 +417,137 @@ def test_a_forked_process_reads_through_a_handle_of_its_own(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert source._handle[1] is parents  # the parent keeps its own
+
+
+# --- TIFF: every page read exactly, or refused at open ------------------------------
+
+def test_tiff_stack_with_mixed_dtypes_is_refused_naming_the_file_and_both_dtypes(tmp_path):
+    data = random_zyx(dtype=np.uint8)
+    pattern = write_stack(tmp_path / "pages", data)
+    tifffile.imwrite(tmp_path / "pages" / "z0002.tif", np.full(data.shape[1:], 1000, np.uint16))
+    error = str(source_error(pattern))
+    assert "z0002.tif" in error and "uint16" in error and "uint8" in error and "z0000.tif" in error
+
+
+@pytest.mark.parametrize("odd", [np.zeros((10, 13), np.uint16), np.zeros((10, 14), np.uint8)])
+def test_multipage_tiff_with_a_page_that_differs_is_refused_naming_the_page(tmp_path, odd):
+    data = random_zyx()
+    path = tmp_path / "v.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for z, plane in enumerate(data):
+            tif.write(odd if z == 4 else plane)
+    error = str(source_error(str(path)))
+    assert str(path) in error and "page 4" in error
+
+
+def test_multipage_tiff_written_one_page_at_a_time_reads_every_page(tmp_path):
+    """Each tifffile.imwrite(append=True) starts a series of its own: series[0] is one page."""
+    data = random_zyx(shape=(40, 10, 14))
+    path = tmp_path / "v.tif"
+    for plane in data:
+        tifffile.imwrite(path, plane, append=True)
+    source = open_source(str(path))
+    assert source.shape_tzyx == (1, 40, 10, 14)
+    np.testing.assert_array_equal(source.read(source.extent), data)
+    np.testing.assert_array_equal(source.read(box((2, 3, 17), (9, 8, 33))), data[17:33, 3:8, 2:9])
+
+
+@pytest.mark.parametrize("shape", [(10, 14, 3), (6, 10, 14, 3)])
+def test_rgb_tiff_is_refused_naming_the_samples_per_pixel(tmp_path, shape):
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), photometric="rgb")
+    error = str(source_error(str(path)))
+    assert str(path) in error and "3 samples per pixel" in error
+
+
+def test_imagej_hyperstack_of_channels_is_refused(tmp_path):
+    data = random_zyx(dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "zc.tif", np.stack([data, data], axis=1), imagej=True, metadata={"axes": "ZCYX"})
+    assert "2 channels" in str(source_error(str(tmp_path / "zc.tif")))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_tiff_is_refused_at_open(tmp_path, keep):
+    """Cut in half, the chain of page headers breaks (tifffile only logs it and reads one
+    page); cut near the end, the last page's data lies past the end of the file."""
+    path = tmp_path / "v.tif"
+    tifffile.imwrite(path, random_zyx(dtype=np.uint8))
+    with open(path, "r+b") as f:
+        f.truncate(int(path.stat().st_size * keep))
+    assert "truncated" in str(source_error(str(path)))
+
+
+def test_glob_is_sorted_naturally_and_the_listing_shows_it(tmp_path):
+    data = random_zyx(shape=(12, 10, 14), dtype=np.uint8)
+    (tmp_path / "pages").mkdir()
+    for z, plane in enumerate(data, start=1):
+        tifffile.imwrite(tmp_path / "pages" / f"s{z}.tif", plane)
+    source = open_source(str(tmp_path / "pages" / "s*.tif"))
+    assert [f.name for f in source.files][:3] == ["s1.tif", "s2.tif", "s3.tif"]
+    np.testing.assert_array_equal(source.read(source.extent), data)
+    assert source.file_listing == "12: s1.tif ... s12.tif"
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_a_small_box_of_a_compressed_tiff_decodes_only_the_strips_it_meets(tmp_path, tiled):
+    """The whole file was decoded for every block: 64 blocks of 16 MiB decoded 1 GiB."""
+    import tracemalloc
+
+    ramp = np.add.outer(np.arange(512), np.arange(512)).astype(np.uint8)
+    data = ramp[None] + np.arange(64, dtype=np.uint8)[:, None, None]
+    path = tmp_path / "v.tif"  # 16 MiB of voxels
+    tifffile.imwrite(path, data, compression="zlib", rowsperstrip=64, tile=(64, 64) if tiled else None)
+    source = open_source(str(path))
+    tracemalloc.start()
+    try:
+        out = source.read(box((70, 130, 10), (200, 200, 14)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, data[10:14, 130:200, 70:200])
+    assert peak < 2 * 2**20, peak  # 4 pages of two 32 KiB strips each (or tiles), not 16 MiB
+    np.testing.assert_array_equal(source.read(source.extent), data)
+
+
+# --- HDF5: refused at open from metadata alone ---------------------------------------
+
+@pytest.mark.parametrize("dtype, needle", [
+    (np.dtype([("a", np.uint8), ("b", np.float32)]), "compound (a, b)"),
+    (np.dtype("S4"), "string"),
+])
+def test_hdf5_array_of_a_non_numeric_type_is_refused_naming_its_dtype(tmp_path, dtype, needle):
+    path = write_h5(tmp_path / "c.h5", {"vol": np.zeros((2, 3, 4), dtype)})
+    for name in (str(path), f"{path}:/vol"):
+        error = str(source_error(name))
+        assert f"{path}:/vol" in error and needle in error
+
+
+def test_empty_hdf5_array_is_refused_at_open(tmp_path):
+    path = write_h5(tmp_path / "c.h5", {"vol": np.zeros((0, 3, 4), np.uint8)})
+    assert "empty" in str(source_error(str(path)))
+
+
+def test_2d_hdf5_array_says_a_volume_needs_3_or_4_axes(tmp_path):
+    path = write_h5(tmp_path / "flat.h5", {"plane": np.zeros((4, 5), np.uint8)})
+    error = str(source_error(f"{path}:/plane"))
+    assert "2D" in error and "3 axes" in error and "(4, 5)" in error
+    assert "/plane (4, 5)" in str(source_error(str(path)))
+
+
+def test_chunked_hdf5_array_without_stored_data_is_refused(tmp_path):
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:  # claims 10^12 voxels; the file is a few KiB
+        f.create_dataset("vol", shape=(10**4, 10**4, 10**4), dtype=np.uint8, chunks=(64, 64, 64))
+    error = str(source_error(str(path)))
+    assert "holds no data" in error and "1,000,000,000,000 voxels" in error
+
+
+def test_hdf5_header_claiming_more_than_the_file_holds_is_refused_naming_the_dataset(tmp_path):
+    path = write_h5(tmp_path / "forged.h5", {"vol": np.ones((100, 100, 100), np.uint8)})
+    raw = path.read_bytes()
+    dims, nbytes = np.array([100] * 3, "<u8").tobytes(), np.array([10**6], "<u8").tobytes()
+    assert raw.count(dims) == 2 and raw.count(nbytes) == 1  # dataspace size and maximum; layout size
+    forged = raw.replace(dims, np.array([10**4] * 3, "<u8").tobytes())
+    path.write_bytes(forged.replace(nbytes, np.array([10**12], "<u8").tobytes()))  # 10^12 voxels claimed
+    for name in (str(path), f"{path}:/vol"):
+        assert f"{path}:/vol: cannot open" in str(source_error(name))

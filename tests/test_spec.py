@@ -302,3 +302,31 @@ def test_invalid_toml_is_a_spec_error_naming_the_file(tmp_path):
 def test_spec_errors_can_be_caught_as_value_errors(tmp_path):
     with pytest.raises(ValueError):
         parse(edited('"zslices"', '"xyz"'), tmp_path)
+
+
+RESERVED = ["_markers", "_reports", "info", "createChannel", "deleteChannel", "public_tokens", "public_datasets",
+            "autoIngest", "resource", "ocp", "nd"]
+
+
+@pytest.mark.parametrize("reserved", RESERVED)
+@pytest.mark.parametrize("old, template, key", [
+    ('name = "ds"', 'name = "{}"', "dataset.name"),
+    ('name = "pr"', 'name = "{}"', "project.name"),
+    ('token = "tk"', 'token = "{}"', "project.token"),
+    ("[channels.image]", "[channels.{}]", "channels.{}"),
+])
+def test_names_the_store_or_the_rest_api_use_are_refused(tmp_path, reserved, old, template, key):
+    message = spec_error(edited(old, template.format(reserved)), tmp_path)
+    assert key.format(reserved) in message and repr(reserved) in message and "reserved" in message
+
+
+@pytest.mark.parametrize("name", ["INFO", "_Markers", "Nd", "createchannel"])
+def test_reserved_names_are_refused_in_any_case(tmp_path, name):
+    """A case-insensitive file system would make `_Markers` the store's markers folder."""
+    message = spec_error(edited('name = "pr"', f'name = "{name}"'), tmp_path)
+    assert "project.name" in message and repr(name) in message
+
+
+@pytest.mark.parametrize("name", ["information", "nd1", "my_markers", "ocp_data", "resources"])
+def test_names_that_only_contain_a_reserved_word_are_fine(tmp_path, name):
+    assert parse(edited('name = "pr"', f'name = "{name}"'), tmp_path).project.name == name

@@ -10,6 +10,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
+from .errors import BadBox
+
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
@@ -47,7 +49,10 @@ class Box:
     end: Vec3
 
     def __post_init__(self) -> None:
-        assert all(b <= e for b, e in zip(self.begin, self.end)), self
+        for axis, b, e in zip("xyz", self.begin, self.end):
+            if b > e:  # not an assert: `python -O` would drop it
+                raise BadBox(f"box {axis} range [{b}, {e}) begins after it ends "
+                             f"(begin {tuple(self.begin)}, end {tuple(self.end)})")
 
     @classmethod
     def from_shape(cls, begin: Vec3, shape: Vec3) -> "Box":

@@ -7,12 +7,13 @@ and writes nothing.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from .blocks import Vec3
 from .errors import CatalogConflict, StoreError
@@ -130,18 +131,53 @@ def _compare(row: Row, stored: dict) -> None:
             )
 
 
-def check_rows(engine: sa.Engine | None, rows: list[Row]) -> None:
-    """Raise CatalogConflict for the first row that exists with other values; writes nothing."""
+LOCKED_RETRY_SECONDS = 60.0
+
+
+def _missing_table(exc: OperationalError) -> bool:
+    return "no such table" in str(exc.orig)
+
+
+def check_rows(engine: sa.Engine | None, rows: list[Row], *, patience: float = LOCKED_RETRY_SECONDS) -> None:
+    """Raise CatalogConflict for the first row that exists with other values; writes nothing.
+
+    A busy catalog ("database is locked") is waited for, up to `patience` seconds, then a
+    StoreError: the check is never skipped. Only a missing table (a catalog from before that
+    table existed) counts as nothing stored."""
     if engine is None:
         return
+    deadline, pause = time.monotonic() + patience, 0.05
+    while True:
+        try:
+            stored = _stored_rows(engine, rows)
+            break
+        except DatabaseError as exc:  # OperationalError ("database is locked") is one
+            if not isinstance(exc, OperationalError) or not ("locked" in str(exc.orig) or "busy" in str(exc.orig)):
+                raise StoreError(f"catalog {engine.url.database}: {exc.orig}") from exc
+            if time.monotonic() >= deadline:
+                raise StoreError(f"catalog {engine.url.database}: {exc.orig} for {patience:.0f} s; "
+                                 f"another process holds it, rerun when it is done") from exc
+            logger.info("catalog %s is locked; checking again in %.2f s", engine.url.database, pause)
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+            pause = min(pause * 2, 1.0)
+    for row, have in zip(rows, stored):
+        if have is not None:
+            _compare(row, have)
+
+
+def _stored_rows(engine: sa.Engine, rows: list[Row]) -> list[dict | None]:
+    """What the catalog holds for each row; None where the row, or its whole table, is absent."""
+    out: list[dict | None] = []
     with engine.connect() as conn:
         for row in rows:
             try:
-                stored = _stored(conn, row)
-            except OperationalError:  # a catalog from before this table existed
-                continue
-            if stored is not None:
-                _compare(row, stored)
+                out.append(_stored(conn, row))
+            except OperationalError as exc:
+                if not _missing_table(exc):
+                    raise
+                conn.rollback()
+                out.append(None)
+    return out
 
 
 def rows_present(engine: sa.Engine | None, rows: list[Row]) -> bool:
@@ -191,6 +227,18 @@ def find_channel(engine: sa.Engine, project: str, channel: str) -> dict | None:
         found = conn.execute(
             sa.select(channels).where(channels.c.project == project, channels.c.channel_name == channel)
         ).mappings().first()
+    return dict(found) if found else None
+
+
+def find_dataset(engine: sa.Engine | None, name: str) -> dict | None:
+    """The dataset row named `name`, or None (no catalog, no table or no such row)."""
+    if engine is None:
+        return None
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(sa.select(datasets).where(datasets.c.dataset_name == name)).mappings().first()
+    except OperationalError:  # no tables yet
+        return None
     return dict(found) if found else None
 
 

@@ -2,6 +2,8 @@
 
 Exit codes: 0 done; 1 internal error; 2 bad usage or spec; 3 bad or changed source;
 4 catalog conflict; 5 verify mismatch; 6 already running; 7 store I/O; 8 remote.
+An internal error (a bug) is one line too, naming the log file in `log_dir()` that holds
+its traceback (printed instead under --debug). Off a terminal, progress is plain lines.
 """
 from __future__ import annotations
 
@@ -41,16 +43,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scan_bar(voxels: int):
-    """A terminal bar (rate, ETA) for a window-range scan of `voxels`."""
+def _scan_bar(voxels: int, *, bytes_per_voxel: float = 1.0, stream=None):
+    """A terminal bar (rate, ETA) for a window-range scan of `voxels`; off a terminal,
+    plain lines on `stream` (stderr: stdout holds inspect's table or JSON)."""
     from tqdm import tqdm
 
+    from .progress import on_terminal
+
+    if voxels and not on_terminal():
+        return PlainBar(voxels, label="scan", unit="voxels", bytes_per_unit=bytes_per_voxel,
+                        stream=stream or sys.stderr)
     return tqdm(total=voxels, unit="vox", unit_scale=True, desc="scan", disable=None if voxels else True,
                 leave=False, **_bar_size())
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import source_table, spec_table, summarize
+    from .inspection import source_table, spec_dataset_json, spec_table, summarize
     from .plan import load_plan
     from .sources import open_source
     from .steps import inspect_plan, scan_voxels
@@ -58,22 +66,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     target = args.target
     if target.endswith(".toml"):
         plan = load_plan(target)
-        with _scan_bar(scan_voxels(plan)) as bar:
+        with _scan_bar(scan_voxels(plan), bytes_per_voxel=_voxel_bytes(plan)) as bar:
             summaries = inspect_plan(plan, progress=bar.update)
         if args.json:
-            print(json.dumps({"channels": {n: s.to_json() for n, s in summaries.items()}}, indent=1))
+            print(json.dumps({"dataset": spec_dataset_json(plan.spec, levels=plan.levels),
+                              "channels": {n: s.to_json() for n, s in summaries.items()}}, indent=1))
             return 0
         for name, summary in summaries.items():
-            _print_table(spec_table(plan.spec, name, summary, levels=plan.levels), title=f"[{name}]")
+            _print_table(spec_table(plan.spec, name, summary, levels=plan.levels,
+                                    files=plan.channels[name].source.file_listing), title=f"[{name}]")
             print()
         return 0
     source = open_source(target)
-    with _scan_bar(source.size_xyz.volume * source.time_points) as bar:
+    with _scan_bar(source.size_xyz.volume * source.time_points, bytes_per_voxel=source.dtype.itemsize) as bar:
         summary = summarize(source, progress=bar.update)
     if args.json:
         print(json.dumps(summary.to_json(), indent=1))
     else:
-        _print_table(source_table(summary))
+        _print_table(source_table(summary, files=source.file_listing))
     return 0
 
 
@@ -104,8 +114,54 @@ def _bar_size() -> dict:
     return {"ncols": size.columns or 100, "nrows": size.lines or 24}
 
 
+def emit(line: str | None, stream) -> None:
+    """Print a progress line with the wall-clock time in front, at once (pipes buffer)."""
+    if line is not None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=stream, flush=True)
+
+
+class PlainBar:
+    """A stand-in for a tqdm bar off a terminal: the same `n`, `total`, `update`, `close`,
+    printing a `progress.Ticker`'s lines to `stream`."""
+
+    def __init__(self, total: int, *, label: str, unit: str, bytes_per_unit: float, stream,
+                 clock=time.monotonic, initial: int = 0):
+        from .progress import Ticker
+
+        self.total, self.n, self.stream, self.clock = total, initial, stream, clock
+        self.ticker = Ticker(label, total, now=clock(), done=initial, unit=unit, bytes_per_unit=bytes_per_unit)
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        emit(self.ticker.update(self.n, self.clock()), self.stream)
+
+    def close(self) -> None:
+        emit(self.ticker.finish(self.n, self.clock()), self.stream)
+
+    def __enter__(self) -> "PlainBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _voxel_bytes(plan) -> float:
+    """Bytes per voxel of the channels a window-range scan reads (their mean, by volume)."""
+    scanned = [cp.source for cp in plan.channels.values() if cp.spec.window_range is None] or \
+        [cp.source for cp in plan.channels.values()]
+    voxels = sum(s.size_xyz.volume * s.time_points for s in scanned)
+    return sum(s.size_xyz.volume * s.time_points * s.dtype.itemsize for s in scanned) / max(voxels, 1)
+
+
+def _block_bytes(cp) -> float:
+    """Mean bytes of one of the channel's blocks (every level and time point)."""
+    voxels = sum(lv.extent.shape.volume for lv in cp.levels) * cp.source.time_points
+    return voxels * cp.source.dtype.itemsize / max(cp.total_blocks, 1)
+
+
 class ProgressMonitor:
-    """A terminal bar (rate, ETA) fed from the markers, so it counts every worker's blocks."""
+    """A terminal bar (rate, ETA) fed from the markers, so it counts every worker's blocks.
+    Off a terminal, plain lines on stdout per channel instead (see `progress`)."""
 
     def __init__(self, plan, interval: float = 1.0):
         self.plan, self.interval = plan, interval
@@ -123,6 +179,7 @@ class ProgressMonitor:
         from tqdm import tqdm
 
         from . import markers
+        from .progress import on_terminal
         from .steps import cached_summaries, scan_progress_path
 
         if cached_summaries(self.plan) is not None:
@@ -136,7 +193,9 @@ class ProgressMonitor:
                 continue
             if bar is None:
                 bar = tqdm(total=seen["total"], unit="vox", unit_scale=True, desc="scan", disable=None,
-                           **_bar_size())
+                           **_bar_size()) if on_terminal() else \
+                    PlainBar(seen["total"], label="scan", unit="voxels", bytes_per_unit=_voxel_bytes(self.plan),
+                             stream=sys.stdout, initial=seen["done"])
             bar.update(seen["done"] - bar.n)
         if bar is not None:
             bar.update(bar.total - bar.n)
@@ -145,13 +204,35 @@ class ProgressMonitor:
     def _run(self) -> None:
         from tqdm import tqdm
 
+        from .progress import on_terminal
+
         self._scan()
+        if not on_terminal():
+            return self._run_plain()
         done, total = self._counts()
         with tqdm(total=total, initial=done, unit="block", desc="write+verify", disable=None, **_bar_size()) as bar:
             while not self._stop.wait(self.interval):
                 now, _ = self._counts()
                 bar.update(now - bar.n)
             bar.update(self._counts()[0] - bar.n)
+
+    def _run_plain(self) -> None:
+        """Per channel, a line at each 5 % of its writes and verifies, and at least once a minute."""
+        from .progress import Ticker
+        from .steps import channel_status
+
+        def counts() -> dict[str, int]:
+            return {name: s["done"] + s["verified"] for name, s in channel_status(self.plan).items()}
+
+        start = counts()
+        tickers = {name: Ticker(f"{name} write+verify", 2 * cp.total_blocks, now=time.monotonic(), done=start[name],
+                                bytes_per_unit=_block_bytes(cp))
+                   for name, cp in self.plan.channels.items()}
+        while not self._stop.wait(self.interval):
+            for name, done in counts().items():
+                emit(tickers[name].update(done, time.monotonic()), sys.stdout)
+        for name, done in counts().items():
+            emit(tickers[name].finish(done, time.monotonic()), sys.stdout)
 
     def __enter__(self) -> "ProgressMonitor":
         self._thread.start()
@@ -211,8 +292,11 @@ def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> 
     if failures:
         first = failures[0]
         if first.get("traceback"):  # not an NdingestError: a bug, which keeps its traceback
-            print(first["traceback"], file=sys.stderr)
-            raise NdingestError(f"internal error in {first['task']}: {first['type']}: {first['message']}")
+            if debug:
+                print(first["traceback"], file=sys.stderr)
+            where = "" if debug else _traceback_note(f"in task {first['task']}:\n{first['traceback']}")
+            raise NdingestError(f"internal error in {first['task']}: "
+                                + _one_line(f"{first['type']}: {first['message']}") + where)
         err = NdingestError(first["message"])
         err.exit_code = first["exit_code"]
         raise err
@@ -223,7 +307,7 @@ def run_luigi(plan, *, workers: int, scheduler_url: str | None, debug: bool) -> 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .plan import load_plan
-    from .steps import channel_status, preflight, restart_channel
+    from .steps import channel_status, forget_failed_start, new_folders, preflight, restart_channel
     from .verify import report_dir
 
     plan = load_plan(args.spec)
@@ -236,13 +320,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
         check_scheduler(args.scheduler_url)
     preflight(plan, skip_channel=args.restart)
-    with (run_lock(plan.markers / "ingest.lock") if not args.scheduler_url else _nothing()):
-        if args.restart:
-            restart_channel(plan, args.restart)
-            print(f"restart: dropped the markers of channel {args.restart}; writing it again", file=sys.stderr)
-        started = time.monotonic()
-        with ProgressMonitor(plan):
-            run_luigi(plan, workers=args.workers, scheduler_url=args.scheduler_url, debug=args.debug)
+    created = [] if args.scheduler_url else new_folders(plan)  # under luigid, other runs share them
+    try:
+        with (run_lock(plan.markers / "ingest.lock") if not args.scheduler_url else _nothing()):
+            if args.restart:
+                restart_channel(plan, args.restart)
+                print(f"restart: dropped the markers of channel {args.restart}; writing it again", file=sys.stderr)
+            started = time.monotonic()
+            with ProgressMonitor(plan):
+                run_luigi(plan, workers=args.workers, scheduler_url=args.scheduler_url, debug=args.debug)
+    except BaseException:
+        forget_failed_start(plan, created)
+        raise
     status = channel_status(plan)
     for name, s in status.items():
         print(f"{name}: {s['done']}/{s['total']} blocks written, {s['verified']}/{s['total']} verified -> {s['volume']}")
@@ -278,12 +367,44 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .plan import load_plan
     from .verify import verify_plan
 
+    from .progress import on_terminal
+
     plan = load_plan(args.spec)
     total = sum(cp.total_blocks for cp in plan.channels.values())
-    with tqdm(total=total, unit="block", desc="verify", disable=None, **_bar_size()) as bar:
+    with (tqdm(total=total, unit="block", desc="verify", disable=None, **_bar_size()) if on_terminal()
+          else _ChannelBars(plan, "verify", sys.stdout)) as bar:
         rows, report = verify_plan(plan, resume=False, progress=bar.update)
     print(f"verify: all {len(rows)} blocks equal the source and their markers (report: {report})")
     return 0
+
+
+class _ChannelBars:
+    """Plain progress per channel for a count that runs through the channels in plan order
+    (as `verify_plan` does), each channel's clock starting with its first block."""
+
+    def __init__(self, plan, what: str, stream):
+        self.channels, self.what, self.stream = list(plan.channels.values()), what, stream
+        self.index, self.bar = 0, None
+
+    def update(self, n: int) -> None:
+        while n > 0 and self.index < len(self.channels):
+            cp = self.channels[self.index]
+            if self.bar is None:
+                self.bar = PlainBar(cp.total_blocks, label=f"{cp.name} {self.what}", unit="blocks",
+                                    bytes_per_unit=_block_bytes(cp), stream=self.stream)
+            k = min(n, self.bar.total - self.bar.n)
+            self.bar.update(k)
+            n -= k
+            if self.bar.n >= self.bar.total:
+                self.bar.close()
+                self.index, self.bar = self.index + 1, None
+
+    def __enter__(self) -> "_ChannelBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _catalog_window(plan, channel: str) -> tuple[float, float]:
@@ -293,15 +414,19 @@ def _catalog_window(plan, channel: str) -> tuple[float, float]:
     engine = catalog.engine_for(plan.store.catalog_path, create=False)
     row = catalog.find_channel(engine, plan.spec.project.name, channel) if engine else None
     if row is None:
-        raise StoreError(f"{plan.store.catalog_path}: channel {channel} is not in the catalog; run ingest first")
+        raise SpecError(f"{plan.store.catalog_path}: channel {channel} is not in the catalog; run ingest first")
     return (row["startwindow"], row["endwindow"])
 
 
 def cmd_view(args: argparse.Namespace) -> int:
     from .plan import load_plan
+    from .slices import check_time_point
     from .view import open_viewer, screenshot
 
     plan = load_plan(args.spec)
+    for cp in plan.channels.values():
+        if cp.spec.type == "timeseries":
+            check_time_point(cp, args.t)
     windows = {name: _catalog_window(plan, name) for name in plan.channels}
     viewing = open_viewer(plan, windows, bind=args.bind, port=args.port, t=args.t)
     try:
@@ -326,9 +451,10 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.spec)
     cp = plan.channel(args.channel)
-    picture = render_slice(plan, cp, plane=args.plane, index=args.index, level=args.res,
+    picture = render_slice(plan, cp, plane=args.plane, index=args.index, level=args.res, t=args.t,
                            window=_catalog_window(plan, cp.name))
-    out = Path(args.output or f"{cp.name}_{args.plane}_{args.index}_r{args.res}.png")
+    when = f"_t{args.t}" if cp.spec.type == "timeseries" else ""
+    out = Path(args.output or f"{cp.name}_{args.plane}_{args.index}_r{args.res}{when}.png")
     write_png(picture, out)
     print(out)
     return 0
@@ -374,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plane", choices=("xy", "xz", "yz"))
     p.add_argument("index", type=int, help="absolute coordinate of the plane at that level")
     p.add_argument("--res", type=int, default=0, metavar="R", help="level (0 = full resolution)")
+    p.add_argument("--t", type=int, default=0, metavar="T", help="time point of a time-series channel")
     p.add_argument("-o", "--output", metavar="FILE.png")
     p.set_defaults(func=cmd_slice)
 
@@ -411,6 +538,50 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ndingest: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
+    except Exception as exc:  # not an NdingestError: a bug; one line, its traceback in a log file
+        if args.debug:
+            traceback.print_exc()
+        where = "" if args.debug else _traceback_note(traceback.format_exc())
+        print(f"ndingest: internal error: {_one_line(f'{type(exc).__name__}: {exc}')}{where}", file=sys.stderr)
+        return 1
+
+
+def log_dir() -> Path:
+    """Where internal errors leave their tracebacks: $XDG_STATE_HOME/ndingest, by default
+    ~/.local/state/ndingest (there with or without a store, whatever the command)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "ndingest"
+
+
+def save_traceback(text: str) -> Path:
+    """Write `text` (a traceback) to a new log file in `log_dir()`, or the temp folder if that
+    cannot be written; OSError if neither can."""
+    import tempfile
+
+    name = f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    head = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} ndingest {' '.join(sys.argv[1:])}\n\n"
+    fallback = Path(tempfile.gettempdir()) / f"ndingest-{os.getuid()}"
+    for folder in (log_dir(), fallback):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(head + text)
+            return folder / name
+        except OSError:
+            if folder == fallback:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _traceback_note(text: str) -> str:
+    try:
+        return f"; traceback in {save_traceback(text)}"
+    except OSError as exc:
+        return f"; could not save its traceback ({exc}); rerun with --debug to see it"
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

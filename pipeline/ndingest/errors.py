@@ -14,6 +14,10 @@ class SpecError(NdingestError, ValueError):
     exit_code = 2
 
 
+class BadBox(SpecError):
+    """A box whose begin lies past its end on some axis (coordinates from a user or a client)."""
+
+
 class SourceError(NdingestError, OSError):
     """An input volume that is missing, unreadable, ambiguous or disagrees with the spec."""
 

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from . import markers
-from .blocks import Box, Shard
+from .blocks import Box, Shard, Vec3
 from .downsample import child_box, factors, pad_to_children, reduce
 from .errors import SourceChanged, SpecError
 from .plan import ChannelPlan, Plan
@@ -47,13 +47,28 @@ def _has_markers(cp: ChannelPlan) -> bool:
     return any(True for _ in (cp.markers / markers.WRITTEN).glob(f"level*/shard*/*{markers.SUFFIX}"))
 
 
+def size_changed(plan: Plan, source: str, was: Vec3, now: Vec3) -> SourceChanged:
+    """The error for a source whose size is no longer its dataset's. The size belongs to
+    the dataset (its catalog row, every level's extent), so `--restart`, which rewrites a
+    channel's voxels, cannot help; a new dataset (and project, whose name is unique) can."""
+    return SourceChanged(
+        f"{source}: size changed from x{was.x} y{was.y} z{was.z} to x{now.x} y{now.y} z{now.z} since dataset "
+        f"{plan.spec.dataset.name} was written; a dataset keeps one size, so --restart cannot change it: ingest "
+        f"it as a new dataset (new dataset.name, project.name and project.token in {plan.spec.path})"
+    )
+
+
 def check_manifest(cp: ChannelPlan, plan: Plan) -> dict:
-    """Raise SourceChanged if blocks were written from another version of the source,
-    or SpecError if they were cut another way; returns the current manifest."""
+    """Raise SourceChanged if blocks were written from another version of the source (a
+    size change first: no restart mends that), or SpecError if they were cut another way;
+    returns the current manifest."""
     current = manifest_for(cp, plan)
     stored = markers.read_json(cp.markers / MANIFEST)
     if stored is None or stored == current or not _has_markers(cp):
         return current
+    was = Box.from_key(stored["extent"]).shape
+    if was != cp.extent.shape:
+        raise size_changed(plan, cp.source.description, was, cp.extent.shape)
     old_files = {f["path"]: f for f in stored["source"]}
     for f in current["source"]:
         was = old_files.get(f["path"])

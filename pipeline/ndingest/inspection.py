@@ -51,8 +51,10 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
-def source_table(summary: SourceSummary) -> list[tuple[str, str]]:
-    return [
+def source_table(summary: SourceSummary, *, files: str = "") -> list[tuple[str, str]]:
+    """The table of `inspect SOURCE`; `files` (a Source's file_listing) shows which files
+    are read, in which order, so a stack sorted wrongly shows before it is ingested."""
+    rows = [
         ("x size", str(summary.x_size)),
         ("y size", str(summary.y_size)),
         ("z size", str(summary.z_size)),
@@ -61,12 +63,14 @@ def source_table(summary: SourceSummary) -> list[tuple[str, str]]:
         ("window range", f"({_fmt(summary.window_range[0])}, {_fmt(summary.window_range[1])})"),
         ("axes (file order, slowest first)", summary.axes),
     ]
+    return rows + [("files", files)] if files else rows
 
 
-def spec_table(spec, channel: str, summary: SourceSummary, *, levels: int) -> list[tuple[str, str]]:
-    """The tutorial's table for one channel of a spec."""
+def spec_table(spec, channel: str, summary: SourceSummary, *, levels: int, files: str = "") -> list[tuple[str, str]]:
+    """The tutorial's table for one channel of a spec (`files` as in source_table)."""
     ds = spec.dataset
     rows = [("dataset name", ds.name), ("channel", f"{channel} ({spec.channels[channel].type})")]
+    rows += [("files", files)] if files else []
     rows += source_table(summary)[:6]
     rows += [(f"{a} offset", str(v)) for a, v in zip("xyz", ds.offset_xyz)]
     levels_text = f"{levels} (auto)" if ds.scaling_levels == "auto" else str(levels)
@@ -74,6 +78,19 @@ def spec_table(spec, channel: str, summary: SourceSummary, *, levels: int) -> li
     rows += [(f"{a} voxel resolution", f"{_fmt(v)} nm") for a, v in zip("xyz", ds.voxel_resolution_nm)]
     rows += [("axes (file order, slowest first)", summary.axes)]
     return rows
+
+
+def spec_dataset_json(spec, *, levels: int) -> dict:
+    """The dataset rows of the tutorial's table, as `inspect SPEC --json`'s "dataset" object."""
+    ds = spec.dataset
+    return {
+        "name": ds.name,
+        **{f"{a}_offset": v for a, v in zip("xyz", ds.offset_xyz)},
+        **{f"{a}_voxel_resolution": v for a, v in zip("xyz", ds.voxel_resolution_nm)},  # nm
+        "scaling_option": ds.scaling_option,
+        "scaling_levels": levels,
+        "scaling_levels_auto": ds.scaling_levels == "auto",
+    }
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:

@@ -14,8 +14,9 @@ Layout, under the store it describes::
         verified/level{r}/shard{NNNNN}.done
 
 One folder per shard, so a shard costs one listing; once all its blocks are marked, the
-writer seals it with a `.done` file, so a finished shard costs one stat (Luigi calls
-`complete()` for every shard while it schedules, and 10^5 blocks are 10^3 shards).
+writer seals it with a `.done` file naming its blocks, so a finished shard costs one small
+read (Luigi calls `complete()` for every shard while it schedules, and 10^5 blocks are
+10^3 shards).
 Writing is I/O; deciding what is left (`pending_blocks`) is a pure function.
 """
 from __future__ import annotations
@@ -77,10 +78,23 @@ def sealed_path(directory: Path) -> Path:
     return directory.parent / f"{directory.name}.done"
 
 
+def plan_signature(shard: Shard) -> str:
+    """crc32 of the shard's block keys: which blocks a seal stands for. A source whose size
+    changed cuts shard N into other blocks, and the old seal must not count them."""
+    keys = "\n".join(box.to_key() for box in shard.blocks)
+    return f"crc32:{zlib.crc32(keys.encode()) & 0xFFFFFFFF:08x}"
+
+
+def _sealed_for(directory: Path, shard: Shard) -> bool:
+    """The shard's seal exists and was written for these very blocks (one small read)."""
+    seal = read_json(sealed_path(directory))
+    return seal is not None and seal.get("plan") == plan_signature(shard)
+
+
 def marked_in_shard(directory: Path, shard: Shard) -> set[Box]:
-    """The blocks of `shard` marked in `directory`: all of them if it is sealed (a stat),
-    else those its listing holds. What every reader of markers asks."""
-    if sealed_path(directory).exists():
+    """The blocks of `shard` marked in `directory`: all of them if it is sealed for this
+    shard's blocks, else those its listing holds. What every reader of markers asks."""
+    if _sealed_for(directory, shard):
         return set(shard.blocks)
     return set(shard.blocks) & marked_boxes(directory)
 
@@ -95,13 +109,14 @@ def seal_shard(directory: Path, shard: Shard) -> bool:
 
     Its markers are flushed first, whoever wrote them (a run killed before its own flush
     leaves them in the page cache only), so a seal never outlives the markers it stands
-    for. A sealed shard is left as it is."""
-    if sealed_path(directory).exists():
+    for. A shard sealed for these blocks is left as it is; a seal of another plan's
+    blocks (written before a spec or source change) is replaced once these are marked."""
+    if _sealed_for(directory, shard):
         return True
     if pending_blocks(shard, marked_boxes(directory)):
         return False
     flush_filesystem(directory)
-    write_json(sealed_path(directory), {"blocks": len(shard.blocks)})
+    write_json(sealed_path(directory), {"blocks": len(shard.blocks), "plan": plan_signature(shard)})
     return True
 
 

@@ -15,6 +15,7 @@ from .blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_shards
 from .downsample import factors, level_extent
 from .errors import SourceError, SpecError
 from .markers import channel_dir, project_dir
+from .chunked import locate_array
 from .sources import Source, open_source
 from .spec import ChannelSpec, Spec, load_spec
 from .targets import LocalStore, Scale, VolumeRef
@@ -24,10 +25,31 @@ logger = logging.getLogger(__name__)
 MAX_SHARDS_PER_CHANNEL = 1000  # Luigi's scheduler is quadratic in its task count
 
 
+def max_levels(extent: Box, scaling_option: str) -> int:
+    """The first level at which x or y is 1 voxel wide (DESIGN's level extents)."""
+    level = 0
+    while True:
+        shape = level_extent(extent, level, scaling_option).shape
+        if shape.x <= 1 or shape.y <= 1:
+            return level
+        level += 1
+
+
 def resolve_levels(scaling_levels: int | str, *, extent: Box, scaling_option: str,
                    voxel_resolution_nm: tuple[float, float, float]) -> int:
-    """The levels above 0; "auto" halves until one chunk covers the level in x and y."""
+    """The levels above 0; "auto" halves until one chunk covers the level in x and y.
+
+    A number may go up to the first level where x or y is 1 voxel wide; past it a level
+    would only repeat the one below, so it is refused (SpecError) before anything is written.
+    """
     if scaling_levels != "auto":
+        top = max_levels(extent, scaling_option)
+        if int(scaling_levels) > top:
+            shape = level_extent(extent, top, scaling_option).shape
+            axis = "x" if shape.x == 1 else "y"
+            raise SpecError(
+                f"dataset.scaling_levels = {scaling_levels}: the volume (x {extent.shape.x}, y {extent.shape.y}) is "
+                f"1 voxel wide in {axis} at level {top}; the largest allowed is {top} (or \"auto\")")
         return int(scaling_levels)
     level = 0
     while True:
@@ -204,6 +226,12 @@ def load_plan(spec_path: str | os.PathLike) -> Plan:
 
 
 def _stamp(source: str) -> tuple:
+    if "://" in source or os.path.isdir(source):  # zarr, N5, precomputed: their metadata files
+        try:
+            files = locate_array(source).metadata
+        except SourceError:
+            return (source, None)
+        return (source, *(_stamp(str(f)) for f in files))
     path = source.partition(":/")[0] if ":/" in source else source
     try:
         st = os.stat(path)

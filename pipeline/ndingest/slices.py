@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .blocks import Box, Vec3
-from .errors import SpecError, StoreError
+from .errors import SpecError
 from .markers import atomic_write
 from .plan import ChannelPlan, Plan
 
@@ -61,14 +61,23 @@ def label_colours(labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def check_time_point(cp: ChannelPlan, t: int) -> None:
+    """`--t T` must name one of the channel's time points (0 for a channel that is not a time series)."""
+    t0, t1 = cp.time_range
+    if not t0 <= t <= t1:
+        note = "" if cp.spec.type == "timeseries" else " (not a time series)"
+        raise SpecError(f"--t {t}: channel {cp.name} has time points {t0}..{t1}{note}")
+
+
 def render_slice(plan: Plan, cp: ChannelPlan, *, plane: str, index: int, level: int, t: int = 0,
                  window: tuple[float, float]) -> np.ndarray:
     """The picture of one plane: (rows, cols) uint8 for images, (rows, cols, 3) for labels."""
     if not 0 <= level < len(cp.levels):
         raise SpecError(f"--res {level}: channel {cp.name} has levels 0..{len(cp.levels) - 1}")
+    check_time_point(cp, t)
     box = plane_box(cp.levels[level].extent, plane, index)
     if plan.store.info(cp.ref(t)) is None:
-        raise StoreError(f"{plan.store.volume_dir(cp.ref(t))}: channel {cp.name} is not in the store; run ingest first")
+        raise SpecError(f"{plan.store.volume_dir(cp.ref(t))}: channel {cp.name} is not in the store; run ingest first")
     pixels = plane_pixels(plan.store.read(cp.ref(t), level, box), plane)
     if cp.spec.type == "annotation":
         return label_colours(pixels)

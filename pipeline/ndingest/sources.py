@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tiff
 from .blocks import Box, Vec3
+from .chunked import EMPTY_ARRAY_VOXELS, ArrayLocation, holds_a_chunk, locate_array, tensorstore_reader
 from .errors import SourceError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,15 @@ class Source(ABC):
     @property
     def description(self) -> str:
         return str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent}/ ({len(self.files)} files)"
+
+    @property
+    def file_listing(self) -> str:
+        """The files in reading order, as "count: first ... last", so a stack's sort order
+        shows in `inspect` before anything is written."""
+        files = self.files
+        if len(files) == 1:
+            return str(files[0])
+        return f"{len(files)}: {files[0].name} ... {files[-1].name}"
 
     @property
     def size_xyz(self) -> Vec3:
@@ -107,8 +118,9 @@ class HDF5Source(Source):
         self.path = path
         self.dataset = dataset
         with self._open() as f:
-            ds = f[dataset]
+            ds = _hdf5_object(path, f, dataset)
             self._shape, self._dtype, self._chunks = tuple(ds.shape), ds.dtype, ds.chunks
+            check_hdf5_array(path, dataset, ds)
         self.axes = axes or default_axes(len(self._shape))
         if len(self.axes) != len(self._shape):
             raise SourceError(
@@ -170,15 +182,80 @@ def open_hdf5(path: Path):
         raise SourceError(f"{path}: cannot open as HDF5: {exc}") from exc
 
 
+def _dtype_text(dtype: np.dtype) -> str:
+    if dtype.names:
+        return f"compound ({', '.join(dtype.names)})"
+    if dtype.kind in "OSU":
+        return f"string or object ({dtype})"
+    return str(dtype)
+
+
+def check_hdf5_array(path: Path, name: str, ds) -> None:
+    """Refuse, from metadata alone, an array that cannot be read as a volume: a type that
+    holds no numbers, a shape that is not 3D/4D or is empty, or a huge one with no stored
+    data (metadata claiming 10^12 voxels in a small file). Nothing big is read: a read would
+    otherwise fail mid-ingest, or return fill values for data that is not there."""
+    where = f"{path}:{name}"
+    if ds.dtype.names or ds.dtype.subdtype is not None or ds.dtype.kind not in "biuf":
+        raise SourceError(f"{where}: dtype {_dtype_text(ds.dtype)} holds no voxel values; "
+                          f"a volume is numbers (uint8, uint16, uint32, uint64, float32)")
+    if ds.ndim not in (3, 4):
+        raise SourceError(f"{where}: array is {ds.ndim}D {tuple(ds.shape)}; a volume needs 3 axes (zyx) "
+                          f"or 4 with t (tzyx)")
+    voxels = int(np.prod(ds.shape, dtype=object))
+    if voxels == 0:
+        raise SourceError(f"{where}: array of shape {tuple(ds.shape)} is empty (0 voxels)")
+    _check_hdf5_storage(where, ds, voxels)
+
+
+def _check_hdf5_storage(where: str, ds, voxels: int) -> None:
+    """A dataset never written reads as its fill value: legal for a small one (an empty
+    label volume), a broken export past EMPTY_ARRAY_VOXELS (metadata claiming 10^12
+    voxels in a 2 kB file), as for zarr. (Data past the end of the file, HDF5 itself
+    refuses to open: "invalid dataset size".)"""
+    import h5py
+
+    if voxels <= EMPTY_ARRAY_VOXELS or ds.is_virtual or ds.external:
+        return
+    layout = ds.id.get_create_plist().get_layout()
+    if layout == h5py.h5d.COMPACT:
+        return
+    if layout == h5py.h5d.CHUNKED and hasattr(ds.id, "chunk_iter"):
+        found: list = []  # stop at the first chunk: counting them all reads the whole index
+        ds.id.chunk_iter(lambda info: found.append(info) or True)
+        stored = len(found)
+    else:
+        stored = ds.id.get_storage_size()
+    if stored == 0:
+        raise SourceError(f"{where}: holds no data for its {voxels:,} voxels (shape {tuple(ds.shape)}, "
+                          f"no storage allocated in the file)")
+
+
+def _hdf5_object(path: Path, f, name: str):
+    """`f[name]`; a header HDF5 finds corrupt (e.g. a size the file cannot hold) is an
+    error naming the object."""
+    try:
+        return f[name]
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise SourceError(f"{path}:{name}: cannot open: {message}") from exc
+
+
+def _hdf5_datasets(path: Path, f) -> list[tuple[str, object]]:
+    """(path, dataset) of every dataset in the file, each header opened and checked."""
+    import h5py
+
+    names: list[str] = []
+    f.visit(names.append)
+    objects = [("/" + n, _hdf5_object(path, f, "/" + n)) for n in names]
+    return [(n, o) for n, o in objects if isinstance(o, h5py.Dataset)]
+
+
 def find_hdf5_array(path: Path) -> str:
     """The array to read from an HDF5 file: the one `CUTOUT` of ndstore's layout, else
     the only 3D/4D dataset; an ambiguous file is an error listing the candidates."""
-    import h5py
-
     with open_hdf5(path) as f:
-        arrays: list[str] = []
-        f.visititems(lambda name, obj: arrays.append("/" + name)
-                     if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) else None)
+        arrays = [name for name, ds in _hdf5_datasets(path, f) if ds.ndim in (3, 4)]
     cutouts = [a for a in arrays if a.rsplit("/", 1)[-1] == "CUTOUT"]
     for candidates in (cutouts, arrays):
         if len(candidates) == 1:
@@ -188,35 +265,46 @@ def find_hdf5_array(path: Path) -> str:
                 f"{path}: ambiguous HDF5, {len(candidates)} arrays: {', '.join(candidates)}; "
                 f"pick one as \"{path.name}:/PATH\""
             )
-    raise SourceError(f"{path}: no 3D or 4D array in this HDF5 file")
+    raise SourceError(f"{path}: no 3D or 4D array in this HDF5 file; arrays here: {_hdf5_listing(path)}")
+
+
+def _hdf5_listing(path: Path, limit: int = 10) -> str:
+    """Up to `limit` datasets of the file with their shapes, for a message."""
+    with open_hdf5(path) as f:
+        found = [f"{name} {tuple(ds.shape)}" for name, ds in _hdf5_datasets(path, f)]
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return ", ".join(found[:limit]) + more if found else "none"
 
 
 class TiffSource(Source):
-    """A stack of 2D TIFF pages (one file per z, sorted by name) or one multi-page TIFF."""
+    """A stack of 2D TIFF files (one page each, in natural name order) or one multi-page
+    TIFF (every page in file order, however many series tifffile groups them into).
+
+    Every page header is checked at open (shape, dtype, samples per pixel), so a stack
+    with one odd page is refused before anything is written; a read decodes only the
+    strips or tiles its box meets (`tiff.PageReader`, one per process)."""
 
     def __init__(self, files: list[Path], axes: str | None = None):
-        import tifffile
-
         self._files = files
-        try:
-            with tifffile.TiffFile(files[0]) as tif:
-                series = tif.series[0]
-                page_shape, self._dtype = tuple(series.shape), series.dtype
-        except Exception as exc:  # tifffile raises many types on a bad file
-            raise SourceError(f"{files[0]}: cannot open as TIFF: {exc}") from exc
-        if len(files) > 1:
-            if len(page_shape) != 2:
-                raise SourceError(f"{files[0]}: a TIFF stack needs 2D pages, this one is {page_shape}")
-            self._zyx = (len(files), *page_shape)
-        elif len(page_shape) == 3:
-            self._zyx = page_shape
-        elif len(page_shape) == 2:
-            self._zyx = (1, *page_shape)
-        else:
-            raise SourceError(f"{files[0]}: TIFF of shape {page_shape} is not a 3D volume")
         self.axes = axes or "zyx"
         if self.axes != "zyx":
             raise SourceError(f"{files[0]}: TIFF sources are read as zyx, not {self.axes!r}")
+        if len(files) == 1:
+            self._page, depth = tiff.scan_file(files[0])
+        else:
+            self._page, depth = tiff.scan_stack(files), len(files)
+        self._zyx = (depth, *self._page.shape_yx)
+        self._reader: tuple[int, tiff.PageReader] | None = None  # (pid, reader), made per process
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_reader": None}
+
+    def _pages(self) -> tiff.PageReader:
+        """This process's reader: open files and decoded strips inherited through Luigi's
+        fork are not this process's to use."""
+        if self._reader is None or self._reader[0] != os.getpid():
+            self._reader = (os.getpid(), tiff.PageReader(self._files))
+        return self._reader[1]
 
     @property
     def shape_tzyx(self) -> tuple[int, int, int, int]:
@@ -224,43 +312,93 @@ class TiffSource(Source):
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._dtype)
+        return self._page.dtype
 
     @property
     def files(self) -> list[Path]:
         return list(self._files)
 
-    def _plane_reader(self, index: int):
-        import tifffile
-
-        path = self._files[index if len(self._files) > 1 else 0]
-        try:
-            return tifffile.memmap(path, mode="r")
-        except Exception:  # compressed or tiled: fall back to decoding
-            try:
-                return tifffile.imread(path)
-            except Exception as exc:
-                raise SourceError(f"{path}: cannot read TIFF: {exc}") from exc
-
     def read(self, box: Box, t: int = 0) -> np.ndarray:
         self._check_box(box, t)
         zs, ys, xs = box.to_zyx_slices()
-        if len(self._files) == 1:
-            volume = self._plane_reader(0)
-            volume = volume.reshape(self._zyx)
-            return np.asarray(volume[zs, ys, xs])
         out = np.empty(tuple(box.shape)[::-1], dtype=self.dtype)
+        reader = self._pages()
         for i, z in enumerate(range(zs.start, zs.stop)):
-            plane = self._plane_reader(z)
-            if plane.shape != self._zyx[1:]:
-                raise SourceError(f"{self._files[z]}: page shape {plane.shape} differs from {self._zyx[1:]}")
-            out[i] = plane[ys, xs]
+            file_index, page_index = (0, z) if len(self._files) == 1 else (z, 0)
+            reader.read_into(out[i], file_index, page_index, ys=ys, xs=xs, expect=self._page)
         return out
 
 
+class TensorstoreSource(Source):
+    """A zarr (v2, v3; OME-Zarr's level 0), N5 or neuroglancer precomputed array, read box
+    by box through tensorstore. `dims` names the array's dimensions slowest first: `axes`
+    plus "c", a channel of size 1 read at index 0. It keeps no handle (it pickles as is):
+    `chunked.tensorstore_reader` holds one per process, where forking allows it."""
+
+    def __init__(self, location: ArrayLocation, axes: str | None = None):
+        self.location = location
+        shape, dtype = tensorstore_reader().describe(location)
+        self._shape, self._dtype = shape, np.dtype(dtype)
+        self._dims = self._resolve_dims(axes)
+        self.axes = self._dims.replace("c", "")
+        size = dict(zip(self._dims, self._shape))
+        if size.get("c", 1) != 1:
+            raise SourceError(f"{location.name}: has {size['c']} channels (c axis of {self._shape}); "
+                              f"only one channel per source is read")
+        voxels = int(np.prod(self._shape, dtype=object))
+        if voxels > EMPTY_ARRAY_VOXELS and not holds_a_chunk(location):
+            raise SourceError(f"{location.name}: holds no data for its {voxels:,} voxels (shape {self._shape}): "
+                              f"no chunk under {location.folder / location.scale_key}")
+
+    def _resolve_dims(self, axes: str | None) -> str:
+        name, declared = self.location.name, self.location.dims
+        if self.location.format == "precomputed":
+            if axes not in (None, "xyz"):
+                raise SourceError(f"{name}: a neuroglancer precomputed volume is read as x, y, z; "
+                                  f"axes = {axes!r} does not apply (leave it out)")
+        elif declared and axes and axes != declared.replace("c", ""):
+            raise SourceError(f"{name}: axes = {axes!r} but its metadata names the axes {declared!r}")
+        dims = declared or axes or default_axes(len(self._shape))
+        if len(dims) != len(self._shape):
+            raise SourceError(
+                f"{name}: array has {len(self._shape)} axes {self._shape}, but axes = {dims or '(none)'!r}; "
+                f"set the channel's axes, e.g. \"zyx\" or \"tzyx\""
+            )
+        return dims
+
+    @property
+    def shape_tzyx(self) -> tuple[int, int, int, int]:
+        size = dict(zip(self._dims, self._shape))
+        return (size.get("t", 1), size["z"], size["y"], size["x"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._dtype)
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self.location.metadata)
+
+    @property
+    def description(self) -> str:
+        return self.location.name
+
+    def read(self, box: Box, t: int = 0) -> np.ndarray:
+        self._check_box(box, t)
+        span = {"x": slice(box.begin.x, box.end.x), "y": slice(box.begin.y, box.end.y),
+                "z": slice(box.begin.z, box.end.z), "t": t, "c": 0}
+        order = "F" if self.location.format == "precomputed" else "C"  # x-fastest chunks: F, then a view
+        index = tuple(span[d] for d in self._dims)
+        array = tensorstore_reader().read(self.location, index, order=order, what=f"{box} t={t}")
+        return _to_zyx(array, self.axes.replace("t", ""))
+
+
 def open_source(source: str, axes: str | None = None) -> Source:
-    """Open `source`: an HDF5 file (optionally `file.h5:/dataset`), a TIFF file, or a glob
-    of TIFF pages. Raises SourceError naming the file when it cannot."""
+    """Open `source`: an HDF5 file (optionally `file.h5:/dataset`), a TIFF file, a glob
+    of TIFF pages, or a zarr/N5/precomputed folder or URL (`zarr://file:///abs`, ...).
+    Raises SourceError naming the file when it cannot."""
+    if "://" in source or os.path.isdir(source):
+        return TensorstoreSource(locate_array(source), axes)
     file_part, sep, inner = source.partition(":/")
     if sep:
         path = Path(file_part)
@@ -270,12 +408,11 @@ def open_source(source: str, axes: str | None = None) -> Source:
 
         with open_hdf5(path) as f:
             if not isinstance(f.get("/" + inner), h5py.Dataset):
-                found: list[str] = []
-                f.visititems(lambda n, o: found.append("/" + n) if isinstance(o, h5py.Dataset) else None)
+                found = [name for name, _ in _hdf5_datasets(path, f)]
                 raise SourceError(f"{path}: no dataset /{inner}; arrays here: {', '.join(found) or 'none'}")
         return HDF5Source(path, "/" + inner, axes)
     if glob.has_magic(source):
-        files = sorted(Path(p) for p in glob.glob(source))
+        files = sorted((Path(p) for p in glob.glob(source)), key=tiff.natural_key)
         if not files:
             raise SourceError(f"{source}: no file matches this pattern")
         if any(f.suffix.lower() not in TIFF_SUFFIXES for f in files):
@@ -284,20 +421,22 @@ def open_source(source: str, axes: str | None = None) -> Source:
     path = Path(source)
     if not path.exists():
         raise SourceError(f"{path}: source file not found")
-    if path.is_dir():
-        raise SourceError(f"{path}: is a folder; name a file, or a glob such as \"{path}/*.tif\"")
     if path.suffix.lower() in TIFF_SUFFIXES:
         return TiffSource([path], axes)
     return HDF5Source(path, find_hdf5_array(path), axes)
 
 
 def window_range(source: Source, progress=None) -> tuple[float, float]:
-    """(min, max) over every voxel and time point, read box by box in bounded memory."""
+    """(min, max) over every voxel and time point, read box by box in bounded memory.
+    Float volumes count their finite values only: a NaN or inf is no display window
+    (and NaN would compare false everywhere); all non-finite, or empty, is (0, 0)."""
     lo, hi = None, None
     boxes = source.scan_boxes()
     for t in range(source.time_points):
         for box in boxes:
             block = source.read(box, t)
+            if block.dtype.kind == "f":
+                block = block[np.isfinite(block)]
             if block.size:
                 bmin, bmax = block.min(), block.max()
                 lo = bmin if lo is None else min(lo, bmin)

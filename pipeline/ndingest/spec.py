@@ -20,6 +20,10 @@ from .errors import SpecError
 logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+# Names the store (its folders) or the REST API (its routes) use; refused in any case,
+# since a case-insensitive file system would make `_Markers` the markers folder.
+RESERVED_NAMES = ("_markers", "_reports", "info", "createChannel", "deleteChannel", "public_tokens",
+                  "public_datasets", "autoIngest", "resource", "ocp", "nd")
 CHANNEL_TYPES = ("image", "annotation", "timeseries")
 DATATYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
 SCALING_OPTIONS = ("zslices", "isotropic")
@@ -99,6 +103,10 @@ def _name(value: Any, key: str, path: Path) -> str:
         raise SpecError(
             f"{path}: {key} = {value!r} is not a valid name (ASCII letters, digits and _ only)"
         )
+    reserved = next((r for r in RESERVED_NAMES if r.lower() == value.lower()), None)
+    if reserved is not None:
+        raise SpecError(f"{path}: {key} = {value!r} is reserved: the store or the REST API uses {reserved!r} "
+                        f"(reserved in any case: {', '.join(RESERVED_NAMES)})")
     return value
 
 
@@ -155,6 +163,11 @@ def _project(table: dict, path: Path) -> ProjectSpec:
 def _resolve_source(source: Any, key: str, base: Path) -> str:
     if not isinstance(source, str) or not source:
         raise SpecError(f"{base}: {key} = {source!r} must be a path")
+    if "://" in source:  # a URL (zarr://file:///abs, precomputed://file:///abs): taken as written
+        if "file://" in source and not source.rpartition("file://")[2].startswith("/"):
+            raise SpecError(f"{base}: {key} = {source!r}: a file:// URL needs an absolute path "
+                            f"(file:///abs/path); write a relative folder as a plain path")
+        return source
     file_part, sep, inner = source.partition(":/") if ":/" in source and "://" not in source else (source, "", "")
     resolved = str((base.parent / os.path.expanduser(file_part)).resolve()) if not os.path.isabs(file_part) else file_part
     return f"{resolved}:/{inner}" if sep else resolved

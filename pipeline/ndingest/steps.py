@@ -7,11 +7,14 @@ the run before anything lands in the store.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
 from . import catalog, markers
-from .ingest import check_manifest, ensure_manifest, spot_check_source
+from .blocks import Vec3
+from .ingest import check_manifest, ensure_manifest, size_changed, spot_check_source
 from .inspection import SourceSummary, summarize
 from .plan import ChannelPlan, Plan
 from .targets import precomputed_info
@@ -103,10 +106,24 @@ def _check(plan: Plan, rows: list[catalog.Row], *, windows_known: bool) -> None:
     catalog.check_rows(catalog.engine_for(plan.store.catalog_path, create=False), rows)
 
 
+def check_dataset_size(plan: Plan) -> None:
+    """SourceChanged if the catalog holds this dataset with another size than the sources
+    have now (exit 3 naming both sizes, not a catalog conflict: the source changed)."""
+    row = catalog.find_dataset(catalog.engine_for(plan.store.catalog_path, create=False), plan.spec.dataset.name)
+    if row is None:
+        return
+    was = Vec3(row["ximagesize"], row["yimagesize"], row["zimagesize"])
+    if was != plan.size:
+        sources = ", ".join(cp.source.description for cp in plan.channels.values())
+        raise size_changed(plan, sources, was, plan.size)
+
+
 def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
     """Every check that writes nothing: sources unchanged since their blocks were written
     (size and mtime of every file, and a few marked blocks re-read), and no catalog
-    conflict. `skip_channel` is about to be restarted, so it is exempt."""
+    conflict. `skip_channel` is about to be restarted, so it is exempt from the source
+    checks, but not from its dataset's size."""
+    check_dataset_size(plan)
     for cp in plan.channels.values():
         if cp.name != skip_channel:
             check_manifest(cp, plan)
@@ -200,6 +217,35 @@ def channel_status(plan: Plan) -> dict[str, dict]:
                           else plan.store.volume_dir(cp.ref(0))),
         }
     return out
+
+
+BOOKKEEPING = frozenset({"ingest.lock", "_failures", "inspect.progress.json"})  # what a run makes before Inspect ends
+
+
+def new_folders(plan: Plan) -> list[Path]:
+    """The folders on the way to the project's markers that do not exist yet, outermost
+    first: what a run that fails early may remove again."""
+    chain = [plan.markers, *plan.markers.parents]
+    missing = [p for p in chain if not p.exists()]
+    return missing[::-1]
+
+
+def forget_failed_start(plan: Plan, created: list[Path]) -> None:
+    """After a run that failed before Inspect finished (a source refused at its first read),
+    remove what it made for its own bookkeeping (the lock, failure records), so a refused
+    source leaves the store as it was. Only a chain of folders holding nothing else is
+    removed: anything another run wrote in between stays."""
+    if not created:
+        return
+    try:
+        if set(os.listdir(plan.markers)) - BOOKKEEPING:
+            return
+        for outer, inner in zip(created, created[1:]):
+            if os.listdir(outer) != [inner.name]:
+                return
+    except FileNotFoundError:
+        return
+    shutil.rmtree(created[0], ignore_errors=True)
 
 
 def restart_channel(plan: Plan, channel: str) -> None:

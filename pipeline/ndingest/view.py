@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import SpecError, StoreError
 from .plan import ChannelPlan, Plan
 
 # Debian's chromium, as root and offline (no sandbox, no background connections)
@@ -81,7 +81,7 @@ def open_viewer(plan: Plan, windows: dict[str, tuple[float, float]], *, bind: st
 
     missing = [cp.name for cp in plan.channels.values() if plan.store.info(cp.ref(t)) is None]
     if missing:
-        raise StoreError(f"{plan.store.path}: channel {missing[0]} is not in the store; run ingest first")
+        raise SpecError(f"{plan.store.path}: channel {missing[0]} is not in the store; run ingest first")
     server = StoreServer(plan.store.path, bind=bind)
     neuroglancer.set_server_bind_address(bind, port)
     viewer = neuroglancer.Viewer()

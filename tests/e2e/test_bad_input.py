@@ -1,6 +1,8 @@
 """Bad input: one clear line, a distinct non-zero exit code, no traceback, nothing written."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,44 @@ def test_without_debug_there_is_no_traceback(tmp_path):
     spec = write_spec(tmp_path, image=tmp_path / "nowhere.h5")
     result = run_cli("ingest", str(spec))
     assert result.returncode == 3 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ('name = "neurostorm_kat11_scale3"', 'name = "info"', "dataset.name = 'info'"),
+    ('name = "kat11_scale3"', 'name = "_markers"', "project.name = '_markers'"),
+    ('token = "kat11_scale3"', 'token = "nd"', "project.token = 'nd'"),
+    ("[channels.image]", "[channels._reports]", "channels._reports = '_reports'"),
+    ("[channels.image]", "[channels.createChannel]", "channels.createChannel = 'createChannel'"),
+    ('token = "kat11_scale3"', 'token = "Public_Tokens"', "project.token = 'Public_Tokens'"),
+])
+def test_names_the_store_or_the_rest_api_use_exit_2_and_write_nothing(tmp_path, tutorial_data, old, new, needle):
+    text = spec_text(image=tutorial_data / IMAGE_FILE)
+    assert old in text
+    (tmp_path / "spec.toml").write_text(text.replace(old, new, 1))
+    assert_one_clear_line(run_cli("ingest", str(tmp_path / "spec.toml")), 2, needle, "reserved")
+    assert not (tmp_path / "store").exists()
+
+
+def test_more_levels_than_the_volume_has_exit_2_and_write_nothing(tmp_path):
+    """70 x 60 voxels: y is 1 voxel wide at level 6, so 6 is built and 7 or 12 refused."""
+    source = write_h5(tmp_path / "small.h5", np.arange(5 * 60 * 70, dtype=np.uint32).reshape(5, 60, 70).astype(np.uint8))
+    spec = tmp_path / "spec.toml"
+    for levels, needle in ((12, "largest allowed is 6"), (7, "1 voxel wide in y at level 6")):
+        spec.write_text(spec_text(image=source, offset=(0, 0, 0)).replace("scaling_levels = 0",
+                                                                          f"scaling_levels = {levels}"))
+        assert_one_clear_line(run_cli("ingest", str(spec)), 2, f"dataset.scaling_levels = {levels}", needle)
+        assert_one_clear_line(run_cli("inspect", str(spec)), 2, f"dataset.scaling_levels = {levels}", needle)
+        assert not (tmp_path / "store").exists()
+    spec.write_text(spec_text(image=source, offset=(0, 0, 0)).replace("scaling_levels = 0", "scaling_levels = 6"))
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    info = json.loads((tmp_path / "store/neurostorm_kat11_scale3/kat11_scale3/image/info").read_text())
+    assert [s["size"] for s in info["scales"]][-2:] == [[3, 2, 5], [2, 1, 5]]
+
+
+@pytest.mark.parametrize("command", [["slice", "image", "xy", "1100"], ["view"]])
+def test_slice_and_view_before_an_ingest_are_usage_errors(tmp_path, tutorial_data, command):
+    spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE)
+    result = run_cli(command[0], str(spec), *command[1:])
+    assert_one_clear_line(result, 2, "run ingest first", "image")
+    assert not (tmp_path / "store").exists()

@@ -291,3 +291,35 @@ def test_the_window_range_scan_shows_its_own_progress_bar(tmp_path, big_sources)
     assert 0 <= scan < blocks, text  # the scan's bar first, then the blocks'
     assert "134M/134M" in text and "vox/s" in text, text  # both channels' voxels
     assert not (tmp_path / "store/_markers/neurostorm_kat11_scale3/kat11_scale3/inspect.progress.json").exists()
+
+
+def test_a_source_whose_size_changed_is_exit_3_naming_both_sizes_and_the_remedy_works(tmp_path):
+    """The size is the dataset's: neither a rerun nor --restart may change it (exit 3, not
+    the catalog's exit 4), status counts nothing of the old plan, and the printed remedy,
+    a new dataset, finishes."""
+    rng = np.random.default_rng(3)
+    source = write_h5(tmp_path / "src/image.h5", rng.integers(0, 255, (20, 60, 70), dtype=np.uint8))
+    spec = write_spec(tmp_path, image=source)
+    assert run_cli("ingest", str(spec)).returncode == 0
+
+    grown = rng.integers(0, 255, (24, 60, 70), dtype=np.uint8)
+    write_h5(source, grown)
+    for args in ([], ["--restart", "image"]):
+        result = run_cli("ingest", str(spec), *args)
+        assert result.returncode == 3, (args, result.stderr)
+        line = result.stderr.strip()
+        assert len(line.splitlines()) == 1 and str(source) in line, line
+        assert "x70 y60 z20" in line and "x70 y60 z24" in line and "dataset.name" in line, line
+
+    status = run_cli("status", str(spec), "--json")
+    assert status.returncode == 0, status.stderr
+    image = json.loads(status.stdout)["channels"]["image"]
+    assert (image["done"], image["verified"], image["total"]) == (0, 0, 1), image  # the old seal is not this plan's
+
+    spec.write_text(spec.read_text().replace("neurostorm_kat11_scale3", "kat11_grown")
+                    .replace('"kat11_scale3"', '"kat11_grown_p"'))
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    vol = ts.open({"driver": "neuroglancer_precomputed",
+                   "kvstore": {"driver": "file", "path": str(tmp_path / "store/kat11_grown/kat11_grown_p/image")}}).result()
+    np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0), grown)

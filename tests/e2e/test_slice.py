@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_cutout, run_cli, write_spec
+from conftest import read_cutout, run_cli, write_h5, write_spec
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 from ndingest.slices import label_colours, window_to_uint8
 
@@ -57,3 +57,26 @@ def test_bad_slice_arguments_exit_2_with_one_line(store):
                          (["nope", "xy", "1100"], "nope")):
         result = run_cli("slice", str(spec), *args)
         assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_slice_t_picks_a_time_point_of_a_time_series_and_checks_its_range(tmp_path):
+    series = np.random.default_rng(5).integers(10, 200, (2, 20, 60, 70), dtype=np.uint8)  # (t, z, y, x)
+    source = write_h5(tmp_path / "series.h5", series, "series/CUTOUT")
+    spec = write_spec(tmp_path, image=source, image_type="timeseries")
+    assert run_cli("ingest", str(spec)).returncode == 0
+    window = (int(series.min()), int(series.max()))
+    for t in (0, 1):
+        out = tmp_path / f"t{t}.png"
+        result = run_cli("slice", str(spec), "image", "xy", "1005", "--t", str(t), "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_array_equal(np.asarray(Image.open(out)), window_to_uint8(series[t, 5], window))
+    for t in ("2", "-1"):
+        result = run_cli("slice", str(spec), "image", "xy", "1005", "--t", t)
+        assert result.returncode == 2 and f"--t {t}" in result.stderr and "0..1" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_slice_t_of_a_channel_that_is_not_a_time_series_is_refused(store):
+    folder, spec = store
+    result = run_cli("slice", str(spec), "image", "xy", "1100", "--t", "1")
+    assert result.returncode == 2 and "--t 1" in result.stderr and "0..0" in result.stderr, result.stderr
