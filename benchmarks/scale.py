@@ -103,7 +103,7 @@ def fake_finished(spec: Path) -> None:
         for lv in cp.levels:
             for shard in lv.shards:
                 for kind in (markers.WRITTEN, markers.VERIFIED):
-                    directory = markers.shard_dir(cp.markers, kind, lv.level, shard)
+                    directory = markers.shard_dir(cp.markers_dir, kind, lv.level, shard)
                     directory.mkdir(parents=True, exist_ok=True)
                     for box in shard.blocks:
                         record = {"box": box.to_key(), "t": shard.t, "level": lv.level, "checksum": zeros,
@@ -151,7 +151,7 @@ def main() -> None:
         # a kill in the middle of a shard: half its blocks marked, no seal, nothing verified
         lost = cp.shards[len(cp.shards) // 2]
         for kind in (markers.WRITTEN, markers.VERIFIED):
-            directory = markers.shard_dir(cp.markers, kind, 0, lost)
+            directory = markers.shard_dir(cp.markers_dir, kind, 0, lost)
             markers.sealed_path(directory).unlink()
             for box in lost.blocks[len(lost.blocks) // 2 if kind == markers.WRITTEN else 0:]:
                 (directory / f"{box.to_key()}{markers.SUFFIX}").unlink()

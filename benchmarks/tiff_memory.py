@@ -131,7 +131,7 @@ def main() -> int:
         verdict = "PASS" if ingest.peak_rss < GOAL_BYTES else "MISS"
         print(f"- {verdict}: ingest peak RSS {mib(ingest.peak_rss)} MiB < {mib(GOAL_BYTES)} MiB for 384 MiB of voxels")
     else:
-        print(f"- goal (peak < 450 MiB) is set for 384 MiB of voxels; run with --size 384MiB to check it")
+        print("- goal (peak < 450 MiB) is set for 384 MiB of voxels; run with --size 384MiB to check it")
     print()
     print(f"Machine: {machine()}")
     return 0

@@ -106,7 +106,7 @@ def _markers_seen_during(spec, commit_seconds: float) -> tuple[list[int], int]:
     plan = load_plan(spec)
     cp = plan.channel("image")
     shard = cp.shards[0]
-    directory = markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard)
+    directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard)
     seen = []
     write_shard(plan, cp, shard, commit_seconds=commit_seconds,
                 progress=lambda done, total: seen.append(len(markers.marked_boxes(directory))))

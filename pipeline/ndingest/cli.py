@@ -69,11 +69,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         with _scan_bar(scan_voxels(plan), bytes_per_voxel=_voxel_bytes(plan)) as bar:
             summaries = inspect_plan(plan, progress=bar.update)
         if args.json:
-            print(json.dumps({"dataset": spec_dataset_json(plan.spec, levels=plan.levels),
+            print(json.dumps({"dataset": spec_dataset_json(plan.spec, levels=plan.scaling_levels),
                               "channels": {n: s.to_json() for n, s in summaries.items()}}, indent=1))
             return 0
         for name, summary in summaries.items():
-            _print_table(spec_table(plan.spec, name, summary, levels=plan.levels,
+            _print_table(spec_table(plan.spec, name, summary, levels=plan.scaling_levels,
                                     files=plan.channels[name].source.file_listing), title=f"[{name}]")
             print()
         return 0
@@ -322,7 +322,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     preflight(plan, skip_channel=args.restart)
     created = [] if args.scheduler_url else new_folders(plan)  # under luigid, other runs share them
     try:
-        with (run_lock(plan.markers / "ingest.lock") if not args.scheduler_url else _nothing()):
+        with (run_lock(plan.markers_dir / "ingest.lock") if not args.scheduler_url else _nothing()):
             if args.restart:
                 restart_channel(plan, args.restart)
                 print(f"restart: dropped the markers of channel {args.restart}; writing it again", file=sys.stderr)

@@ -44,7 +44,7 @@ def manifest_for(cp: ChannelPlan, plan: Plan) -> dict:
 
 def _has_markers(cp: ChannelPlan) -> bool:
     """Any block marked yet (stops at the first marker found)."""
-    return any(True for _ in (cp.markers / markers.WRITTEN).glob(f"level*/shard*/*{markers.SUFFIX}"))
+    return any(True for _ in (cp.markers_dir / markers.WRITTEN).glob(f"level*/shard*/*{markers.SUFFIX}"))
 
 
 def size_changed(plan: Plan, source: str, was: Vec3, now: Vec3) -> SourceChanged:
@@ -63,7 +63,7 @@ def check_manifest(cp: ChannelPlan, plan: Plan) -> dict:
     size change first: no restart mends that), or SpecError if they were cut another way;
     returns the current manifest."""
     current = manifest_for(cp, plan)
-    stored = markers.read_json(cp.markers / MANIFEST)
+    stored = markers.read_json(cp.markers_dir / MANIFEST)
     if stored is None or stored == current or not _has_markers(cp):
         return current
     was = Box.from_key(stored["extent"]).shape
@@ -103,7 +103,7 @@ def spot_check_blocks(cp: ChannelPlan, rng: random.Random, count: int = SPOT_CHE
     picks = [shards[0], shards[-1]] + [rng.choice(shards) for _ in range(max(0, count - 2))]
     chosen: dict[Box, Shard] = {}
     for i, shard in enumerate(picks[:count]):
-        directory = markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard)
+        directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard)
         in_shard = markers.marked_in_shard(directory, shard)
         marked = [box for box in shard.blocks if box in in_shard]  # plan order
         if marked:
@@ -119,7 +119,7 @@ def spot_check_source(plan: Plan, cp: ChannelPlan, rng: random.Random | None = N
     `SPOT_CHECKS` block reads per channel and run. `ndingest verify` reads every block."""
     checked = 0
     for shard, box in spot_check_blocks(cp, rng or random.Random()):
-        record = markers.read_marker(markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard), box)
+        record = markers.read_marker(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard), box)
         if record is None or "checksum" not in record:
             continue
         now = markers.checksum(level_block(plan, cp, plan.store, level=0, box=box, t=shard.t))
@@ -137,8 +137,8 @@ def spot_check_source(plan: Plan, cp: ChannelPlan, rng: random.Random | None = N
 
 def ensure_manifest(cp: ChannelPlan, plan: Plan) -> None:
     current = check_manifest(cp, plan)
-    if markers.read_json(cp.markers / MANIFEST) != current:
-        markers.write_json(cp.markers / MANIFEST, current)
+    if markers.read_json(cp.markers_dir / MANIFEST) != current:
+        markers.write_json(cp.markers_dir / MANIFEST, current)
 
 
 @dataclass
@@ -173,7 +173,7 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
     of one per chunk file and marker.
     """
     ensure_manifest(cp, plan)
-    directory = markers.shard_dir(cp.markers, markers.WRITTEN, level, shard)
+    directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard)
     todo = markers.pending_blocks(shard, markers.marked_in_shard(directory, shard))
     ref = cp.ref(shard.t)
     started, nbytes = time.monotonic(), 0

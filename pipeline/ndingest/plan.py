@@ -81,7 +81,7 @@ class ChannelPlan:
     dataset: str
     project: str
     levels: list[LevelPlan] = field(hash=False)  # level 0 first
-    markers: Path = field(hash=False)
+    markers_dir: Path = field(hash=False)
 
     @property
     def name(self) -> str:
@@ -127,7 +127,7 @@ class Plan:
     spec: Spec
     store: LocalStore
     size: Vec3
-    levels: int
+    scaling_levels: int  # levels above 0, as the catalog's `scalinglevels` ("auto" resolved)
     channels: dict[str, ChannelPlan] = field(hash=False)
 
     @property
@@ -141,7 +141,7 @@ class Plan:
                 for lv in any_channel.levels]
 
     @property
-    def markers(self) -> Path:
+    def markers_dir(self) -> Path:
         return project_dir(self.store.path, self.spec.dataset.name, self.spec.project.name)
 
     def channel(self, name: str) -> ChannelPlan:
@@ -211,11 +211,11 @@ def build_plan(spec: Spec) -> Plan:
         name: ChannelPlan(
             spec=ch, source=sources[name], dataset=ds.name, project=spec.project.name,
             levels=plan_levels(extent, spec, levels=levels, time_points=sources[name].time_points),
-            markers=channel_dir(store.path, ds.name, spec.project.name, name),
+            markers_dir=channel_dir(store.path, ds.name, spec.project.name, name),
         )
         for name, ch in spec.channels.items()
     }
-    return Plan(spec=spec, store=store, size=size, levels=levels, channels=channels)
+    return Plan(spec=spec, store=store, size=size, scaling_levels=levels, channels=channels)
 
 
 def load_plan(spec_path: str | os.PathLike) -> Plan:

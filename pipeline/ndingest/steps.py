@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,14 +17,14 @@ from . import catalog, markers
 from .blocks import Vec3
 from .ingest import check_manifest, ensure_manifest, size_changed, spot_check_source
 from .inspection import SourceSummary, summarize
-from .plan import ChannelPlan, Plan
+from .plan import Plan
 from .targets import precomputed_info
 
 logger = logging.getLogger(__name__)
 
 
 def inspect_path(plan: Plan) -> Path:
-    return plan.markers / "inspect.json"
+    return plan.markers_dir / "inspect.json"
 
 
 def _given_window(spec) -> list[float] | None:
@@ -46,7 +47,7 @@ def cached_summaries(plan: Plan) -> dict[str, SourceSummary] | None:
 
 
 def scan_progress_path(plan: Plan) -> Path:
-    return plan.markers / "inspect.progress.json"
+    return plan.markers_dir / "inspect.progress.json"
 
 
 def scan_voxels(plan: Plan) -> int:
@@ -75,29 +76,39 @@ def record_inspection(plan: Plan, summaries: dict[str, SourceSummary]) -> None:
     })
 
 
-def _window(summary: SourceSummary | None) -> tuple[float, float]:
-    return summary.window_range if summary else (0.0, 0.0)
+@dataclass(frozen=True)
+class CatalogEntries:
+    """This spec's catalog rows by what they are (the tutorial's steps 3 to 5)."""
+
+    dataset: catalog.Row
+    project: list[catalog.Row]  # the project and its token: ndstore reaches a project through a token
+    channels: list[catalog.Row]
+
+    @property
+    def all(self) -> list[catalog.Row]:
+        return [self.dataset, *self.project, *self.channels]
 
 
-def catalog_rows(plan: Plan, summaries: dict[str, SourceSummary] | None) -> list[catalog.Row]:
-    spec = plan.spec
-    rows = [catalog.dataset_row(spec.dataset, size_xyz=plan.size, levels=plan.levels)]
-    rows += catalog.project_rows(spec.project, dataset=spec.dataset.name)
-    rows += [channel_row(plan, cp, summaries) for cp in plan.channels.values()]
-    return rows
-
-
-def channel_row(plan: Plan, cp: ChannelPlan, summaries: dict[str, SourceSummary] | None) -> catalog.Row:
-    summary = summaries.get(cp.name) if summaries else None
-    first = next(iter(plan.channels))
-    return catalog.channel_row(cp.spec, project=plan.spec.project.name, datatype=cp.datatype,
-                               time_range=cp.time_range, window=_window(summary), default=cp.name == first)
+def catalog_entries(plan: Plan, summaries: dict[str, SourceSummary] | None) -> CatalogEntries:
+    """Without summaries the channels' window ranges are (0, 0): not known yet."""
+    spec, first = plan.spec, next(iter(plan.channels))
+    channels = []
+    for name, cp in plan.channels.items():
+        summary = summaries.get(name) if summaries else None
+        channels.append(catalog.channel_row(
+            cp.spec, project=spec.project.name, datatype=cp.datatype, time_range=cp.time_range,
+            window=summary.window_range if summary else (0.0, 0.0), default=name == first))
+    return CatalogEntries(
+        dataset=catalog.dataset_row(spec.dataset, size_xyz=plan.size, levels=plan.scaling_levels),
+        project=catalog.project_rows(spec.project, dataset=spec.dataset.name),
+        channels=channels,
+    )
 
 
 def check_catalog(plan: Plan, summaries: dict[str, SourceSummary] | None) -> None:
     """Raise CatalogConflict if the catalog holds any entry of this spec with other values.
     Without summaries the window ranges are not compared (they are not known yet)."""
-    _check(plan, catalog_rows(plan, summaries), windows_known=summaries is not None)
+    _check(plan, catalog_entries(plan, summaries).all, windows_known=summaries is not None)
 
 
 def _check(plan: Plan, rows: list[catalog.Row], *, windows_known: bool) -> None:
@@ -129,30 +140,24 @@ def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
             check_manifest(cp, plan)
             spot_check_source(plan, cp)
     summaries = cached_summaries(plan)
-    rows = catalog_rows(plan, summaries)
-    rows = [r for r in rows if not (r.kind == "channel" and r.values["channel_name"] == skip_channel)]
+    entries = catalog_entries(plan, summaries)
+    rows = [entries.dataset, *entries.project,
+            *(r for r in entries.channels if r.values["channel_name"] != skip_channel)]
     _check(plan, rows, windows_known=summaries is not None)
 
 
-def rows_present(plan: Plan, rows: list[catalog.Row]) -> bool:
+def in_catalog(plan: Plan, rows: list[catalog.Row]) -> bool:
+    """Every row is stored with these values (a task's `complete()`)."""
     return catalog.rows_present(catalog.engine_for(plan.store.catalog_path, create=False), rows)
 
 
-def dataset_rows(plan: Plan) -> list[catalog.Row]:
-    return catalog_rows(plan, None)[:1]
-
-
-def project_rows(plan: Plan) -> list[catalog.Row]:
-    return catalog_rows(plan, None)[1:3]
-
-
-def create_rows(plan: Plan, rows: list[catalog.Row]) -> None:
+def add_to_catalog(plan: Plan, rows: list[catalog.Row]) -> None:
     catalog.ensure_rows(catalog.engine_for(plan.store.catalog_path, create=True), rows)
 
 
 def channels_ready(plan: Plan) -> bool:
     summaries = cached_summaries(plan)
-    if summaries is None or not rows_present(plan, [channel_row(plan, cp, summaries) for cp in plan.channels.values()]):
+    if summaries is None or not in_catalog(plan, catalog_entries(plan, summaries).channels):
         return False
     return all(plan.store.info(ref) is not None for cp in plan.channels.values() for ref in cp.refs)
 
@@ -160,7 +165,7 @@ def channels_ready(plan: Plan) -> bool:
 def create_channels(plan: Plan) -> None:
     """Channel rows, each channel's precomputed volume(s), and its manifest."""
     summaries = inspect_plan(plan)
-    create_rows(plan, [channel_row(plan, cp, summaries) for cp in plan.channels.values()])
+    add_to_catalog(plan, catalog_entries(plan, summaries).channels)
     for cp in plan.channels.values():
         info = precomputed_info(datatype=cp.datatype, channel_type=cp.spec.type, scales=plan.scales)
         for ref in cp.refs:
@@ -199,8 +204,8 @@ def channel_status(plan: Plan) -> dict[str, dict]:
     for name, cp in plan.channels.items():
         levels = {
             str(lv.level): {
-                "done": markers.count_marked(cp.markers, markers.WRITTEN, lv.level, lv.shards),
-                "verified": markers.count_marked(cp.markers, markers.VERIFIED, lv.level, lv.shards),
+                "done": markers.count_marked(cp.markers_dir, markers.WRITTEN, lv.level, lv.shards),
+                "verified": markers.count_marked(cp.markers_dir, markers.VERIFIED, lv.level, lv.shards),
                 "total": lv.total_blocks,
             }
             for lv in cp.levels
@@ -225,7 +230,7 @@ BOOKKEEPING = frozenset({"ingest.lock", "_failures", "inspect.progress.json"})  
 def new_folders(plan: Plan) -> list[Path]:
     """The folders on the way to the project's markers that do not exist yet, outermost
     first: what a run that fails early may remove again."""
-    chain = [plan.markers, *plan.markers.parents]
+    chain = [plan.markers_dir, *plan.markers_dir.parents]
     missing = [p for p in chain if not p.exists()]
     return missing[::-1]
 
@@ -238,7 +243,7 @@ def forget_failed_start(plan: Plan, created: list[Path]) -> None:
     if not created:
         return
     try:
-        if set(os.listdir(plan.markers)) - BOOKKEEPING:
+        if set(os.listdir(plan.markers_dir)) - BOOKKEEPING:
             return
         for outer, inner in zip(created, created[1:]):
             if os.listdir(outer) != [inner.name]:
@@ -251,7 +256,7 @@ def forget_failed_start(plan: Plan, created: list[Path]) -> None:
 def restart_channel(plan: Plan, channel: str) -> None:
     """Forget everything written for `channel`, so the next run writes it from the source."""
     cp = plan.channel(channel)
-    markers.drop(cp.markers)
+    markers.drop(cp.markers_dir)
     catalog.delete_channel(catalog.engine_for(plan.store.catalog_path, create=False), plan.spec.project.name, channel)
     for ref in cp.refs:
         (plan.store.volume_dir(ref) / "info").unlink(missing_ok=True)

@@ -51,7 +51,7 @@ _config_defaults()
 
 
 def failures_dir(plan: Plan) -> Path:
-    return plan.markers / "_failures"
+    return plan.markers_dir / "_failures"
 
 
 class SpecTask(luigi.Task):
@@ -136,10 +136,10 @@ class CreateDataset(SpecTask):
         return Inspect(spec=self.spec)
 
     def complete(self) -> bool:
-        return steps.rows_present(self.plan, steps.dataset_rows(self.plan))
+        return steps.in_catalog(self.plan, [steps.catalog_entries(self.plan, None).dataset])
 
     def run(self) -> None:
-        steps.create_rows(self.plan, steps.dataset_rows(self.plan))
+        steps.add_to_catalog(self.plan, [steps.catalog_entries(self.plan, None).dataset])
 
 
 class CreateProject(SpecTask):
@@ -149,10 +149,10 @@ class CreateProject(SpecTask):
         return CreateDataset(spec=self.spec)
 
     def complete(self) -> bool:
-        return steps.rows_present(self.plan, steps.project_rows(self.plan))
+        return steps.in_catalog(self.plan, steps.catalog_entries(self.plan, None).project)
 
     def run(self) -> None:
-        steps.create_rows(self.plan, steps.project_rows(self.plan))
+        steps.add_to_catalog(self.plan, steps.catalog_entries(self.plan, None).project)
 
 
 class CreateChannels(SpecTask):
@@ -186,7 +186,7 @@ class IngestBlock(SpecTask):
 
     def complete(self) -> bool:
         cp, shard = self._shard()
-        return markers.shard_complete(markers.shard_dir(cp.markers, markers.WRITTEN, 0, shard), shard)
+        return markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard), shard)
 
     def run(self) -> None:
         cp, shard = self._shard()
@@ -214,7 +214,7 @@ class Downsample(SpecTask):
 
     def complete(self) -> bool:
         cp, shard = self._shard()
-        return markers.shard_complete(markers.shard_dir(cp.markers, markers.WRITTEN, self.level, shard), shard)
+        return markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, self.level, shard), shard)
 
     def run(self) -> None:
         cp, shard = self._shard()
@@ -245,7 +245,7 @@ class Verify(SpecTask):
 
     def complete(self) -> bool:
         plan = self.plan
-        done = all(markers.shard_complete(markers.shard_dir(cp.markers, markers.VERIFIED, lv.level, s), s)
+        done = all(markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.VERIFIED, lv.level, s), s)
                    for cp in plan.channels.values() for lv in cp.levels for s in lv.shards)
         return done and (report_dir(plan) / "verify.csv").exists() and steps.all_propagated(plan)
 

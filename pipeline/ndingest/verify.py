@@ -77,7 +77,7 @@ def verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, b
     compared with the source; level r with the level below, reduced again. The store is
     read while the source is, and the checksum (on `pool`) runs beside the compare."""
     row = _row(cp, shard, level, box)
-    marker = markers.read_marker(markers.shard_dir(cp.markers, markers.WRITTEN, level, shard), box)
+    marker = markers.read_marker(markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard), box)
     if marker is None:
         return {**row, "status": "not written", "detail": "no marker: the block was never written"}
     row["checksum_marker"] = marker["checksum"]
@@ -107,7 +107,7 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
     """Rows for every block of `shard`; with `resume`, blocks verified before are skipped
     and newly verified ones are marked."""
     store = store or LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
-    directory = markers.shard_dir(cp.markers, markers.VERIFIED, level, shard)
+    directory = markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)
     done = markers.marked_in_shard(directory, shard) if resume else set()
     rows, marked = [], 0
     with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork

@@ -101,17 +101,33 @@ def test_ome_zarr_group_is_ingested_at_its_highest_resolution(tmp_path, volume):
     assert (table["x_size"], table["y_size"], table["z_size"], table["axes"]) == (70, 60, 40, "zyx")
 
 
-def test_pyramid_from_a_zarr_equals_the_reference(tmp_path):
-    image = np.random.default_rng(5).integers(0, 256, size=(9, 23, 29), dtype=np.uint8)
-    source = write_zarr(tmp_path / "img.zarr", image, zarr_format=3, chunks=(4, 8, 8))
-    spec = write_spec(tmp_path, image="img.zarr", dataset="pyr", project="pyr", offset=(3, 5, 7),
-                      resolution=(4.0, 4.0, 4.0))
+PYRAMID_SOURCES = {  # format: (write the (z, y, x) array, read it back with the format's own library)
+    "zarr3": (lambda path, data: write_zarr(path, data, zarr_format=3, chunks=(4, 8, 8)),
+              lambda path: zarr.open_array(str(path))[...]),
+    "n5": (write_n5, lambda path: np.ascontiguousarray(read_n5(path).T)),
+    "precomputed": (lambda path, data: write_precomputed(path, data, voxel_offset=(11, 0, 2)), read_precomputed),
+}
+
+
+@pytest.mark.parametrize("fmt, channel_type", [("zarr3", "image"), ("n5", "annotation"), ("precomputed", "image")])
+def test_pyramid_from_a_chunked_source_equals_the_reference(tmp_path, fmt, channel_type):
+    """The same pyramid check as HDF5's: each level voxel by voxel from the one below,
+    level 1 from what the source's own library reads."""
+    rng = np.random.default_rng(5)
+    data = (rng.integers(0, 256, size=(9, 23, 29), dtype=np.uint8) if channel_type == "image"
+            else rng.integers(0, 4, size=(9, 23, 29)).astype(np.uint32) * 1_000_003)
+    write, read = PYRAMID_SOURCES[fmt]
+    source = write(tmp_path / f"src.{fmt}", data)
+    spec = write_spec(tmp_path, image=f"src.{fmt}", dataset="pyr", project="pyr", offset=(3, 5, 7),
+                      resolution=(4.0, 4.0, 4.0), image_type=channel_type)
     spec.write_text(spec.read_text().replace("scaling_levels = 0", "scaling_levels = 2"))
     ingest(spec)
-    below, below_begin = zarr.open_array(str(source))[...], [3, 5, 7]
+    below, below_begin = read(source), [3, 5, 7]
+    np.testing.assert_array_equal(read_level(tmp_path, "image", 0)[0], below)
     for level in (1, 2):
         stored, begin, shape = read_level(tmp_path, "image", level)
-        np.testing.assert_array_equal(stored, reference_level(below, below_begin, begin, shape, 1, False),
+        np.testing.assert_array_equal(stored, reference_level(below, below_begin, begin, shape, 1,
+                                                              channel_type == "annotation"),
                                       err_msg=f"level {level}")
         below, below_begin = stored, begin
 

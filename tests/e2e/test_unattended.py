@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import run_cli, write_h5, write_spec
 from ndingest.cli import PlainBar
