@@ -1,5 +1,6 @@
 # The two commands a newcomer runs: `make demo` and `make test`.
-# Each creates .venv when missing and installs the project into it.
+# Each creates .venv when missing and installs the project into it, with the test and view
+# extras; an existing .venv is installed again when setup.cfg or pyproject.toml changes.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,view]"
 	touch $(STAMP)
 
 demo: $(STAMP)

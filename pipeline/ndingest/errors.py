@@ -18,6 +18,10 @@ class BadBox(SpecError):
     """A box whose begin lies past its end on some axis (coordinates from a user or a client)."""
 
 
+class MissingExtra(SpecError):
+    """A command needs an optional dependency that is not installed (e.g. `view`'s)."""
+
+
 class SourceError(NdingestError, OSError):
     """An input volume that is missing, unreadable, ambiguous or disagrees with the spec."""
 
@@ -56,3 +60,15 @@ class RemoteError(NdingestError):
     """A remote server answered with an error or could not be reached."""
 
     exit_code = 8
+
+
+class InternalError(NdingestError):
+    """A bug (not an NdingestError) in a task, replayed from its failure record in the
+    process that started the run; `traceback` is the task's, for the log file the CLI
+    names (or prints under --debug)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, traceback: str):
+        super().__init__(message)
+        self.traceback = traceback

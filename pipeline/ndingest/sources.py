@@ -111,7 +111,45 @@ class Source(ABC):
             raise SourceError(f"{self.description}: box {box} t={t} lies outside the source {self.extent}")
 
 
-class HDF5Source(Source):
+class ArraySource(Source):
+    """One n-D array whose dimensions `dims` names, slowest first: the axes x, y, z (and
+    t), plus "c" for a channel of size 1 read at index 0. HDF5 and tensorstore arrays
+    share this; a subclass reads `index(box, t)` from its array and returns `to_zyx` of it."""
+
+    _shape: tuple[int, ...]
+    _dtype: np.dtype
+    dims: str
+
+    def _name_dims(self, dims: str) -> None:
+        """Set `dims` (and `axes`, without "c") once it is known to fit the array's shape."""
+        if len(dims) != len(self._shape):
+            raise SourceError(
+                f"{self.description}: array has {len(self._shape)} axes {self._shape}, but axes = "
+                f"{dims or '(none)'!r}; set the channel's axes, e.g. \"zyx\" or \"tzyx\""
+            )
+        self.dims, self.axes = dims, dims.replace("c", "")
+
+    @property
+    def shape_tzyx(self) -> tuple[int, int, int, int]:
+        size = dict(zip(self.dims, self._shape))
+        return (size.get("t", 1), size["z"], size["y"], size["x"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._dtype)
+
+    def index(self, box: Box, t: int) -> tuple:
+        """The array's index of `box` at time point `t`, in its own dimension order."""
+        span = {"x": slice(box.begin.x, box.end.x), "y": slice(box.begin.y, box.end.y),
+                "z": slice(box.begin.z, box.end.z), "t": t, "c": 0}
+        return tuple(span[d] for d in self.dims)
+
+    def to_zyx(self, array: np.ndarray) -> np.ndarray:
+        """What `index` read, as a (z, y, x) view."""
+        return _to_zyx(array, self.axes.replace("t", ""))
+
+
+class HDF5Source(ArraySource):
     """One array of an HDF5 file: ndstore's cutout layout (`GROUP/CUTOUT`) or any dataset."""
 
     def __init__(self, path: Path, dataset: str, axes: str | None = None):
@@ -121,12 +159,7 @@ class HDF5Source(Source):
             ds = _hdf5_object(path, f, dataset)
             self._shape, self._dtype, self._chunks = tuple(ds.shape), ds.dtype, ds.chunks
             check_hdf5_array(path, dataset, ds)
-        self.axes = axes or default_axes(len(self._shape))
-        if len(self.axes) != len(self._shape):
-            raise SourceError(
-                f"{path}:{dataset}: array has {len(self._shape)} axes {self._shape}, "
-                f"but axes = {self.axes or '(none)'!r}; set the channel's axes, e.g. \"zyx\" or \"tzyx\""
-            )
+        self._name_dims(axes or default_axes(len(self._shape)))
         self._handle = None  # (pid, file, dataset), opened at the first read of each process
 
     def _open(self):
@@ -145,15 +178,6 @@ class HDF5Source(Source):
         return self._handle[2]
 
     @property
-    def shape_tzyx(self) -> tuple[int, int, int, int]:
-        size = dict(zip(self.axes, self._shape))
-        return (size.get("t", 1), size["z"], size["y"], size["x"])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._dtype)
-
-    @property
     def files(self) -> list[Path]:
         return [self.path]
 
@@ -163,13 +187,11 @@ class HDF5Source(Source):
 
     def read(self, box: Box, t: int = 0) -> np.ndarray:
         self._check_box(box, t)
-        span = {"x": slice(box.begin.x, box.end.x), "y": slice(box.begin.y, box.end.y),
-                "z": slice(box.begin.z, box.end.z), "t": t}
         try:
-            array = self._array()[tuple(span[a] for a in self.axes)]
+            array = self._array()[self.index(box, t)]
         except (OSError, KeyError, ValueError) as exc:
             raise SourceError(f"{self.description}: cannot read {box}: {exc}") from exc
-        return _to_zyx(array, self.axes.replace("t", ""))
+        return self.to_zyx(array)
 
 
 def open_hdf5(path: Path):
@@ -329,7 +351,7 @@ class TiffSource(Source):
         return out
 
 
-class TensorstoreSource(Source):
+class TensorstoreSource(ArraySource):
     """A zarr (v2, v3; OME-Zarr's level 0), N5 or neuroglancer precomputed array, read box
     by box through tensorstore. `dims` names the array's dimensions slowest first: `axes`
     plus "c", a channel of size 1 read at index 0. It keeps no handle (it pickles as is):
@@ -339,9 +361,8 @@ class TensorstoreSource(Source):
         self.location = location
         shape, dtype = tensorstore_reader().describe(location)
         self._shape, self._dtype = shape, np.dtype(dtype)
-        self._dims = self._resolve_dims(axes)
-        self.axes = self._dims.replace("c", "")
-        size = dict(zip(self._dims, self._shape))
+        self._name_dims(self._declared_dims(axes))
+        size = dict(zip(self.dims, self._shape))
         if size.get("c", 1) != 1:
             raise SourceError(f"{location.name}: has {size['c']} channels (c axis of {self._shape}); "
                               f"only one channel per source is read")
@@ -350,7 +371,8 @@ class TensorstoreSource(Source):
             raise SourceError(f"{location.name}: holds no data for its {voxels:,} voxels (shape {self._shape}): "
                               f"no chunk under {location.folder / location.scale_key}")
 
-    def _resolve_dims(self, axes: str | None) -> str:
+    def _declared_dims(self, axes: str | None) -> str:
+        """The spec's axes, checked against what the metadata declares (which wins)."""
         name, declared = self.location.name, self.location.dims
         if self.location.format == "precomputed":
             if axes not in (None, "xyz"):
@@ -358,22 +380,7 @@ class TensorstoreSource(Source):
                                   f"axes = {axes!r} does not apply (leave it out)")
         elif declared and axes and axes != declared.replace("c", ""):
             raise SourceError(f"{name}: axes = {axes!r} but its metadata names the axes {declared!r}")
-        dims = declared or axes or default_axes(len(self._shape))
-        if len(dims) != len(self._shape):
-            raise SourceError(
-                f"{name}: array has {len(self._shape)} axes {self._shape}, but axes = {dims or '(none)'!r}; "
-                f"set the channel's axes, e.g. \"zyx\" or \"tzyx\""
-            )
-        return dims
-
-    @property
-    def shape_tzyx(self) -> tuple[int, int, int, int]:
-        size = dict(zip(self._dims, self._shape))
-        return (size.get("t", 1), size["z"], size["y"], size["x"])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._dtype)
+        return declared or axes or default_axes(len(self._shape))
 
     @property
     def files(self) -> list[Path]:
@@ -385,12 +392,9 @@ class TensorstoreSource(Source):
 
     def read(self, box: Box, t: int = 0) -> np.ndarray:
         self._check_box(box, t)
-        span = {"x": slice(box.begin.x, box.end.x), "y": slice(box.begin.y, box.end.y),
-                "z": slice(box.begin.z, box.end.z), "t": t, "c": 0}
         order = "F" if self.location.format == "precomputed" else "C"  # x-fastest chunks: F, then a view
-        index = tuple(span[d] for d in self._dims)
-        array = tensorstore_reader().read(self.location, index, order=order, what=f"{box} t={t}")
-        return _to_zyx(array, self.axes.replace("t", ""))
+        array = tensorstore_reader().read(self.location, self.index(box, t), order=order, what=f"{box} t={t}")
+        return self.to_zyx(array)
 
 
 def open_source(source: str, axes: str | None = None) -> Source:

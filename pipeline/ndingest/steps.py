@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import catalog, markers
 from .blocks import Vec3
+from .errors import SpecError
 from .ingest import check_manifest, ensure_manifest, size_changed, spot_check_source
 from .inspection import SourceSummary, summarize
 from .plan import Plan
@@ -171,6 +172,16 @@ def create_channels(plan: Plan) -> None:
         for ref in cp.refs:
             plan.store.create_volume(ref, info)
         ensure_manifest(cp, plan)
+
+
+def catalog_window(plan: Plan, channel: str) -> tuple[float, float]:
+    """The window range the catalog holds for `channel` (set by ingest); a channel not
+    ingested yet is a usage error (exit 2), as `slice` and `view` need one."""
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    row = catalog.find_channel(engine, plan.spec.project.name, channel) if engine else None
+    if row is None:
+        raise SpecError(f"{plan.store.catalog_path}: channel {channel} is not in the catalog; run ingest first")
+    return (row["startwindow"], row["endwindow"])
 
 
 def _propagate(plan: Plan, channels: list[str], state: int) -> None:

@@ -18,36 +18,17 @@ import traceback
 from pathlib import Path
 
 import luigi
-import luigi.configuration
 
 from . import markers, steps
 from .errors import NdingestError
 from .ingest import ShardResult, write_shard
 from .plan import Plan, load_plan
+from .runner import luigi_defaults
 from .verify import report_dir, verify_plan
 
 logger = logging.getLogger(__name__)
 
-# Luigi's retcodes are 0 on failure unless configured; fill in what luigi.cfg leaves out.
-CONFIG_DEFAULTS = {
-    "retcode": {"already_running": "6", "missing_data": "3", "not_run": "1", "task_failed": "1",
-                "scheduling_error": "1", "unhandled_exception": "1"},
-    "worker": {"check_complete_on_run": "true"},
-    "core": {"autoload_range": "false"},  # ndingest has no range tasks; silences Luigi's warning
-}
-
-
-def _config_defaults() -> None:
-    config = luigi.configuration.get_config()
-    for section, values in CONFIG_DEFAULTS.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        for name, value in values.items():
-            if not config.has_option(section, name):
-                config.set(section, name, value)
-
-
-_config_defaults()
+luigi_defaults()  # retcodes and friends where no luigi.cfg sets them: the Luigi way has no other hook
 
 
 def failures_dir(plan: Plan) -> Path:

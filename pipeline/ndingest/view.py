@@ -4,6 +4,11 @@ The `neuroglancer` package serves its own client and the viewer state; the store
 served beside it by a static file server with CORS, so the client reads each channel as
 `precomputed://http://HOST:PORT/DATASET/PROJECT/CHANNEL`, exactly as it would from a
 bucket. Both listen on 127.0.0.1 unless told otherwise.
+
+neuroglancer and selenium are the `view` extra (`pip install 'ndingest[view]'`), not
+install requirements: this module imports them first, so on a host without them
+`ndingest view` stops with one line saying how to get them (exit 2) before it reads the
+spec or the store. Nothing else in the package imports them.
 """
 from __future__ import annotations
 
@@ -13,8 +18,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SpecError, StoreError
+from .errors import MissingExtra, SpecError, StoreError
 from .plan import ChannelPlan, Plan
+
+try:
+    import neuroglancer
+    import selenium  # noqa: F401  (neuroglancer.webdriver drives chromium with it, for --screenshot)
+except ImportError as exc:
+    raise MissingExtra(f"ndingest view needs the view extra (neuroglancer, selenium), and "
+                    f"{exc.name or 'one of them'} cannot be imported: pip install 'ndingest[view]'") from exc
 
 # Debian's chromium, as root and offline (no sandbox, no background connections)
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,8 +63,6 @@ class StoreServer:
 
 def layer_for(cp: ChannelPlan, source: str, window: tuple[float, float]):
     """Image channels in grey over their window range; annotation channels as segments."""
-    import neuroglancer
-
     if cp.spec.type == "annotation":
         return neuroglancer.SegmentationLayer(source=source)
     return neuroglancer.ImageLayer(source=source, shader_controls={"normalized": {"range": list(window)}})
@@ -68,8 +78,6 @@ class Viewing:
         return self.viewer.get_viewer_url()
 
     def close(self) -> None:
-        import neuroglancer
-
         self.server.close()
         neuroglancer.server.stop()
 
@@ -77,8 +85,6 @@ class Viewing:
 def open_viewer(plan: Plan, windows: dict[str, tuple[float, float]], *, bind: str = "127.0.0.1",
                 port: int = 0, t: int = 0) -> Viewing:
     """A neuroglancer viewer on every channel (time point `t`), centred on the dataset."""
-    import neuroglancer
-
     missing = [cp.name for cp in plan.channels.values() if plan.store.info(cp.ref(t)) is None]
     if missing:
         raise SpecError(f"{plan.store.path}: channel {missing[0]} is not in the store; run ingest first")

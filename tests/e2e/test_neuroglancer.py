@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("neuroglancer", reason="the view extra: pip install 'ndingest[view]'")
+pytest.importorskip("selenium", reason="the view extra: pip install 'ndingest[view]'")
+
 from conftest import ingest_tutorial, read_cutout
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
 from ndingest.view import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS, CorsFiles, StoreServer

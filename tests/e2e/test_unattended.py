@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import run_cli, write_h5, write_spec
-from ndingest.cli import PlainBar
+from ndingest.progress import PlainBar
 from ndingest.sample import IMAGE_FILE
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<label>\w+) (?P<what>write\+verify|verify): "

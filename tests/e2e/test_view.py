@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest.importorskip("neuroglancer", reason="the view extra: pip install 'ndingest[view]'")
+pytest.importorskip("selenium", reason="the view extra: pip install 'ndingest[view]'")
+
 from conftest import NDINGEST, ingest_tutorial, run_cli, write_spec
 from ndingest.sample import IMAGE_FILE
 from ndingest.view import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS

@@ -76,6 +76,23 @@ def test_view_without_the_extra_says_so_before_looking_at_the_store(tmp_path, tu
     assert not (tmp_path / "v.png").exists()
 
 
+IMPORT_EVERY_MODULE = """
+import importlib, pkgutil, sys
+sys.modules["neuroglancer"] = None
+sys.modules["selenium"] = None
+import ndingest
+for module in pkgutil.walk_packages(ndingest.__path__, "ndingest."):
+    if module.name != "ndingest.view":
+        importlib.import_module(module.name)
+"""
+
+
+def test_no_module_but_view_imports_neuroglancer_or_selenium(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", IMPORT_EVERY_MODULE], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def requirement_names(value: str) -> dict[str, str]:
     """A setup.cfg requirement list (one a line) as {lower-case name: requirement line}."""
     lines = [line.strip() for line in value.splitlines() if line.strip()]

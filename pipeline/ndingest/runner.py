@@ -1,0 +1,141 @@
+"""Run an ingest: preflight, the run lock, `--restart`, and Luigi's DAG through Verify.
+
+`ingest()` is what `ndingest ingest` starts (and what a server will start): the CLI only
+parses, prints and picks the exit code. Luigi's global configuration is changed here
+and nowhere else: `luigi_defaults()` for every use of the tasks (ndingest.tasks calls
+it at import: the Luigi way, `luigi --module ndingest.tasks`, has no other hook), and
+`luigi_run_settings()` for a run ndingest starts itself.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable
+
+import luigi
+import luigi.configuration
+
+from .errors import InternalError, NdingestError, RemoteError, SpecError
+from .plan import Plan
+
+logger = logging.getLogger(__name__)
+
+Say = Callable[[str], None]  # one line for the user: what a run did on its own account
+
+# Luigi's retcodes are 0 on failure unless configured; fill in what luigi.cfg leaves out.
+LUIGI_DEFAULTS = {
+    "retcode": {"already_running": "6", "missing_data": "3", "not_run": "1", "task_failed": "1",
+                "scheduling_error": "1", "unhandled_exception": "1"},
+    "worker": {"check_complete_on_run": "true"},
+    "core": {"autoload_range": "false"},  # ndingest has no range tasks; silences Luigi's warning
+}
+
+
+def _set(section: str, name: str, value: str, *, keep_configured: bool) -> None:
+    config = luigi.configuration.get_config()
+    if not config.has_section(section):
+        config.add_section(section)
+    if not (keep_configured and config.has_option(section, name)):
+        config.set(section, name, value)
+
+
+def luigi_defaults() -> None:
+    """Fill in `LUIGI_DEFAULTS` where no luigi.cfg sets them, so a failed run never exits 0."""
+    for section, values in LUIGI_DEFAULTS.items():
+        for name, value in values.items():
+            _set(section, name, value, keep_configured=True)
+
+
+def luigi_run_settings(scheduler_url: str | None) -> None:
+    """What a run ndingest starts itself changes on top of the defaults."""
+    from .scheduler import IDLE_RESCHEDULE
+
+    _set("core", "no_configure_logging", "true", keep_configured=False)  # ours is set; luigi's prints tracebacks
+    if not scheduler_url:  # alone, a failed shard must end the run, not wait for Luigi's retry
+        _set("worker", "keep_alive", "false", keep_configured=False)
+    else:  # idle this long under luigid: leave Luigi's loop, release dead runs' tasks, schedule again
+        _set("worker", "max_keep_alive_idle_duration", IDLE_RESCHEDULE, keep_configured=True)
+
+
+OTHERS_POLL_SECONDS = 2.0
+
+
+def run_luigi(plan: Plan, *, workers: int, scheduler_url: str | None, debug: bool, say: Say) -> None:
+    """Build the DAG through Verify; a failure becomes the error its task recorded."""
+    import luigi
+    import luigi.rpc
+
+    from .scheduler import release_finished
+    from .tasks import Verify, recorded_failures
+
+    started = time.time() - 1
+    kwargs = {"scheduler_url": scheduler_url} if scheduler_url else {"local_scheduler": True}
+    luigi_run_settings(scheduler_url)
+    goal = Verify(spec=str(plan.spec.path))
+    waited = False
+    while True:
+        try:
+            released = release_finished(scheduler_url, goal.spec) if scheduler_url else []
+            if released:
+                say(f"luigid still showed {len(released)} finished task(s) as running (a run that "
+                    f"stopped before it could report them); marked done: {', '.join(released)}")
+            result = luigi.build([goal], workers=workers, detailed_summary=True, **kwargs)
+        except luigi.rpc.RPCError as exc:  # luigid went away mid-run, after Luigi's retries
+            raise RemoteError(f"--scheduler-url {scheduler_url}: lost luigid mid-run ({exc}); finished blocks "
+                              f"are kept, rerun the same command to continue") from exc
+        if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY", "NOT_RUN"):
+            break
+        if goal.complete():
+            return
+        if not scheduler_url or recorded_failures(plan, since=started):
+            break
+        # luigid gave the rest to other runs (Luigi calls that success, or "not granted run
+        # permission" when they finished in between): wait, and take over what they leave.
+        if not waited:
+            say("other runs on the scheduler hold the remaining shards; waiting for them")
+            waited = True
+        time.sleep(OTHERS_POLL_SECONDS)
+    failures = recorded_failures(plan, since=started)
+    if failures:
+        first = failures[0]
+        if first.get("traceback"):  # not an NdingestError: a bug, which keeps its traceback
+            raise InternalError(f"internal error in {first['task']}: {first['type']}: {first['message']}",
+                                traceback=f"in task {first['task']}:\n{first['traceback']}")
+        err = NdingestError(first["message"])
+        err.exit_code = first["exit_code"]
+        raise err
+    detail = result.summary_text.strip().splitlines() if debug else []
+    raise NdingestError(f"ingest did not finish: luigi status {result.status.name.lower()}"
+                        + (f"\n{chr(10).join(detail)}" if detail else "; rerun with --debug for Luigi's summary"))
+
+
+def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, restart: str | None = None,
+           debug: bool = False, say: Say = logger.info,
+           monitor: Callable[[Plan], AbstractContextManager] | None = None) -> None:
+    """Inspect, register, write, build the levels and verify, resumably; raises the
+    NdingestError of the first failure. Every check that writes nothing runs first; a
+    run refused before Inspect finished leaves the store as it was. `monitor(plan)`
+    wraps the run (the CLI's progress bars)."""
+    from .runlock import run_lock
+    from .scheduler import check_scheduler
+    from .steps import forget_failed_start, new_folders, preflight, restart_channel
+
+    if restart:
+        plan.channel(restart)  # a SpecError naming the channels if unknown
+    if workers < 1:
+        raise SpecError(f"--workers {workers}: must be at least 1")
+    if scheduler_url:
+        check_scheduler(scheduler_url)
+    preflight(plan, skip_channel=restart)
+    created = [] if scheduler_url else new_folders(plan)  # under luigid, other runs share them
+    try:
+        with run_lock(plan.markers_dir / "ingest.lock") if not scheduler_url else nullcontext():
+            if restart:
+                restart_channel(plan, restart)
+                say(f"restart: dropped the markers of channel {restart}; writing it again")
+            with monitor(plan) if monitor else nullcontext():
+                run_luigi(plan, workers=workers, scheduler_url=scheduler_url, debug=debug, say=say)
+    except BaseException:
+        forget_failed_start(plan, created)
+        raise
