@@ -285,3 +285,19 @@ def test_check_rows_treats_only_a_missing_table_as_nothing_stored(tmp_path):
         check_rows(engine, rows(dataset=DatasetSpec(
             name="kat11", offset_xyz=Vec3(0, 2000, 1000), voxel_resolution_nm=(32.0, 32.0, 40.0),
             scaling_option="zslices", scaling_levels=0)))
+
+
+def test_find_dataset_waits_for_a_locked_catalog_rather_than_finding_nothing(tmp_path):
+    """The size check before a run reads the dataset row: a busy catalog is not an empty one."""
+    path = tmp_path / "catalog.sqlite"
+    assert catalog.find_dataset(None, "kat11") is None and catalog.find_dataset(_impatient(path), "kat11") is None
+    ensure_rows(engine_for(path, create=True), rows())
+    holder = _hold_exclusive_lock(path, 1.0)
+    started = time.monotonic()
+    assert catalog.find_dataset(_impatient(path), "kat11")["zimagesize"] == 200
+    assert time.monotonic() - started >= 0.5
+    holder.join()
+    holder = _hold_exclusive_lock(path, 2.0)
+    with pytest.raises(StoreError, match="locked"):
+        catalog.find_dataset(_impatient(path), "kat11", patience=0.3)
+    holder.join()

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
@@ -20,6 +20,7 @@ from .errors import CatalogConflict, StoreError
 from .spec import ChannelSpec, DatasetSpec, ProjectSpec
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCALING_CODES = {"zslices": 0, "isotropic": 1}
 PROPAGATE_NOT, PROPAGATE_UNDER_WAY, PROPAGATE_DONE = 0, 1, 2
@@ -138,19 +139,13 @@ def _missing_table(exc: OperationalError) -> bool:
     return "no such table" in str(exc.orig)
 
 
-def check_rows(engine: sa.Engine | None, rows: list[Row], *, patience: float = LOCKED_RETRY_SECONDS) -> None:
-    """Raise CatalogConflict for the first row that exists with other values; writes nothing.
-
-    A busy catalog ("database is locked") is waited for, up to `patience` seconds, then a
-    StoreError: the check is never skipped. Only a missing table (a catalog from before that
-    table existed) counts as nothing stored."""
-    if engine is None:
-        return
+def _patiently(engine: sa.Engine, read: Callable[[], T], patience: float) -> T:
+    """`read()`, waiting for a busy catalog ("database is locked") up to `patience` seconds,
+    then a StoreError: a check is never skipped because another process holds the file."""
     deadline, pause = time.monotonic() + patience, 0.05
     while True:
         try:
-            stored = _stored_rows(engine, rows)
-            break
+            return read()
         except DatabaseError as exc:  # OperationalError ("database is locked") is one
             if not isinstance(exc, OperationalError) or not ("locked" in str(exc.orig) or "busy" in str(exc.orig)):
                 raise StoreError(f"catalog {engine.url.database}: {exc.orig}") from exc
@@ -160,6 +155,16 @@ def check_rows(engine: sa.Engine | None, rows: list[Row], *, patience: float = L
             logger.info("catalog %s is locked; checking again in %.2f s", engine.url.database, pause)
             time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, 1.0)
+
+
+def check_rows(engine: sa.Engine | None, rows: list[Row], *, patience: float = LOCKED_RETRY_SECONDS) -> None:
+    """Raise CatalogConflict for the first row that exists with other values; writes nothing.
+
+    A busy catalog is waited for (`_patiently`). Only a missing table (a catalog from
+    before that table existed) counts as nothing stored."""
+    if engine is None:
+        return
+    stored = _patiently(engine, lambda: _stored_rows(engine, rows), patience)
     for row, have in zip(rows, stored):
         if have is not None:
             _compare(row, have)
@@ -222,24 +227,23 @@ def ensure_rows(engine: sa.Engine, rows: list[Row]) -> None:
         raise StoreError(f"catalog {engine.url.database}: {exc.orig}") from exc
 
 
-def find_channel(engine: sa.Engine, project: str, channel: str) -> dict | None:
-    with engine.connect() as conn:
-        found = conn.execute(
-            sa.select(channels).where(channels.c.project == project, channels.c.channel_name == channel)
-        ).mappings().first()
-    return dict(found) if found else None
-
-
-def find_dataset(engine: sa.Engine | None, name: str) -> dict | None:
-    """The dataset row named `name`, or None (no catalog, no table or no such row)."""
+def find_channel(engine: sa.Engine | None, project: str, channel: str, *,
+                 patience: float = LOCKED_RETRY_SECONDS) -> dict | None:
+    """The channel row, or None (no catalog, no table or no such row); a busy catalog is
+    waited for, never taken for an empty one."""
     if engine is None:
         return None
-    try:
-        with engine.connect() as conn:
-            found = conn.execute(sa.select(datasets).where(datasets.c.dataset_name == name)).mappings().first()
-    except OperationalError:  # no tables yet
+    row = Row(channels, ("project", "channel_name"), {"project": project, "channel_name": channel}, "channel")
+    return _patiently(engine, lambda: _stored_rows(engine, [row])[0], patience)
+
+
+def find_dataset(engine: sa.Engine | None, name: str, *, patience: float = LOCKED_RETRY_SECONDS) -> dict | None:
+    """The dataset row named `name`, or None (no catalog, no table or no such row); a busy
+    catalog is waited for, never taken for an empty one."""
+    if engine is None:
         return None
-    return dict(found) if found else None
+    dataset = Row(datasets, ("dataset_name",), {"dataset_name": name}, "dataset")
+    return _patiently(engine, lambda: _stored_rows(engine, [dataset])[0], patience)
 
 
 def set_propagate(engine: sa.Engine, project: str, channel: str, state: int) -> None:

@@ -39,11 +39,13 @@ def resolve_levels(scaling_levels: int | str, *, extent: Box, scaling_option: st
                    voxel_resolution_nm: tuple[float, float, float]) -> int:
     """The levels above 0; "auto" halves until one chunk covers the level in x and y.
 
-    A number may go up to the first level where x or y is 1 voxel wide; past it a level
-    would only repeat the one below, so it is refused (SpecError) before anything is written.
+    Either stops at the first level where x or y is 1 voxel wide: past it a level would
+    only repeat the one below in that axis. A number past it is refused (SpecError) before
+    anything is written; "auto" of a thin volume (x 5000, y 3) stops there too, so the
+    number `inspect` prints for "auto" is one a spec may give.
     """
+    top = max_levels(extent, scaling_option)
     if scaling_levels != "auto":
-        top = max_levels(extent, scaling_option)
         if int(scaling_levels) > top:
             shape = level_extent(extent, top, scaling_option).shape
             axis = "x" if shape.x == 1 else "y"
@@ -51,13 +53,12 @@ def resolve_levels(scaling_levels: int | str, *, extent: Box, scaling_option: st
                 f"dataset.scaling_levels = {scaling_levels}: the volume (x {extent.shape.x}, y {extent.shape.y}) is "
                 f"1 voxel wide in {axis} at level {top}; the largest allowed is {top} (or \"auto\")")
         return int(scaling_levels)
-    level = 0
-    while True:
+    for level in range(top):
         chunk = chunk_shape(scaling_option, voxel_resolution_nm, level)
         shape = level_extent(extent, level, scaling_option).shape
         if shape.x <= chunk.x and shape.y <= chunk.y:
             return level
-        level += 1
+    return top
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,12 @@ def check_source(channel: ChannelSpec, source: Source) -> None:
 
 
 def _shards_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int) -> list[Shard]:
+    """Shards of `blocks_per_shard` blocks, made bigger where a channel would have more than
+    `MAX_SHARDS_PER_CHANNEL` per level. A shard holds blocks of one time point, so the cap
+    is shared out per time point (past 1,000 time points: one shard each)."""
     grid = [ceil_div(s, c * b) for s, c, b in zip(extent.shape, chunk, spec.ingest.block_chunks)]
-    n_blocks = grid[0] * grid[1] * grid[2] * time_points
-    per_shard = max(spec.ingest.blocks_per_shard, ceil_div(n_blocks, MAX_SHARDS_PER_CHANNEL))
+    shards_per_time_point = max(1, MAX_SHARDS_PER_CHANNEL // time_points)
+    per_shard = max(spec.ingest.blocks_per_shard, ceil_div(grid[0] * grid[1] * grid[2], shards_per_time_point))
     return plan_shards(extent, chunk, block_chunks=spec.ingest.block_chunks, blocks_per_shard=per_shard,
                        time_points=time_points)
 
