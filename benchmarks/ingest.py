@@ -64,7 +64,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from measuring import Measured, machine
+from measuring import Measured, bench_spec, machine
 from measuring import measure as measure_once
 from ndingest.blocks import Vec3, chunk_shape  # pure: no numpy, no I/O
 from ndingest.spec import DEFAULT_BLOCK_CHUNKS
@@ -82,27 +82,6 @@ HDF5_DATASET = "image/CUTOUT"
 MiB = 2**20
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
-SPEC = """\
-[dataset]
-name = "ingest_bench"
-offset = [0, 0, 0]
-voxel_resolution = [{rx}, {ry}, {rz}]
-scaling_option = "zslices"
-scaling_levels = 0
-
-[project]
-name = "ingest_bench"
-token = "ingest_bench"
-public = true
-
-[channels.image]
-type = "image"
-source = "source.h5"
-datatype = "{dtype}"
-
-[store]
-path = "store"
-"""
 
 
 # --- the volume -----------------------------------------------------------------------
@@ -386,7 +365,8 @@ def bench(args: argparse.Namespace) -> int:
     drop = (lambda path: None) if args.keep else (lambda path: shutil.rmtree(path, ignore_errors=True))
     try:
         vol.save(workdir)
-        spec.write_text(SPEC.format(rx=RESOLUTION[0], ry=RESOLUTION[1], rz=RESOLUTION[2], dtype=args.dtype))
+        spec.write_text(bench_spec("ingest_bench", "source.h5", resolution=RESOLUTION,
+                                   channel_extra=f'datatype = "{args.dtype}"'))
         generate = measure(step_argv("generate", workdir), workdir)
 
         runs: dict[str, list[Measured]] = {k: [] for k in ("floor", "copy", "readback", "nosync", "inspect",

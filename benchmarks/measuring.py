@@ -46,3 +46,30 @@ def machine() -> str:
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
     return (f"{len(os.sched_getaffinity(0))} CPUs ({cpu}), {mem_kib / 2**20:.1f} GiB RAM, "
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def bench_spec(name: str, source: str | Path, *, resolution=(4.0, 4.0, 40.0), scaling_option: str = "zslices",
+               levels: int = 0, channel: str = "image", channel_type: str = "image", channel_extra: str = "",
+               store: str | Path = "store", ingest: str = "") -> str:
+    """The spec of a benchmark: one channel `channel` of `source`; dataset, project and
+    token all named `name`, at offset 0; `channel_extra` and `ingest` are TOML lines."""
+    text = f"""[dataset]
+name = "{name}"
+offset = [0, 0, 0]
+voxel_resolution = [{resolution[0]}, {resolution[1]}, {resolution[2]}]
+scaling_option = "{scaling_option}"
+scaling_levels = {levels}
+
+[project]
+name = "{name}"
+token = "{name}"
+public = true
+
+[channels.{channel}]
+type = "{channel_type}"
+source = "{source}"
+{channel_extra}
+[store]
+path = "{store}"
+"""
+    return text + (f"\n[ingest]\n{ingest}\n" if ingest else "")

@@ -49,34 +49,10 @@ from ndingest.steps import mark_propagated
 from ndingest.tasks import CreateChannels, Verify
 from ndingest.verify import report_dir
 
+from measuring import bench_spec
+
 NDINGEST = str(Path(sys.executable).parent / "ndingest")
 EDGE = 64  # isotropic chunk = block
-
-
-def spec_text(source: Path, store: Path) -> str:
-    return f"""
-[dataset]
-name = "scale_bench"
-offset = [0, 0, 0]
-voxel_resolution = [4.0, 4.0, 4.0]
-scaling_option = "isotropic"
-scaling_levels = 0
-
-[project]
-name = "scale_bench"
-token = "scale_bench"
-
-[channels.image]
-type = "image"
-source = "{source}"
-window_range = [0, 255]
-
-[store]
-path = "{store}"
-
-[ingest]
-block_chunks = [1, 1, 1]
-"""
 
 
 def timed(fn):
@@ -132,7 +108,9 @@ def main() -> None:
             ds = f.create_dataset("image/CUTOUT", shape=shape, dtype="uint8", chunks=(EDGE, EDGE, EDGE))
             ds[0, 0, 0] = 0  # stores one (all-zero) chunk: a huge array with none is refused as broken
         spec = folder / "spec.toml"
-        spec.write_text(spec_text(source, folder / "store"))
+        spec.write_text(bench_spec("scale_bench", source, resolution=(4.0, 4.0, 4.0), scaling_option="isotropic",
+                                   channel_extra="window_range = [0, 255]", store=folder / "store",
+                                   ingest="block_chunks = [1, 1, 1]"))
 
         seconds, plan = timed(lambda: load_plan(str(spec)))
         cp = plan.channel("image")

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measuring import machine, measure
+from measuring import bench_spec, machine, measure
 
 BIN = Path(sys.executable).parent
 NDINGEST = str(BIN / "ndingest")
@@ -60,26 +60,6 @@ tifffile.imwrite(path, planes(), shape=(pages, side, side), dtype=np.uint8,
 OPEN = "import sys, time; from ndingest.sources import open_source; t = time.perf_counter(); " \
        "s = open_source(sys.argv[1]); print(time.perf_counter() - t, s.shape_tzyx)"
 
-SPEC = """
-[dataset]
-name = "tiff_memory"
-offset = [0, 0, 0]
-voxel_resolution = [4.0, 4.0, 40.0]
-scaling_option = "zslices"
-scaling_levels = 0
-
-[project]
-name = "tiff_memory"
-token = "tiff_memory"
-public = true
-
-[channels.image]
-type = "image"
-source = "volume.tif"
-
-[store]
-path = "store"
-"""
 
 
 def parse_size(text: str) -> int:
@@ -106,7 +86,7 @@ def main() -> int:
         tif = workdir / "volume.tif"
         subprocess.run([PYTHON, "-c", WRITER.format(side=SIDE), str(tif), str(pages), args.compression],
                        check=True, cwd=workdir)
-        (workdir / "spec.toml").write_text(SPEC)
+        (workdir / "spec.toml").write_text(bench_spec("tiff_memory", "volume.tif"))
         floor = measure([PYTHON, "-c", IMPORT_FLOOR], workdir)
         opened = measure([PYTHON, "-c", OPEN, str(tif)], workdir)
         ingest = measure([NDINGEST, "ingest", "spec.toml"], workdir, sync_first=True)
