@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ndingest: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ndingest inspect … | head`: the reader left, as with any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail too
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe closed
     except Exception as exc:  # not an NdingestError: a bug; one line, its traceback in a log file
         if args.debug:
             traceback.print_exc()

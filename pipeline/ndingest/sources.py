@@ -136,7 +136,8 @@ class ArraySource(Source):
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._dtype)
+        """In this machine's byte order: a big-endian file's values are read, not its bytes."""
+        return np.dtype(self._dtype).newbyteorder("=")
 
     def index(self, box: Box, t: int) -> tuple:
         """The array's index of `box` at time point `t`, in its own dimension order."""
@@ -145,7 +146,11 @@ class ArraySource(Source):
         return tuple(span[d] for d in self.dims)
 
     def to_zyx(self, array: np.ndarray) -> np.ndarray:
-        """What `index` read, as a (z, y, x) view."""
+        """What `index` read, as a (z, y, x) view; a copy in native byte order where the file
+        keeps another (h5py returns a big-endian dataset's bytes as they are, and the store,
+        the checksums and every comparison work on values)."""
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
         return _to_zyx(array, self.axes.replace("t", ""))
 
 

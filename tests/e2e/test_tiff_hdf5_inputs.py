@@ -182,3 +182,20 @@ def test_a_2d_hdf5_array_says_a_volume_needs_3_or_4_axes(tmp_path):
     path = write_h5(tmp_path / "flat.h5", "plane", data=np.zeros((5, 6), np.uint8))
     refused(run_cli("inspect", f"{path}:/plane"), "flat.h5:/plane", "2D", "3 axes")
     refused(run_cli("inspect", str(path)), "flat.h5", "/plane (5, 6)")
+
+
+@pytest.mark.parametrize("dtype", [">u2", ">f4", ">u8"])
+def test_a_big_endian_hdf5_is_stored_as_its_values(tmp_path, dtype):
+    """h5py returns a big-endian dataset's bytes as they are: stored and checksummed as
+    values, not bytes (it was stored right, then failed verify on its markers' checksums)."""
+    values = np.random.default_rng(9).integers(0, 60_000, size=(20, 50, 60)).astype(dtype)
+    path = tmp_path / "be.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("vol", data=values, chunks=True, compression="lzf")
+    with h5py.File(path, "r") as f:
+        expected, stored_dtype = f["vol"][...], f["vol"].dtype
+    assert stored_dtype.byteorder == ">"
+    result = run_cli("ingest", str(write_spec(tmp_path, image=path)))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(read_store(tmp_path), expected)
+    assert read_store(tmp_path).dtype == expected.dtype.newbyteorder("=")

@@ -138,3 +138,15 @@ def test_a_bug_inside_a_task_is_one_line_naming_the_log_too(tmp_path, tutorial_d
 
     debug = _cli_with(boom, "ingest", str(spec), "--debug", state=tmp_path / "state2")
     assert debug.returncode == 1 and "in boom" in debug.stderr and "Traceback" in debug.stderr
+
+
+def test_a_reader_that_left_the_pipe_is_no_internal_error(tmp_path):
+    """`ndingest inspect … | head -1`: the reader is gone before the table is printed."""
+    source = write_h5(tmp_path / "v.h5", np.zeros((4, 5, 6), np.uint8))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as closed:
+        proc = subprocess.run([sys.executable, "-m", "ndingest.cli", "inspect", str(source), "--json"],
+                              stdout=closed, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 141, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
