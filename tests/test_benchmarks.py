@@ -35,3 +35,15 @@ def test_ingest_benchmark_prints_every_row_and_goal(tmp_path):
 ])
 def test_other_benchmarks_run(tmp_path, script, args, expect):
     assert expect in run_benchmark(tmp_path, script, *args)
+
+
+def test_pyramid_benchmark_prints_every_row_and_goal(tmp_path):
+    out = run_benchmark(tmp_path, "pyramid.py", "--quick", "--tmp", str(tmp_path))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    for row in ("one tensorstore read of level 0", "`ndingest ingest`, scaling_levels = 0",
+                "`ndingest ingest`, scaling_levels = 3", "ndingest's 3 levels", "tensorstore `downsample` driver",
+                "CloudVolume + tinybrain", "careful numpy mean"):
+        assert any(line.startswith(f"| {row}") for line in rows), row
+    goals = [line for line in out.splitlines() if line.startswith("- ") and ("PASS" in line or "MISS" in line)]
+    assert len(goals) == 4, out
+    assert not list(tmp_path.iterdir()), "the benchmark left its temporary folder behind"

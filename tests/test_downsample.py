@@ -1,12 +1,16 @@
 """The reductions and level geometry, pinned with tiny arrays."""
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
 import numpy as np
 import pytest
 
+from ndingest import downsample
 from ndingest.blocks import Box, Vec3
 from ndingest.downsample import (
-    child_box, downsample_mean, downsample_mode_nonzero, factors, level_extent, pad_to_children,
+    child_box, downsample_mean, downsample_mode_nonzero, factors, level_extent, pad_to_children, reduce,
 )
 
 XY = Vec3(2, 2, 1)
@@ -129,3 +133,150 @@ def test_pad_to_children_masks_what_lies_outside():
     assert block.tolist() == [[[0, 1, 2, 3], [0, 4, 5, 6]]]
     assert mask.tolist() == [[[False, True, True, True], [False, True, True, True]]]
     assert downsample_mean(block, mask, XY).tolist() == [[[3, 4]]]  # (1+4)/2=2.5->3; (2+3+5+6)/4=4
+
+
+# --- the fast paths against a slow, obvious reference (voxel by voxel, Python ints) ---------
+
+def reference_reduce(block: np.ndarray, mask: np.ndarray, f: Vec3, *, annotation: bool) -> np.ndarray:
+    """DESIGN.md's rule voxel by voxel: the children inside `mask`, counted with Counter
+    (annotations) or summed as Python ints (exact at any width) and rounded half up."""
+    shape = (block.shape[0] // f.z, block.shape[1] // f.y, block.shape[2] // f.x)
+    out = np.zeros(shape, dtype=block.dtype)
+    for z, y, x in np.ndindex(*shape):
+        kids = [block[c].item() for c in np.ndindex(f.z, f.y, f.x)
+                for c in [(z * f.z + c[0], y * f.y + c[1], x * f.x + c[2])] if mask[c]]
+        if annotation:
+            counts = Counter(k for k in kids if k)
+            out[z, y, x] = min(counts, key=lambda k: (-counts[k], k)) if counts else 0
+        elif block.dtype.kind == "f":
+            out[z, y, x] = sum(kids) / max(1, len(kids))  # dyadic test values: the float64 sum is exact
+        else:
+            out[z, y, x] = (2 * sum(kids) + len(kids)) // (2 * len(kids)) if kids else 0
+    return out
+
+
+def random_values(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Values that reach the dtype's edges: the full range, and a cluster at each end."""
+    if dtype == "float32":
+        return (rng.integers(-2**20, 2**20, size=shape) / 64).astype(np.float32)
+    info = np.iinfo(dtype)
+    pick = rng.integers(0, 3, size=shape)
+    full_range = rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    near_top = np.array(info.max, dtype=dtype) - rng.integers(0, 4, size=shape).astype(dtype)
+    near_bottom = np.array(info.min, dtype=dtype) + rng.integers(0, 4, size=shape).astype(dtype)
+    return np.choose(pick, [full_range, near_top, near_bottom]).astype(dtype)
+
+
+def random_labels(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Few distinct labels (zero among them, one near the dtype's maximum), so ties and
+    all-zero children are common."""
+    top = int(np.iinfo(dtype).max)
+    alphabet = np.array([0, 0, 1, 2, 3, top - 1, top], dtype=dtype)
+    return alphabet[rng.integers(0, len(alphabet), size=shape)]
+
+
+def random_case(rng: np.random.Generator, f: Vec3) -> tuple[tuple[int, int, int], np.ndarray]:
+    """An odd output shape, and a mask: every child, a box (an edge block) or any subset."""
+    out = tuple(int(n) for n in rng.integers(1, 6, size=3))
+    shape = (out[0] * f.z, out[1] * f.y, out[2] * f.x)
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        return shape, np.ones(shape, dtype=bool)
+    if kind == 1:
+        mask = np.zeros(shape, dtype=bool)
+        lo = [int(rng.integers(0, 2)) for _ in shape]
+        hi = [n - int(rng.integers(0, 2)) for n in shape]
+        mask[lo[0]:max(hi[0], lo[0] + 1), lo[1]:max(hi[1], lo[1] + 1), lo[2]:max(hi[2], lo[2] + 1)] = True
+        return shape, mask
+    return shape, rng.random(shape) < 0.6
+
+
+@pytest.mark.parametrize("f", [XY, XYZ], ids=["zslices", "isotropic"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+                                   "float32"])
+def test_mean_equals_the_reference_on_random_blocks(dtype, f):
+    rng = np.random.default_rng(sum(map(ord, dtype)) + f.z)
+    for _ in range(25):
+        shape, mask = random_case(rng, f)
+        block = random_values(rng, dtype, shape)
+        expected = reference_reduce(block, mask, f, annotation=False)
+        got = downsample_mean(block, mask, f)
+        assert got.dtype == block.dtype
+        np.testing.assert_array_equal(got, expected)
+        if mask.all():  # the fast path: no mask at all
+            np.testing.assert_array_equal(downsample_mean(block, None, f), expected)
+
+
+@pytest.mark.parametrize("f", [XY, XYZ], ids=["zslices", "isotropic"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int32"])
+def test_mode_equals_the_reference_on_random_blocks(dtype, f):
+    rng = np.random.default_rng(sum(map(ord, dtype)) + 10 * f.z)
+    for _ in range(25):
+        shape, mask = random_case(rng, f)
+        block = random_labels(rng, dtype, shape)
+        if rng.random() < 0.3:  # whole segments: most output voxels see one label
+            block[:] = block[:, :1, :1]
+        expected = reference_reduce(block, mask, f, annotation=True)
+        got = downsample_mode_nonzero(block, mask, f)
+        assert got.dtype == block.dtype
+        np.testing.assert_array_equal(got, expected)
+        if mask.all():
+            np.testing.assert_array_equal(downsample_mode_nonzero(block, None, f), expected)
+
+
+@pytest.mark.parametrize("f", [XY, XYZ], ids=["zslices", "isotropic"])
+def test_mode_of_every_arrangement_of_a_small_alphabet(f):
+    """Every way k children can hold labels from {0, 1, 2, 3} (zslices: 4^4) or {0, 1, 2}
+    (isotropic: 3^8), in one block."""
+    k = f.x * f.y * f.z
+    alphabet = [0, 1, 2, 3] if k == 4 else [0, 1, 2]
+    kids = np.array(list(itertools.product(alphabet, repeat=k)), dtype=np.uint16)  # (n, k)
+    n = len(kids)
+    block = kids.reshape(1, 1, n, f.z, f.y, f.x).transpose(0, 3, 1, 4, 2, 5).reshape(f.z, f.y, n * f.x)
+    expected = reference_reduce(block, full(block), f, annotation=True)
+    np.testing.assert_array_equal(downsample_mode_nonzero(block, None, f), expected)
+
+
+@pytest.mark.parametrize("channel_type", ["image", "annotation"])
+def test_padded_edge_block_equals_the_reference(channel_type):
+    rng = np.random.default_rng(3)
+    wanted = child_box(Box(Vec3(500, 250, 7), Vec3(505, 254, 9)), XYZ)  # 10x8x4 children
+    have = Box(Vec3(1001, 500, 15), Vec3(1010, 508, 18))  # odd edges on x and z
+    shape = tuple(have.shape)[::-1]
+    data = (random_labels(rng, "uint32", shape) if channel_type == "annotation"
+            else random_values(rng, "uint32", shape))
+    block, mask = pad_to_children(data, have, wanted)
+    expected = reference_reduce(block, mask, XYZ, annotation=channel_type == "annotation")
+    np.testing.assert_array_equal(reduce(block, mask, XYZ, channel_type=channel_type), expected)
+
+
+@pytest.mark.parametrize("f", [XY, XYZ], ids=["zslices", "isotropic"])
+def test_uint8_mean_by_64_bit_words_equals_the_reference(f):
+    """Full blocks of uint8 whose x size is a multiple of 8 are summed eight voxels per word."""
+    rng = np.random.default_rng(11)
+    for width in (8, 16, 24):
+        block = rng.integers(0, 256, size=(2 * f.z, 6, width), dtype=np.uint8)
+        block[:, :2] = 255  # the largest lane sums
+        block[:, 2:4] = rng.integers(254, 256, size=(2 * f.z, 2, width), dtype=np.uint8)
+        expected = reference_reduce(block, full(block), f, annotation=False)
+        np.testing.assert_array_equal(downsample_mean(block, None, f), expected)
+
+
+@pytest.mark.parametrize("channel_type, dtype", [("image", "uint8"), ("image", "uint16"), ("image", "int64"),
+                                                  ("image", "float32"), ("annotation", "uint32"),
+                                                  ("annotation", "uint64")])
+def test_reducing_slab_by_slab_equals_the_reference(monkeypatch, channel_type, dtype):
+    """Big blocks are reduced a few z planes at a time; here a slab is one plane."""
+    monkeypatch.setattr(downsample, "SLAB_BYTES", 1)
+    rng = np.random.default_rng(12)
+    annotation = channel_type == "annotation"
+    for f in (XY, XYZ):
+        for _ in range(5):
+            shape, mask = random_case(rng, f)
+            shape = (shape[0] * 3, shape[1], shape[2] * 8 // f.x)  # several slabs; x a multiple of 8
+            mask = np.ones(shape, dtype=bool) if rng.random() < 0.5 else rng.random(shape) < 0.6
+            block = random_labels(rng, dtype, shape) if annotation else random_values(rng, dtype, shape)
+            expected = reference_reduce(block, mask, f, annotation=annotation)
+            np.testing.assert_array_equal(reduce(block, mask, f, channel_type=channel_type), expected)
+            if mask.all():
+                np.testing.assert_array_equal(reduce(block, None, f, channel_type=channel_type), expected)

@@ -157,7 +157,10 @@ def level_block(plan: Plan, cp: ChannelPlan, store: LocalStore, *, level: int, b
     f = factors(plan.spec.dataset.scaling_option)
     wanted = child_box(box, f)
     have = wanted.intersect(cp.levels[level - 1].extent)
-    block, mask = pad_to_children(store.read(cp.ref(t), level - 1, have), have, wanted)
+    children = store.read(cp.ref(t), level - 1, have)
+    if have == wanted:  # most blocks: every child exists, so no padding and no mask
+        return reduce(children, None, f, channel_type=cp.spec.type)
+    block, mask = pad_to_children(children, have, wanted)
     return reduce(block, mask, f, channel_type=cp.spec.type)
 
 
