@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorstore as ts
+import tifffile
 import zarr
 
 from ndingest.blocks import Box, Vec3
@@ -215,6 +216,19 @@ def test_a_folder_of_no_known_format_is_refused(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(SourceError, match=r"plain: not a zarr, N5 or neuroglancer precomputed folder"):
         open_source(str(tmp_path / "plain"))
+    assert "glob" not in str(_refusal(tmp_path / "plain"))  # no TIFF pages there: no glob to suggest
+
+
+def _refusal(folder) -> SourceError:
+    with pytest.raises(SourceError) as info:
+        open_source(str(folder))
+    return info.value
+
+
+def test_a_folder_of_tiff_pages_suggests_the_glob(tmp_path):
+    (tmp_path / "pages").mkdir()
+    tifffile.imwrite(tmp_path / "pages/s1.TIF", np.zeros((4, 5), np.uint8))
+    assert f'a glob such as "{tmp_path / "pages"}/*.TIF"' in str(_refusal(tmp_path / "pages"))
 
 
 def test_a_huge_array_without_a_single_chunk_is_refused_at_open(tmp_path):

@@ -132,7 +132,9 @@ def _locate_in(name: str, folder: Path, hint: str | None) -> ArrayLocation:
         "zarr3": ("a zarr v3", "zarr.json"), "n5": ("an N5", "attributes.json"),
         "precomputed": ("a neuroglancer precomputed", "info"),
     }[hint]
-    raise SourceError(f"{name}: not {kind} folder (no {files}); name a file, or a glob such as \"{folder}/*.tif\"")
+    pages = next((e.name for e in os.scandir(folder) if e.name.lower().endswith((".tif", ".tiff"))), None)
+    hint_pages = f"; for its TIFF pages, a glob such as \"{folder}/*{Path(pages).suffix}\"" if pages else ""
+    raise SourceError(f"{name}: not {kind} folder (no {files}){hint_pages}")
 
 
 def _child_arrays(folder: Path, limit: int = 10) -> list[str]:
