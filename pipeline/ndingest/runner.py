@@ -119,7 +119,7 @@ def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, re
     wraps the run (the CLI's progress bars)."""
     from .runlock import run_lock
     from .scheduler import check_scheduler
-    from .steps import forget_failed_start, new_folders, preflight, restart_channel
+    from .steps import forget_failed_start, lock_path, new_folders, preflight, restart_channel
 
     if restart:
         plan.channel(restart)  # a SpecError naming the channels if unknown
@@ -130,7 +130,7 @@ def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, re
     preflight(plan, skip_channel=restart)
     created = [] if scheduler_url else new_folders(plan)  # under luigid, other runs share them
     try:
-        with run_lock(plan.markers_dir / "ingest.lock") if not scheduler_url else nullcontext():
+        with run_lock(lock_path(plan)) if not scheduler_url else nullcontext():
             if restart:
                 restart_channel(plan, restart)
                 say(f"restart: dropped the markers of channel {restart}; writing it again")

@@ -51,6 +51,16 @@ def scan_progress_path(plan: Plan) -> Path:
     return plan.markers_dir / "inspect.progress.json"
 
 
+def lock_path(plan: Plan) -> Path:
+    """The run lock of a local-scheduler run (`runlock`)."""
+    return plan.markers_dir / "ingest.lock"
+
+
+def failures_dir(plan: Plan) -> Path:
+    """Why tasks failed, one JSON file each, for the process that started the run."""
+    return plan.markers_dir / "_failures"
+
+
 def scan_voxels(plan: Plan) -> int:
     """Voxels the window-range scan still has to read (0 once inspected or all given)."""
     if cached_summaries(plan) is not None:
@@ -177,8 +187,8 @@ def create_channels(plan: Plan) -> None:
 def catalog_window(plan: Plan, channel: str) -> tuple[float, float]:
     """The window range the catalog holds for `channel` (set by ingest); a channel not
     ingested yet is a usage error (exit 2), as `slice` and `view` need one."""
-    engine = catalog.engine_for(plan.store.catalog_path, create=False)
-    row = catalog.find_channel(engine, plan.spec.project.name, channel) if engine else None
+    row = catalog.find_channel(catalog.engine_for(plan.store.catalog_path, create=False),
+                               plan.spec.project.name, channel)
     if row is None:
         raise SpecError(f"{plan.store.catalog_path}: channel {channel} is not in the catalog; run ingest first")
     return (row["startwindow"], row["endwindow"])
@@ -203,8 +213,6 @@ def mark_propagated(plan: Plan) -> None:
 
 def all_propagated(plan: Plan) -> bool:
     engine = catalog.engine_for(plan.store.catalog_path, create=False)
-    if engine is None:
-        return False
     rows = [catalog.find_channel(engine, plan.spec.project.name, name) for name in plan.channels]
     return all(r is not None and r["propagate"] == catalog.PROPAGATE_DONE for r in rows)
 
@@ -235,9 +243,6 @@ def channel_status(plan: Plan) -> dict[str, dict]:
     return out
 
 
-BOOKKEEPING = frozenset({"ingest.lock", "_failures", "inspect.progress.json"})  # what a run makes before Inspect ends
-
-
 def new_folders(plan: Plan) -> list[Path]:
     """The folders on the way to the project's markers that do not exist yet, outermost
     first: what a run that fails early may remove again."""
@@ -253,8 +258,9 @@ def forget_failed_start(plan: Plan, created: list[Path]) -> None:
     removed: anything another run wrote in between stays."""
     if not created:
         return
+    bookkeeping = {path.name for path in (lock_path(plan), failures_dir(plan), scan_progress_path(plan))}
     try:
-        if set(os.listdir(plan.markers_dir)) - BOOKKEEPING:
+        if set(os.listdir(plan.markers_dir)) - bookkeeping:
             return
         for outer, inner in zip(created, created[1:]):
             if os.listdir(outer) != [inner.name]:

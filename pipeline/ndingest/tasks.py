@@ -15,7 +15,6 @@ import re
 import signal
 import time
 import traceback
-from pathlib import Path
 
 import luigi
 
@@ -29,10 +28,6 @@ from .verify import report_dir, verify_plan
 logger = logging.getLogger(__name__)
 
 luigi_defaults()  # retcodes and friends where no luigi.cfg sets them: the Luigi way has no other hook
-
-
-def failures_dir(plan: Plan) -> Path:
-    return plan.markers_dir / "_failures"
 
 
 class SpecTask(luigi.Task):
@@ -52,7 +47,7 @@ class SpecTask(luigi.Task):
 
     def record_failure(self, code: int, message: str, kind: str, trace: str | None) -> None:
         try:
-            markers.write_json(failures_dir(self.plan) / f"{self.task_id}.json", {
+            markers.write_json(steps.failures_dir(self.plan) / f"{self.task_id}.json", {
                 "exit_code": code, "message": message, "type": kind, "time": time.time(), "pid": os.getpid(),
                 "task": self.task_id, "traceback": trace})
         except Exception:  # the spec itself may be what failed; luigi still reports it
@@ -245,7 +240,7 @@ class Verify(SpecTask):
 
 def recorded_failures(plan: Plan, since: float) -> list[dict]:
     """Failures tasks recorded at or after `since`, oldest first."""
-    directory = failures_dir(plan)
+    directory = steps.failures_dir(plan)
     found = []
     for path in sorted(directory.glob("*.json")) if directory.exists() else []:
         try:
