@@ -164,8 +164,6 @@ class ProgressMonitor:
 
     def _scan(self) -> None:
         """The window-range scan's bar, from the file Inspect updates, until Inspect is done."""
-        from tqdm import tqdm
-
         from . import markers
         from .steps import cached_summaries, scan_progress_path
 
@@ -179,10 +177,8 @@ class ProgressMonitor:
                     break
                 continue
             if bar is None:
-                bar = tqdm(total=seen["total"], unit="vox", unit_scale=True, desc="scan", disable=None,
-                           **bar_size()) if on_terminal() else \
-                    PlainBar(seen["total"], label="scan", unit="voxels", bytes_per_unit=voxel_bytes(self.plan),
-                             stream=sys.stdout, initial=seen["done"])
+                bar = scan_bar(seen["total"], bytes_per_voxel=voxel_bytes(self.plan), stream=sys.stdout,
+                               initial=seen["done"], leave=True)
             bar.update(seen["done"] - bar.n)
         if bar is not None:
             bar.update(bar.total - bar.n)
@@ -190,7 +186,6 @@ class ProgressMonitor:
 
     def _run(self) -> None:
         from tqdm import tqdm
-
 
         self._scan()
         if not on_terminal():
@@ -228,16 +223,17 @@ class ProgressMonitor:
         self._thread.join()
 
 
-def scan_bar(voxels: int, *, bytes_per_voxel: float = 1.0, stream=None):
-    """A terminal bar (rate, ETA) for a window-range scan of `voxels`; off a terminal,
-    plain lines on `stream` (stderr: stdout holds inspect's table or JSON)."""
+def scan_bar(voxels: int, *, bytes_per_voxel: float = 1.0, stream=None, initial: int = 0, leave: bool = False):
+    """A terminal bar (rate, ETA) for a window-range scan of `voxels`, `initial` of them
+    already read; off a terminal, plain lines on `stream` (by default stderr: `inspect`'s
+    stdout holds its table or JSON). `leave` keeps the finished bar on screen."""
     from tqdm import tqdm
 
     if voxels and not on_terminal():
         return PlainBar(voxels, label="scan", unit="voxels", bytes_per_unit=bytes_per_voxel,
-                        stream=stream or sys.stderr)
-    return tqdm(total=voxels, unit="vox", unit_scale=True, desc="scan", disable=None if voxels else True,
-                leave=False, **bar_size())
+                        stream=stream or sys.stderr, initial=initial)
+    return tqdm(total=voxels, initial=initial, unit="vox", unit_scale=True, desc="scan",
+                disable=None if voxels else True, leave=leave, **bar_size())
 
 
 def verify_bar(plan):
