@@ -89,6 +89,11 @@ def _url_folder(source: str) -> tuple[str | None, Path]:
     return (None if scheme in ("zarr", "file") else scheme, Path(urllib.parse.unquote(rest)))
 
 
+def names_an_array_folder(source: str) -> bool:
+    """Whether `source` is for `locate_array`: a URL or a folder (HDF5 and TIFF are files)."""
+    return "://" in source or os.path.isdir(source)
+
+
 def locate_array(source: str) -> ArrayLocation:
     """Which array a folder or URL names, from its metadata files alone (no tensorstore):
     `.zarray` zarr v2, `zarr.json` zarr v3, `attributes.json` N5, `info` precomputed; an

@@ -15,7 +15,7 @@ from .blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_shards
 from .downsample import factors, level_extent
 from .errors import SourceError, SpecError
 from .markers import channel_dir, project_dir
-from .chunked import locate_array
+from .chunked import locate_array, names_an_array_folder
 from .sources import Source, open_source
 from .spec import ChannelSpec, Spec, load_spec
 from .targets import LocalStore, Scale, VolumeRef
@@ -230,7 +230,7 @@ def load_plan(spec_path: str | os.PathLike) -> Plan:
 
 
 def _stamp(source: str) -> tuple:
-    if "://" in source or os.path.isdir(source):  # zarr, N5, precomputed: their metadata files
+    if names_an_array_folder(source):  # zarr, N5, precomputed: their metadata files
         try:
             files = locate_array(source).metadata
         except SourceError:

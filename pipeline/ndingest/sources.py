@@ -16,7 +16,8 @@ import numpy as np
 
 from . import tiff
 from .blocks import Box, Vec3
-from .chunked import EMPTY_ARRAY_VOXELS, ArrayLocation, holds_a_chunk, locate_array, tensorstore_reader
+from .chunked import (EMPTY_ARRAY_VOXELS, ArrayLocation, holds_a_chunk, locate_array, names_an_array_folder,
+                      tensorstore_reader)
 from .errors import SourceError
 
 logger = logging.getLogger(__name__)
@@ -406,7 +407,7 @@ def open_source(source: str, axes: str | None = None) -> Source:
     """Open `source`: an HDF5 file (optionally `file.h5:/dataset`), a TIFF file, a glob
     of TIFF pages, or a zarr/N5/precomputed folder or URL (`zarr://file:///abs`, ...).
     Raises SourceError naming the file when it cannot."""
-    if "://" in source or os.path.isdir(source):
+    if names_an_array_folder(source):
         return TensorstoreSource(locate_array(source), axes)
     file_part, sep, inner = source.partition(":/")
     if sep:
