@@ -62,6 +62,44 @@ class RemoteError(NdingestError):
     exit_code = 8
 
 
+class RequestError(NdingestError):
+    """A request to `ndingest serve` that cannot be served as asked; the server answers
+    `status` with str(exc) as its one line (never a traceback)."""
+
+    exit_code = 2
+    status = 400
+
+
+class NotFound(RequestError):
+    """No such token, channel, resource or file."""
+
+    status = 404
+
+
+class Unauthorized(RequestError):
+    """No key, or an empty one, where a key is needed."""
+
+    status = 401
+
+
+class Forbidden(RequestError):
+    """A wrong key, or a write to a readonly channel."""
+
+    status = 403
+
+
+class StateConflict(RequestError):
+    """The request conflicts with the resource's state (e.g. setPropagate/1/ while built)."""
+
+    status = 409
+
+
+class BodyTooLarge(RequestError):
+    """A request body past the server's limit, refused before it is read whole."""
+
+    status = 413
+
+
 class InternalError(NdingestError):
     """A bug (not an NdingestError) in a task, replayed from its failure record in the
     process that started the run; `traceback` is the task's, for the log file the CLI
