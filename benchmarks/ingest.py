@@ -21,9 +21,10 @@ each as its own subprocess, so each has its own peak RSS:
 3. the same copy with `file_io_sync` off and one os.sync() at the end (for information:
    what an fsync per chunk file costs);
 4. `ndingest inspect SPEC` before any store exists (scans the window range);
-5. `ndingest --debug ingest SPEC --workers N` into a fresh store (inspect, catalog,
-   writes, verify); its write phase is read from the log, as the span from Luigi's
-   first `running IngestBlock` to its last `done IngestBlock` (and, beside it, the sum
+5. `ndingest --debug ingest SPEC --workers N` into a fresh store (inspect of headers,
+   catalog, writes, verify; no window-range scan: the blocks give it); its write
+   phase is read from the log, as the span from Luigi's first `running IngestBlock`
+   to its last `done IngestBlock` (and, beside it, the sum
    of the `wrote N blocks ... in S s` lines of ndingest.tasks);
 6. `ndingest verify SPEC` (re-reads every block);
 7. CloudVolume (`parallel=1`, `compress=False`, raw) uploading the same slabs, then one
@@ -475,7 +476,7 @@ def bench(args: argparse.Namespace) -> int:
     if cv / 3 < reported_seconds(floor):
         print(f"  (out of reach on this disk: 3x CloudVolume means the whole ingest in {cv / 3:.2f} s, but "
               f"writing its chunk files durably takes {reported_seconds(floor):.2f} s by itself, before "
-              f"the window-range scan and verify's reads of source and store)")
+              f"verify's reads of source and store)")
     print(f"  (for information, like for like: write phase vs CloudVolume upload, both durable: "
           f"{cv / phase.span_seconds:.3f}x)")
     per_process = ", largest single process" if args.workers > 1 else ""

@@ -54,7 +54,7 @@ def plan_for(folder: Path, name: str = "spec.toml", *, annotation: Path | None =
 
 
 def inspected(plan: Plan) -> dict:
-    summaries = steps.inspect_plan(plan)
+    summaries = steps.inspect_plan(plan, scan=True)
     steps.record_inspection(plan, summaries)
     return summaries
 
@@ -103,7 +103,7 @@ def test_catalog_entries_without_summaries_have_windows_0_0(tmp_path, data):
 
 def test_catalog_entries_take_windows_from_the_summaries(tmp_path, data):
     plan = plan_for(tmp_path, image=data[0], annotation=data[1])
-    summaries = steps.inspect_plan(plan)
+    summaries = steps.inspect_plan(plan, scan=True)
     rows = {r.values["channel_name"]: r.values for r in steps.catalog_entries(plan, summaries).channels}
     image = voxels(0)
     assert (rows["image"]["startwindow"], rows["image"]["endwindow"]) == (float(image.min()), float(image.max()))
@@ -261,7 +261,7 @@ def test_a_window_range_given_since_invalidates_the_recorded_summaries(tmp_path,
     inspected(plan_for(tmp_path, image=data[0]))
     plan = plan_for(tmp_path, "window.toml", image=data[0], image_extra="window_range = [0, 100]")
     assert steps.cached_summaries(plan) is None
-    assert steps.inspect_plan(plan)["image"].window_range == (0, 100)
+    assert steps.inspect_plan(plan, scan=True)["image"].window_range == (0, 100)
 
 
 def test_a_channel_added_since_invalidates_the_recorded_summaries(tmp_path, data):
@@ -274,7 +274,7 @@ def test_record_inspection_refuses_a_catalog_conflict_and_records_nothing(tmp_pa
     steps.add_to_catalog(plan, steps.catalog_entries(plan, None).all)
     other = plan_for(tmp_path, "other.toml", image=data[0], offset=(0, 0, 0))
     with pytest.raises(CatalogConflict, match="xoffset = 1000; the spec asks for 0"):
-        steps.record_inspection(other, steps.inspect_plan(other))
+        steps.record_inspection(other, steps.inspect_plan(other, scan=True))
     assert not steps.inspect_path(other).exists()
 
 
@@ -436,7 +436,7 @@ def test_catalog_window_of_a_channel_without_a_row_is_a_spec_error(tmp_path, dat
 
 def test_catalog_window_is_the_window_the_catalog_holds(tmp_path, data):
     plan = plan_for(tmp_path, image=data[0])
-    summaries = steps.inspect_plan(plan)
+    summaries = steps.inspect_plan(plan, scan=True)
     steps.add_to_catalog(plan, steps.catalog_entries(plan, summaries).all)
     assert steps.catalog_window(plan, "image") == summaries["image"].window_range
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import h5py
 import luigi
 import luigi.configuration
+import numpy as np
 import pytest
 
 from conftest import write_spec
@@ -37,14 +39,48 @@ def table(store, name: str) -> list[dict]:
     return [dict(r) for r in db.execute(f"select * from {name}")]
 
 
-def test_inspect_records_the_sources_and_writes_no_catalog(spec, tmp_path):
+def test_inspect_records_the_sources_from_their_headers_and_writes_no_catalog(spec, tmp_path):
+    """Issue 16: Inspect reads no voxel, so the window range is not known yet."""
     assert not tasks.Inspect(spec=spec).complete()
     assert build(tasks.Inspect(spec=spec)) == "SUCCESS"
     assert tasks.Inspect(spec=spec).complete()
     recorded = json.loads((tmp_path / f"store/_markers/{DS}/{PR}/inspect.json").read_text())
-    assert recorded["image"]["summary"]["window_range"] == [0, 254]
+    assert recorded["image"]["summary"]["window_range"] is None
+    assert recorded["image"]["summary"]["x_size"] == 300
     assert recorded["annotation"]["summary"]["datatype"] == "uint32"
     assert not (tmp_path / "store/catalog.sqlite").exists()
+
+
+def test_inspect_reads_no_voxel(tmp_path):
+    """A source whose headers are whole but whose one chunk is garbage passes Inspect: only
+    reading voxels would tell, and the write (then verify) are the only passes that do."""
+    path = tmp_path / "corrupt.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image/CUTOUT", data=np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16),
+                         chunks=(16, 16, 16), compression="gzip")
+    with h5py.File(path, "r") as f:
+        info = f["image/CUTOUT"].id.get_chunk_info(0)
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+    spec = str(write_spec(tmp_path, image=path))
+    assert build(tasks.Inspect(spec=spec)) == "SUCCESS"
+    assert build(tasks.IngestBlock(spec=spec, channel="image", shard=0)) == "FAILED"
+
+
+def test_verify_records_the_window_range_reduced_from_the_blocks(spec, tmp_path, tutorial_data):
+    """Each level-0 marker holds its block's range; Verify reduces them into the catalog and
+    inspect.json, equal to the source's min and max as h5py reads them."""
+    assert build(tasks.Verify(spec=spec)) == "SUCCESS"
+    for name, file in (("image", IMAGE_FILE), ("annotation", ANNOTATION_FILE)):
+        with h5py.File(tutorial_data / file, "r") as f:
+            source = f[f"{name}/CUTOUT"][...]
+        row = next(c for c in table(tmp_path / "store", "channels") if c["channel_name"] == name)
+        assert (row["startwindow"], row["endwindow"]) == (float(source.min()), float(source.max()))
+        recorded = json.loads((tmp_path / f"store/_markers/{DS}/{PR}/inspect.json").read_text())
+        assert recorded[name]["summary"]["window_range"] == [source.min(), source.max()]
+    marker = next((tmp_path / f"store/_markers/{DS}/{PR}/image").rglob("written/level0/*/*.json"))
+    assert len(json.loads(marker.read_text())["range"]) == 2
 
 
 def test_create_dataset_then_project_add_exactly_their_rows(spec, tmp_path):

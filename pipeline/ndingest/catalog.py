@@ -255,6 +255,16 @@ def set_propagate(engine: sa.Engine, project: str, channel: str, state: int) -> 
         )
 
 
+def set_window(engine: sa.Engine, project: str, channel: str, window: tuple[float, float]) -> None:
+    """The channel's window range, once an ingest has reduced it from every block."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(channels)
+            .where(channels.c.project == project, channels.c.channel_name == channel)
+            .values(startwindow=float(window[0]), endwindow=float(window[1]))
+        )
+
+
 def dataset_row(dataset: DatasetSpec, *, size_xyz: Vec3, levels: int) -> Row:
     res = dataset.voxel_resolution_nm
     values = {

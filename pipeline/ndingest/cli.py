@@ -53,7 +53,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if target.endswith(".toml"):
         plan = load_plan(target)
         with scan_bar(scan_voxels(plan), bytes_per_voxel=voxel_bytes(plan)) as bar:
-            summaries = inspect_plan(plan, progress=bar.update)
+            summaries = inspect_plan(plan, scan=True, progress=bar.update)
         if args.json:
             print(json.dumps({"dataset": spec_dataset_json(plan.spec, levels=plan.scaling_levels),
                               "channels": {n: s.to_json() for n, s in summaries.items()}}, indent=1))
@@ -120,7 +120,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     plan = load_plan(args.spec)
     with verify_bar(plan) as bar:
         rows, report = verify_plan(plan, resume=False, progress=bar.update)
-    print(f"verify: all {len(rows)} blocks equal the source and their markers (report: {report})")
+    from .verify import EDITED
+
+    edited = sum(r["status"] == EDITED for r in rows)
+    if edited:
+        print(f"verify: {len(rows) - edited} blocks equal the source and their markers; {edited} were changed by "
+              f"cutout POSTs to `ndingest serve` since the ingest (which and by whom: report {report})")
+    else:
+        print(f"verify: all {len(rows)} blocks equal the source and their markers (report: {report})")
     return 0
 
 
@@ -165,6 +172,27 @@ def cmd_slice(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{cp.name}_{args.plane}_{args.index}_r{args.res}{when}.png")
     write_png(picture, out)
     print(out)
+    return 0
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .errors import SpecError
+
+    store = Path(args.store)
+    if not store.is_dir():
+        raise SpecError(f"--store {store}: no such folder")
+    from .server import bind, create_app, run
+
+    app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None)
+    sock = bind(args.host, args.port)
+    if args.host not in LOCAL_HOSTS and args.api_keys is None:
+        _say(f"warning: serving {store} on {args.host} without --api-keys: anyone who can reach it may write")
+    print(f"ndingest serve: {store} on http://{args.host}:{sock.getsockname()[1]}/ (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+    run(app, sock, debug=args.debug)
     return 0
 
 
@@ -221,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=1000, metavar="PX", help="screenshot width")
     p.add_argument("--height", type=int, default=700, metavar="PX", help="screenshot height")
     p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("serve", parents=[common], help="an ndstore-compatible HTTP server over a store")
+    p.add_argument("--store", required=True, metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1", metavar="H", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, metavar="P")
+    p.add_argument("--api-keys", metavar="FILE", help="keys that may write and read private tokens, one a line")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

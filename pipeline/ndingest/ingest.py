@@ -13,7 +13,7 @@ import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from .blocks import Box, Shard, Vec3
 from .downsample import child_box, factors, pad_to_children, reduce
 from .errors import SourceChanged, SpecError
 from .plan import ChannelPlan, Plan
+from .sources import value_range
 from .targets import LocalStore
 
 logger = logging.getLogger(__name__)
@@ -154,14 +155,48 @@ def level_block(plan: Plan, cp: ChannelPlan, store: LocalStore, *, level: int, b
     below (read from `store`) reduced, each level from the one below."""
     if level == 0:
         return cp.source.read(box.shift(-plan.spec.dataset.offset_xyz), t)
+    return reduce_children(plan, cp, store.read(cp.ref(t), level - 1, children_box(plan, cp, level, box)),
+                           level=level, box=box)
+
+
+def children_box(plan: Plan, cp: ChannelPlan, level: int, box: Box) -> Box:
+    """The level-(level-1) voxels that build `box` of `level`, clipped to that level."""
+    return child_box(box, factors(plan.spec.dataset.scaling_option)).intersect(cp.levels[level - 1].extent)
+
+
+def reduce_children(plan: Plan, cp: ChannelPlan, children: np.ndarray, *, level: int, box: Box) -> np.ndarray:
+    """`box` of `level` from `children`, the (z, y, x) voxels of its `children_box`."""
     f = factors(plan.spec.dataset.scaling_option)
     wanted = child_box(box, f)
     have = wanted.intersect(cp.levels[level - 1].extent)
-    children = store.read(cp.ref(t), level - 1, have)
     if have == wanted:  # most blocks: every child exists, so no padding and no mask
         return reduce(children, None, f, channel_type=cp.spec.type)
     block, mask = pad_to_children(children, have, wanted)
     return reduce(block, mask, f, channel_type=cp.spec.type)
+
+
+def block_facts(voxels: np.ndarray, level: int) -> dict:
+    """What a block's marker records about its voxels: the checksum, and at level 0 its
+    value range, from which the channel's window range is reduced once every block is
+    written (so no pass over the source is needed just for it)."""
+    facts = {"checksum": markers.checksum(voxels)}
+    if level == 0:
+        found = value_range(voxels)
+        facts["range"] = list(found) if found is not None else None
+    return facts
+
+
+def block_ranges(plan: Plan, cp: ChannelPlan) -> Iterator[tuple[float, float] | None]:
+    """The value range of every level-0 block of `cp`, as its marker recorded it; a block
+    marked by a version that recorded none is read back from the store instead."""
+    for shard in cp.shards:
+        directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard)
+        for box in shard.blocks:
+            record = markers.read_marker(directory, box) or {}
+            if "range" in record:
+                yield tuple(record["range"]) if record["range"] is not None else None
+            else:
+                yield value_range(plan.store.read(cp.ref(shard.t), 0, box))
 
 
 def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
@@ -191,8 +226,8 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
             in_flight.wait()
             in_flight = None
         plan.store.flush()
-        for box, record, summing in batch:
-            markers.write_marker(directory, box, {**record, "checksum": summing.result()}, durable=False)
+        for box, record, facts in batch:
+            markers.write_marker(directory, box, {**record, **facts.result()}, durable=False)
         markers.flush_filesystem(directory)
         batch.clear()
 
@@ -205,7 +240,7 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
                 batch[-1][2].result()  # one checksum at a time, so blocks never pile up in memory
             in_flight = plan.store.start_write(ref, level, box, voxels)
             batch.append((box, {"t": shard.t, "level": level, "dtype": voxels.dtype.name, "pid": os.getpid()},
-                          pool.submit(markers.checksum, voxels)))
+                          pool.submit(block_facts, voxels, level)))
             nbytes += voxels.nbytes
             if time.monotonic() - last_commit >= commit_seconds:
                 commit()

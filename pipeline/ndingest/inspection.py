@@ -23,28 +23,31 @@ class SourceSummary:
     z_size: int
     time_range: tuple[int, int]
     datatype: str
-    window_range: tuple[float, float]
+    window_range: tuple[float, float] | None  # None: not scanned (an ingest learns it from its blocks)
     axes: str
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["time_range"], d["window_range"] = list(self.time_range), list(self.window_range)
+        d["time_range"] = list(self.time_range)
+        d["window_range"] = list(self.window_range) if self.window_range is not None else None
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "SourceSummary":
-        return cls(**{**d, "time_range": tuple(d["time_range"]), "window_range": tuple(d["window_range"])})
+        window = tuple(d["window_range"]) if d["window_range"] is not None else None
+        return cls(**{**d, "time_range": tuple(d["time_range"]), "window_range": window})
 
 
-def summarize(source: Source, *, window: tuple[float, float] | None = None,
+def summarize(source: Source, *, window: tuple[float, float] | None = None, scan: bool = True,
               progress: Callable[[int], None] | None = None) -> SourceSummary:
-    """Sizes, time range, dtype, and the window range (scanned box by box unless given)."""
+    """Sizes, time range, dtype (from headers), and the window range: `window` if given,
+    else scanned box by box, or None without `scan` (an ingest takes it from the blocks
+    it writes, so the source is not read once more just for it)."""
     t, z, y, x = source.shape_tzyx
-    return SourceSummary(
-        x_size=x, y_size=y, z_size=z, time_range=(0, t - 1), datatype=source.dtype.name,
-        window_range=window if window is not None else window_range(source, progress),
-        axes=source.axes,
-    )
+    if window is None and scan:
+        window = window_range(source, progress)
+    return SourceSummary(x_size=x, y_size=y, z_size=z, time_range=(0, t - 1), datatype=source.dtype.name,
+                         window_range=window, axes=source.axes)
 
 
 def _fmt(v: float) -> str:
@@ -60,7 +63,8 @@ def source_table(summary: SourceSummary, *, files: str = "") -> list[tuple[str, 
         ("z size", str(summary.z_size)),
         ("time range", f"({summary.time_range[0]}, {summary.time_range[1]})"),
         ("data type", summary.datatype),
-        ("window range", f"({_fmt(summary.window_range[0])}, {_fmt(summary.window_range[1])})"),
+        ("window range", "(not scanned)" if summary.window_range is None
+         else f"({_fmt(summary.window_range[0])}, {_fmt(summary.window_range[1])})"),
         ("axes (file order, slowest first)", summary.axes),
     ]
     return rows + [("files", files)] if files else rows

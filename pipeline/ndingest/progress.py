@@ -162,32 +162,9 @@ class ProgressMonitor:
         status = channel_status(self.plan)
         return sum(s["done"] + s["verified"] for s in status.values()), sum(2 * s["total"] for s in status.values())
 
-    def _scan(self) -> None:
-        """The window-range scan's bar, from the file Inspect updates, until Inspect is done."""
-        from . import markers
-        from .steps import cached_summaries, scan_progress_path
-
-        if cached_summaries(self.plan) is not None:
-            return
-        bar = None
-        while not self._stop.wait(min(self.interval, 0.2)):
-            seen = markers.read_json(scan_progress_path(self.plan))
-            if seen is None:  # not started or just ended: only then stat every source file to know
-                if cached_summaries(self.plan) is not None:
-                    break
-                continue
-            if bar is None:
-                bar = scan_bar(seen["total"], bytes_per_voxel=voxel_bytes(self.plan), stream=sys.stdout,
-                               initial=seen["done"], leave=True)
-            bar.update(seen["done"] - bar.n)
-        if bar is not None:
-            bar.update(bar.total - bar.n)
-            bar.close()
-
     def _run(self) -> None:
         from tqdm import tqdm
 
-        self._scan()
         if not on_terminal():
             return self._run_plain()
         done, total = self._counts()

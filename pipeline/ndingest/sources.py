@@ -436,23 +436,34 @@ def open_source(source: str, axes: str | None = None) -> Source:
     return HDF5Source(path, find_hdf5_array(path), axes)
 
 
+def value_range(block: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of a block, or None when it holds no value to window. Float blocks count
+    their finite values only: a NaN or inf is no display window (and NaN would compare
+    false everywhere)."""
+    if block.dtype.kind == "f":
+        block = block[np.isfinite(block)]
+    if not block.size:
+        return None
+    return (block.min().item(), block.max().item())
+
+
+def merge_ranges(ranges) -> tuple[float, float]:
+    """The window over blocks' `value_range`s; none with a value (all non-finite, or
+    empty) is (0, 0)."""
+    known = [r for r in ranges if r is not None]
+    if not known:
+        return (0, 0)
+    return (min(r[0] for r in known), max(r[1] for r in known))
+
+
 def window_range(source: Source, progress=None) -> tuple[float, float]:
-    """(min, max) over every voxel and time point, read box by box in bounded memory.
-    Float volumes count their finite values only: a NaN or inf is no display window
-    (and NaN would compare false everywhere); all non-finite, or empty, is (0, 0)."""
-    lo, hi = None, None
+    """(min, max) over every voxel and time point, read box by box in bounded memory
+    (`value_range` of each box, merged)."""
+    ranges = []
     boxes = source.scan_boxes()
     for t in range(source.time_points):
         for box in boxes:
-            block = source.read(box, t)
-            if block.dtype.kind == "f":
-                block = block[np.isfinite(block)]
-            if block.size:
-                bmin, bmax = block.min(), block.max()
-                lo = bmin if lo is None else min(lo, bmin)
-                hi = bmax if hi is None else max(hi, bmax)
+            ranges.append(value_range(source.read(box, t)))
             if progress:
                 progress(box.shape.volume)
-    if lo is None:
-        return (0, 0)
-    return (lo.item(), hi.item())
+    return merge_ranges(ranges)

@@ -15,10 +15,12 @@ from typing import Callable
 
 from . import catalog, markers
 from .blocks import Vec3
+from .edits import read_edits
 from .errors import SpecError
-from .ingest import check_manifest, ensure_manifest, size_changed, spot_check_source
+from .ingest import block_ranges, check_manifest, ensure_manifest, size_changed, spot_check_source
 from .inspection import SourceSummary, summarize
 from .plan import Plan
+from .sources import merge_ranges
 from .targets import precomputed_info
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,6 @@ def cached_summaries(plan: Plan) -> dict[str, SourceSummary] | None:
     return out
 
 
-def scan_progress_path(plan: Plan) -> Path:
-    return plan.markers_dir / "inspect.progress.json"
-
-
 def lock_path(plan: Plan) -> Path:
     """The run lock of a local-scheduler run (`runlock`)."""
     return plan.markers_dir / "ingest.lock"
@@ -61,20 +59,33 @@ def failures_dir(plan: Plan) -> Path:
     return plan.markers_dir / "_failures"
 
 
+def _known_windows(plan: Plan) -> dict[str, tuple[float, float]]:
+    """Window ranges known without reading a voxel: given in the spec, or recorded."""
+    cached = cached_summaries(plan) or {}
+    known = {name: s.window_range for name, s in cached.items() if s.window_range is not None}
+    return {**known, **{name: cp.spec.window_range for name, cp in plan.channels.items()
+                        if cp.spec.window_range is not None}}
+
+
 def scan_voxels(plan: Plan) -> int:
-    """Voxels the window-range scan still has to read (0 once inspected or all given)."""
-    if cached_summaries(plan) is not None:
-        return 0
+    """Voxels `inspect SPEC` still has to read for window ranges (0 once an ingest has
+    recorded them, or all are given)."""
+    known = _known_windows(plan)
     return sum(cp.source.size_xyz.volume * cp.source.time_points
-               for cp in plan.channels.values() if cp.spec.window_range is None)
+               for name, cp in plan.channels.items() if name not in known)
 
 
-def inspect_plan(plan: Plan, *, progress: Callable[[int], None] | None = None) -> dict[str, SourceSummary]:
-    """Summaries of every channel's source (window ranges scanned once, then cached)."""
+def inspect_plan(plan: Plan, *, scan: bool, progress: Callable[[int], None] | None = None,
+                 ) -> dict[str, SourceSummary]:
+    """Summaries of every channel's source, from headers. With `scan`, window ranges not
+    known yet are read from the voxels (`inspect SPEC`); without, they stay None until the
+    ingest has written every block (the pipeline's Inspect: it reads no voxel, so the
+    source is read twice in all, by the writes and by verify)."""
     cached = cached_summaries(plan)
-    if cached is not None:
+    if cached is not None and not (scan and any(s.window_range is None for s in cached.values())):
         return cached
-    return {name: summarize(cp.source, window=cp.spec.window_range, progress=progress)
+    known = _known_windows(plan)
+    return {name: summarize(cp.source, window=known.get(name), scan=scan, progress=progress)
             for name, cp in plan.channels.items()}
 
 
@@ -85,6 +96,24 @@ def record_inspection(plan: Plan, summaries: dict[str, SourceSummary]) -> None:
                "window_given": _given_window(plan.channels[name].spec)}
         for name, s in summaries.items()
     })
+
+
+def record_windows(plan: Plan) -> dict[str, tuple[float, float]]:
+    """Reduce each channel's window range not known yet from its level-0 blocks' markers
+    (every block is written by now) into the catalog and `inspect.json`; returns them."""
+    stored = markers.read_json(inspect_path(plan)) or {}
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    found = {}
+    for name, cp in plan.channels.items():
+        entry = stored.get(name)
+        if entry is None or entry["summary"]["window_range"] is not None:
+            continue
+        found[name] = merge_ranges(block_ranges(plan, cp))
+        catalog.set_window(engine, plan.spec.project.name, name, found[name])
+        entry["summary"]["window_range"] = list(found[name])
+    if found:
+        markers.write_json(inspect_path(plan), stored)
+    return found
 
 
 @dataclass(frozen=True)
@@ -101,14 +130,17 @@ class CatalogEntries:
 
 
 def catalog_entries(plan: Plan, summaries: dict[str, SourceSummary] | None) -> CatalogEntries:
-    """Without summaries the channels' window ranges are (0, 0): not known yet."""
+    """A channel whose window range is not known yet (no summaries, or not scanned) gets
+    (0, 0), and its row does not compare windows."""
     spec, first = plan.spec, next(iter(plan.channels))
     channels = []
     for name, cp in plan.channels.items():
         summary = summaries.get(name) if summaries else None
-        channels.append(catalog.channel_row(
-            cp.spec, project=spec.project.name, datatype=cp.datatype, time_range=cp.time_range,
-            window=summary.window_range if summary else (0.0, 0.0), default=name == first))
+        window = summary.window_range if summary else None
+        row = catalog.channel_row(cp.spec, project=spec.project.name, datatype=cp.datatype, time_range=cp.time_range,
+                                  window=window if window is not None else (0.0, 0.0), default=name == first)
+        channels.append(row if window is not None else
+                        catalog.Row(row.table, row.key, row.values, row.kind, row.ignore + ("startwindow", "endwindow")))
     return CatalogEntries(
         dataset=catalog.dataset_row(spec.dataset, size_xyz=plan.size, levels=plan.scaling_levels),
         project=catalog.project_rows(spec.project, dataset=spec.dataset.name),
@@ -117,14 +149,12 @@ def catalog_entries(plan: Plan, summaries: dict[str, SourceSummary] | None) -> C
 
 
 def check_catalog(plan: Plan, summaries: dict[str, SourceSummary] | None) -> None:
-    """Raise CatalogConflict if the catalog holds any entry of this spec with other values.
-    Without summaries the window ranges are not compared (they are not known yet)."""
-    _check(plan, catalog_entries(plan, summaries).all, windows_known=summaries is not None)
+    """Raise CatalogConflict if the catalog holds any entry of this spec with other values
+    (window ranges compared only where known)."""
+    _check(plan, catalog_entries(plan, summaries).all)
 
 
-def _check(plan: Plan, rows: list[catalog.Row], *, windows_known: bool) -> None:
-    if not windows_known:
-        rows = [catalog.Row(r.table, r.key, r.values, r.kind, r.ignore + ("startwindow", "endwindow")) for r in rows]
+def _check(plan: Plan, rows: list[catalog.Row]) -> None:
     catalog.check_rows(catalog.engine_for(plan.store.catalog_path, create=False), rows)
 
 
@@ -154,7 +184,7 @@ def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
     entries = catalog_entries(plan, summaries)
     rows = [entries.dataset, *entries.project,
             *(r for r in entries.channels if r.values["channel_name"] != skip_channel)]
-    _check(plan, rows, windows_known=summaries is not None)
+    _check(plan, rows)
 
 
 def in_catalog(plan: Plan, rows: list[catalog.Row]) -> bool:
@@ -175,7 +205,7 @@ def channels_ready(plan: Plan) -> bool:
 
 def create_channels(plan: Plan) -> None:
     """Channel rows, each channel's precomputed volume(s), and its manifest."""
-    summaries = inspect_plan(plan)
+    summaries = inspect_plan(plan, scan=False)
     add_to_catalog(plan, catalog_entries(plan, summaries).channels)
     for cp in plan.channels.values():
         info = precomputed_info(datatype=cp.datatype, channel_type=cp.spec.type, scales=plan.scales)
@@ -207,14 +237,29 @@ def mark_propagating(plan: Plan, channel: str) -> None:
 
 
 def mark_propagated(plan: Plan) -> None:
-    """ndstore's propagate 2, set only once verify passed for every level."""
-    _propagate(plan, list(plan.channels), catalog.PROPAGATE_DONE)
+    """ndstore's propagate 2, set only once verify passed for every level; except for a
+    channel a cutout POST to `ndingest serve` made stale (0, with edit records): its
+    levels wait for the server's setPropagate/1/, and saying 2 would be a lie."""
+    engine = catalog.engine_for(plan.store.catalog_path, create=False)
+    stale = [name for name, cp in plan.channels.items() if read_edits(cp.markers_dir) and (
+        catalog.find_channel(engine, plan.spec.project.name, name) or {}).get("propagate") == catalog.PROPAGATE_NOT]
+    for name in stale:
+        logger.warning("channel %s was edited through `ndingest serve`: its levels stay stale (propagate 0) "
+                       "until the server's setPropagate/1/ rebuilds them", name)
+    _propagate(plan, [name for name in plan.channels if name not in stale], catalog.PROPAGATE_DONE)
 
 
 def all_propagated(plan: Plan) -> bool:
+    """Every channel built (2), or left stale by a cutout POST (see `mark_propagated`)."""
     engine = catalog.engine_for(plan.store.catalog_path, create=False)
-    rows = [catalog.find_channel(engine, plan.spec.project.name, name) for name in plan.channels]
-    return all(r is not None and r["propagate"] == catalog.PROPAGATE_DONE for r in rows)
+    for name, cp in plan.channels.items():
+        row = catalog.find_channel(engine, plan.spec.project.name, name)
+        if row is None:
+            return False
+        if row["propagate"] != catalog.PROPAGATE_DONE and not (
+                row["propagate"] == catalog.PROPAGATE_NOT and read_edits(cp.markers_dir)):
+            return False
+    return True
 
 
 def channel_status(plan: Plan) -> dict[str, dict]:
@@ -258,7 +303,7 @@ def forget_failed_start(plan: Plan, created: list[Path]) -> None:
     removed: anything another run wrote in between stays."""
     if not created:
         return
-    bookkeeping = {path.name for path in (lock_path(plan), failures_dir(plan), scan_progress_path(plan))}
+    bookkeeping = {path.name for path in (lock_path(plan), failures_dir(plan))}
     try:
         if set(os.listdir(plan.markers_dir)) - bookkeeping:
             return

@@ -79,32 +79,16 @@ def _worker_process_died(task: SpecTask, error_msg: str) -> None:
                            f"rerun the same command to continue", "WorkerDied", None)
 
 
-SCAN_REPORT_SECONDS = 0.25  # how often Inspect rewrites its progress file (a few bytes)
-
-
 class Inspect(SpecTask):
-    """Read what each source tells (sizes, dtype, time and window range) and check the
-    catalog for conflicts; writes `inspect.json` in the store's markers."""
+    """Read what each source's headers tell (sizes, dtype, time range; every file and page
+    checked) and check the catalog for conflicts; writes `inspect.json` in the store's
+    markers. No voxel is read: window ranges come from the blocks as they are written."""
 
     def complete(self) -> bool:
         return steps.cached_summaries(self.plan) is not None
 
     def run(self) -> None:
-        plan = self.plan
-        total, done, last = steps.scan_voxels(plan), 0, 0.0
-        path = steps.scan_progress_path(plan)
-        path.unlink(missing_ok=True)  # a failed run's figures are not this scan's
-
-        def progress(voxels: int) -> None:  # for the CLI's bar (it may run in another process) and luigid
-            nonlocal done, last
-            done += voxels
-            if time.monotonic() - last >= SCAN_REPORT_SECONDS or done >= total:
-                last = time.monotonic()
-                markers.write_json(path, {"done": done, "total": total}, durable=False)
-                self._progress(done, total, "voxels scanned for the window range")
-
-        steps.record_inspection(plan, steps.inspect_plan(plan, progress=progress))
-        path.unlink(missing_ok=True)
+        steps.record_inspection(self.plan, steps.inspect_plan(self.plan, scan=False))
 
 
 class CreateDataset(SpecTask):
@@ -212,9 +196,9 @@ def top_level_tasks(spec: str, plan: Plan) -> list[luigi.Task]:
 
 
 class Verify(SpecTask):
-    """Re-read every block of every level, compare with the source (level 0) or the level
-    below (level r) and with the markers, write the report, then mark the channels
-    propagated. Verified blocks are marked, so rerunning a finished ingest reads nothing."""
+    """Record the window ranges reduced from the written blocks, re-read every block of
+    every level, compare with the source (level 0) or the level below (level r) and with
+    the markers, write the report, then mark the channels propagated. Verified blocks are marked, so rerunning a finished ingest reads nothing."""
 
     def requires(self):
         return top_level_tasks(self.spec, self.plan)
@@ -234,6 +218,7 @@ class Verify(SpecTask):
             done += n
             self._progress(done, total, "blocks verified")
 
+        steps.record_windows(self.plan)
         verify_plan(self.plan, resume=True, progress=progress)
         steps.mark_propagated(self.plan)
 

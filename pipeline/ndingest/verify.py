@@ -17,15 +17,18 @@ from typing import Callable
 import numpy as np
 
 from . import markers
-from .blocks import Box, Shard
+from .blocks import Box, Shard, Vec3, block_shape
+from .downsample import factors
+from .edits import Edit, read_edits
 from .errors import NdingestError, VerifyMismatch
-from .ingest import level_block
+from .ingest import children_box, level_block, reduce_children
 from .plan import ChannelPlan, Plan
 from .targets import LocalStore
 
 logger = logging.getLogger(__name__)
 
 OK, OK_EARLIER = "ok", "ok (verified earlier)"
+EDITED = "edited since ingest"  # a cutout POST to `ndingest serve` changed it: not a mismatch
 REPORT_COLUMNS = ["channel", "t", "level", "block", "status", "detail", "voxels_differing",
                   "checksum_marker", "checksum_store"]
 
@@ -72,34 +75,67 @@ _INLINE = _Inline()
 
 
 def verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, box: Box, *, level: int = 0,
-                 pool: Executor | None = None) -> dict:
-    """One report row: `status` is "ok" or names what is wrong with this block. Level 0 is
-    compared with the source; level r with the level below, reduced again. The store is
-    read while the source is, and the checksum (on `pool`) runs beside the compare."""
+                 pool: Executor | None = None, edits: list[Edit] | None = None) -> dict:
+    """One report row: `status` is "ok" or names what is wrong with this block (or that a
+    POST edited it). Level 0 is compared with the source; level r with the level below,
+    reduced again. The store is read while the source is, and the checksum (on `pool`)
+    runs beside the compare."""
+    return _verify_block(plan, cp, store, shard, box, level=level, pool=pool, edits=edits)[0]
+
+
+def _verify_block(plan: Plan, cp: ChannelPlan, store: LocalStore, shard: Shard, box: Box, *, level: int,
+                  pool: Executor | None, children: np.ndarray | None = None,
+                  edits: list[Edit] | None = None) -> tuple[dict, np.ndarray | None]:
+    """`verify_block`'s row, and the voxels the store holds (None if unreadable). A level
+    r >= 1 block given `children` (its children box, read from the store by the caller)
+    is expected to equal their reduction instead of reading them again. A block that
+    differs where one of `edits` (cutout POSTs to `ndingest serve`) touched it is
+    reported as edited, with when and by which key, not as a mismatch."""
     row = _row(cp, shard, level, box)
     marker = markers.read_marker(markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard), box)
     if marker is None:
-        return {**row, "status": "not written", "detail": "no marker: the block was never written"}
+        return {**row, "status": "not written", "detail": "no marker: the block was never written"}, None
     row["checksum_marker"] = marker["checksum"]
     try:
         reading = store.start_read(cp.ref(shard.t), level, box)
-        expected = level_block(plan, cp, store, level=level, box=box, t=shard.t)
+        if children is None:
+            expected = level_block(plan, cp, store, level=level, box=box, t=shard.t)
+        else:
+            expected = reduce_children(plan, cp, children, level=level, box=box)
         stored = reading.wait()
     except NdingestError as exc:
-        return {**row, "status": "unreadable", "detail": str(exc)}
+        return {**row, "status": "unreadable", "detail": str(exc)}, None
     summing = (pool or _INLINE).submit(markers.checksum, stored)
     mismatch = compare_block(expected, stored)
     row["checksum_store"] = summing.result()
+    if (mismatch is not None or row["checksum_store"] != marker["checksum"]) and edits:
+        edit = next((e for e in edits if e.touches(box, level=level, factors=factors(
+            plan.spec.dataset.scaling_option), t=shard.t if cp.spec.type == "timeseries" else None)), None)
+        if edit is not None:
+            when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(edit.when))
+            return {**row, "status": EDITED, "detail": f"changed by a cutout POST at {when} by key "
+                                                       f"{edit.key_id or '(none: the server had no keys)'}"}, stored
     if mismatch is not None:
         z, y, x = mismatch.first_zyx
         first = (box.begin.x + x, box.begin.y + y, box.begin.z + z)
         return {**row, "status": "differs from source" if level == 0 else "differs from the level below",
                 "voxels_differing": mismatch.voxels,
-                "detail": f"{mismatch.voxels} voxels differ, first at x,y,z = {first}"}
+                "detail": f"{mismatch.voxels} voxels differ, first at x,y,z = {first}"}, stored
     if row["checksum_store"] != marker["checksum"]:
         return {**row, "status": "checksum differs from marker",
-                "detail": f"marker {marker['checksum']}, store {row['checksum_store']}"}
-    return row
+                "detail": f"marker {marker['checksum']}, store {row['checksum_store']}"}, stored
+    return row, stored
+
+
+def _mark_verified(directory: Path, box: Box, row: dict) -> None:
+    """A verified block's marker (made durable once for its shard, by the caller)."""
+    markers.write_marker(directory, box, {"checksum": row["checksum_store"], "verified_at": time.time()},
+                         durable=False)
+
+
+def _seal(directory: Path, shard: Shard, marked: int) -> None:
+    if not markers.seal_shard(directory, shard) and marked:  # sealing flushes the markers itself
+        markers.flush_filesystem(directory)
 
 
 def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, resume: bool,
@@ -109,23 +145,124 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
     store = store or LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
     directory = markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)
     done = markers.marked_in_shard(directory, shard) if resume else set()
+    edits = read_edits(cp.markers_dir)
     rows, marked = [], 0
     with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork
         for i, box in enumerate(shard.blocks, start=1):
             if box in done:
                 rows.append(_row(cp, shard, level, box, OK_EARLIER))
             else:
-                row = verify_block(plan, cp, store, shard, box, level=level, pool=pool)
+                row = verify_block(plan, cp, store, shard, box, level=level, pool=pool, edits=edits)
                 rows.append(row)
-                if resume and row["status"] == OK:  # made durable below, once for the shard
-                    markers.write_marker(directory, box, {"checksum": row["checksum_store"],
-                                                          "verified_at": time.time()}, durable=False)
+                if resume and row["status"] in (OK, EDITED):
+                    _mark_verified(directory, box, row)
                     marked += 1
             if progress:
                 progress(i, len(shard.blocks))
-    if resume and not markers.seal_shard(directory, shard) and marked:  # sealing flushes the markers itself
-        markers.flush_filesystem(directory)
+    if resume:
+        _seal(directory, shard, marked)
     return rows
+
+
+def nested_children(plan: Plan, cp: ChannelPlan) -> dict[Box, list[Box]] | None:
+    """Each level-1 block's level-0 blocks, when those tile its children box exactly (the
+    block grids nest: true unless an offset or a block size is odd on a halved axis);
+    None when some level-0 block would feed two level-1 blocks."""
+    lv0, lv1 = cp.levels[0], cp.levels[1]
+    f = factors(plan.spec.dataset.scaling_option)
+    size1 = block_shape(lv1.chunk, plan.spec.ingest.block_chunks)
+    origin = lv1.extent.begin
+    parents = {b.begin: b for s in lv1.shards if s.t == 0 for b in s.blocks}
+    children: dict[Box, list[Box]] = {b: [] for b in parents.values()}
+    for s in lv0.shards:
+        if s.t != 0:
+            continue
+        for b in s.blocks:
+            image = Vec3(*(v // fa for v, fa in zip(b.begin, f)))
+            parent = parents.get(Vec3(*(o + (v - o) // n * n for v, o, n in zip(image, origin, size1))))
+            if parent is None or not children_box(plan, cp, 1, parent).contains(b):
+                return None
+            children[parent].append(b)
+    if any(sum(b.shape.volume for b in kids) != children_box(plan, cp, 1, parent).shape.volume
+           for parent, kids in children.items()):
+        return None
+    return children
+
+
+def verify_levels_0_and_1(plan: Plan, cp: ChannelPlan, children: dict[Box, list[Box]], *, resume: bool,
+                          store: LocalStore, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Levels 0 and 1 in one pass over level 0: each level-1 block after its level-0
+    blocks, each of those read once from the store, compared with the source, and put in
+    place in the children the level-1 block is then checked against (built from the very
+    voxels just verified). Without it verify reads level 0 twice, its costliest part of a
+    pyramid. Rows in `verify_shard`'s order, level 0 first."""
+    lv0, lv1 = cp.levels[0], cp.levels[1]
+    shard_of = {(s.t, b): s for s in lv0.shards for b in s.blocks}
+    edits = read_edits(cp.markers_dir)
+    done: dict[tuple[int, int], set[Box]] = {}
+    marked: dict[tuple[int, int], int] = {}
+    rows: dict[tuple[int, int, Box], dict] = {}
+
+    def directory(level: int, shard: Shard):
+        return markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)
+
+    def earlier(level: int, shard: Shard, box: Box) -> bool:
+        if not resume:
+            return False
+        if (level, shard.index) not in done:
+            done[(level, shard.index)] = markers.marked_in_shard(directory(level, shard), shard)
+        return box in done[(level, shard.index)]
+
+    def record(level: int, shard: Shard, box: Box, row: dict) -> None:
+        rows[(level, shard.index, box)] = row
+        if resume and row["status"] in (OK, EDITED):
+            _mark_verified(directory(level, shard), box, row)
+            marked[(level, shard.index)] = marked.get((level, shard.index), 0) + 1
+        if progress:
+            progress(1)
+
+    with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork
+        for s1 in lv1.shards:
+            for box1 in s1.blocks:
+                parent_earlier = earlier(1, s1, box1)
+                have = children_box(plan, cp, 1, box1)
+                complete = not parent_earlier  # the children can still be put together
+                voxels: np.ndarray | None = None
+                for box0 in children[box1]:
+                    s0 = shard_of[(s1.t, box0)]
+                    if earlier(0, s0, box0):
+                        record(0, s0, box0, _row(cp, s0, 0, box0, OK_EARLIER))
+                        stored = _read_or_none(store, cp, s0.t, box0) if complete else None
+                    else:
+                        row, stored = _verify_block(plan, cp, store, s0, box0, level=0, pool=pool, edits=edits)
+                        record(0, s0, box0, row)
+                    if complete and stored is None:
+                        complete, voxels = False, None
+                    if complete:
+                        if voxels is None:
+                            voxels = np.empty(have.shape[::-1], dtype=stored.dtype)
+                        voxels[box0.shift(-have.begin).to_zyx_slices()] = stored
+                    del stored
+                if parent_earlier:
+                    record(1, s1, box1, _row(cp, s1, 1, box1, OK_EARLIER))
+                else:
+                    record(1, s1, box1, _verify_block(plan, cp, store, s1, box1, level=1, pool=pool, edits=edits,
+                                                      children=voxels if complete else None)[0])
+                del voxels
+    if resume:
+        for lv in (lv0, lv1):
+            for s in lv.shards:
+                _seal(directory(lv.level, s), s, marked.get((lv.level, s.index), 0))
+    return [rows[(lv.level, s.index, b)] for lv in (lv0, lv1) for s in lv.shards for b in s.blocks]
+
+
+def _read_or_none(store: LocalStore, cp: ChannelPlan, t: int, box: Box) -> np.ndarray | None:
+    """A block verified earlier, read for the level above it; None if it cannot be read
+    (the level above then reads its children itself, and reports what fails)."""
+    try:
+        return store.read(cp.ref(t), 0, box)
+    except NdingestError:
+        return None
 
 
 def write_report(plan: Plan, rows: list[dict]) -> Path:
@@ -142,7 +279,7 @@ def write_report(plan: Plan, rows: list[dict]) -> Path:
 
 
 def raise_on_mismatch(rows: list[dict], report: Path) -> None:
-    bad = [r for r in rows if r["status"] not in (OK, OK_EARLIER)]
+    bad = [r for r in rows if r["status"] not in (OK, OK_EARLIER, EDITED)]
     if bad:
         named = "; ".join(f"{r['channel']} t{r['t']} level{r['level']} {r['block']}: {r['status']}" for r in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
@@ -154,7 +291,10 @@ def verify_plan(plan: Plan, *, resume: bool, progress: Callable[[int], None] | N
     rows: list[dict] = []
     store = LocalStore(plan.store.path)  # a fresh reader, not the writer's handles
     for cp in plan.channels.values():
-        for lv in cp.levels:
+        children = nested_children(plan, cp) if len(cp.levels) > 1 else None
+        if children is not None:
+            rows += verify_levels_0_and_1(plan, cp, children, resume=resume, store=store, progress=progress)
+        for lv in cp.levels[2 if children is not None else 0:]:
             for shard in lv.shards:
                 before = len(rows)
                 rows += verify_shard(plan, cp, shard, level=lv.level, resume=resume, store=store)

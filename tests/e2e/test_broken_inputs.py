@@ -1,15 +1,22 @@
-"""A corpus of broken sources: each one refused with one clear line, exit 3, store untouched.
+"""A corpus of broken sources: each one refused with one clear line, exit 3.
 
 Every broken file is written here with its format's own library (h5py, tifffile, zarr)
 or by hand, then given to `ndingest inspect FILE` and to `ndingest ingest SPEC`, where
 SPEC is a second spec (another dataset and project) pointed at a store that already holds
 a good ingest. The contract (DESIGN.md, CLI): one line on stderr starting
-`ndingest: error: ` that names the file, no traceback, exit 3 (bad source), and the store
-exactly as it was: no file or folder added, none replaced or modified (catalog.sqlite
-included).
+`ndingest: error: ` that names the file, no traceback, exit 3 (bad source).
+
+What headers tell (every file's and page's, checked before anything is written) leaves
+the store exactly as it was: no file or folder added, none replaced or modified
+(catalog.sqlite included). What only the voxels tell (a corrupt chunk) is found by the
+write, the one pass over the source before verify (issue 16: no pass of its own for the
+window range): the run stops at that block with nothing of it marked, the good ingest
+untouched, and once the file is mended the same command finishes.
 """
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,7 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+from cloudvolume import CloudVolume
 
 from conftest import run_cli, snapshot, write_h5, write_spec
 
@@ -251,11 +259,29 @@ CORPUS = {
     "hdf5-fixed-strings": hdf5_strings_fixed,
     "tiff-stack-empty-page": tiff_stack_empty_page,
     "tiff-stack-truncated-page": tiff_stack_truncated_page,
-    "hdf5-corrupt-chunk": hdf5_corrupt_chunk,
-    "zarr-corrupt-chunk": zarr_corrupt_chunk,
     "zarr-empty-folder": zarr_empty_folder,
     "n5-claims-1e12-no-block": n5_claims_1e12,
 }
+
+
+# Headers whole, voxels not: only reading them tells. Each with how to mend the file.
+CORRUPT_DATA = {
+    "hdf5-corrupt-chunk": hdf5_corrupt_chunk,
+    "zarr-corrupt-chunk": zarr_corrupt_chunk,
+}
+
+
+def mend(broken: Broken) -> np.ndarray:
+    """Write the broken source again whole (new voxels, same shape); returns them (z, y, x)."""
+    data = np.random.default_rng(9).integers(1, 65535, size=(20, 30, 40), dtype=np.uint16)
+    if broken.source.endswith(".zarr"):
+        import zarr
+
+        zarr.open_array(broken.source, mode="r+")[...] = data
+    else:
+        with h5py.File(broken.source, "w") as f:
+            f.create_dataset("image/CUTOUT", data=data, chunks=(8, 8, 8), compression="gzip")
+    return data
 
 
 def run(*args: str):
@@ -305,7 +331,7 @@ def good_store(tmp_path) -> Path:
     return good / "store"
 
 
-@pytest.mark.parametrize("make", CORPUS.values(), ids=CORPUS.keys())
+@pytest.mark.parametrize("make", [*CORPUS.values(), *CORRUPT_DATA.values()], ids=[*CORPUS, *CORRUPT_DATA])
 def test_inspect_refuses_the_file(tmp_path, make):
     broken = make(tmp_path)
     assert_refused(run("inspect", broken.source), broken)
@@ -321,6 +347,43 @@ def test_ingest_refuses_the_file_and_leaves_the_store_as_it_was(tmp_path, good_s
     spec = write_spec(bad, image=broken.source, dataset="broken_ds", project="broken_pr", store=str(good_store))
     assert_refused(run("ingest", str(spec)), broken)
     assert_unchanged(good_store, before)
+
+
+def catalog_rows(store: Path) -> dict[str, list[tuple]]:
+    db = sqlite3.connect(store / "catalog.sqlite")
+    try:
+        return {table: sorted(db.execute(f"select * from {table}").fetchall())
+                for table in ("datasets", "projects", "tokens", "channels")}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("make", CORRUPT_DATA.values(), ids=CORRUPT_DATA.keys())
+def test_ingest_stops_at_a_corrupt_chunk_marks_nothing_of_it_and_finishes_once_mended(tmp_path, good_store, make):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    broken = make(bad)
+    files, _ = tree(good_store)
+    good_rows = catalog_rows(good_store)
+    spec = write_spec(bad, image=broken.source, dataset="broken_ds", project="broken_pr", store=str(good_store))
+    assert_refused(run("ingest", str(spec)), broken)
+
+    now, _ = tree(good_store)
+    touched = sorted(p for p in files if p != "catalog.sqlite" and now.get(p) != files[p])
+    assert not touched, f"the refused ingest changed the good ingest's files: {touched}"
+    rows = catalog_rows(good_store)
+    assert all(set(good_rows[t]) <= set(rows[t]) for t in good_rows), "the good ingest's catalog rows changed"
+    assert not [p for p in now if "broken_pr/image/" in p and "/written/" in p], "a block of the bad source was marked"
+    status = json.loads(run("status", str(spec), "--json").stdout)
+    assert status["channels"]["image"]["done"] == 0
+
+    data = mend(broken)
+    result = run("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    stored = CloudVolume(f"file://{good_store}/broken_ds/broken_pr/image", mip=0, parallel=1, progress=False,
+                         fill_missing=False)
+    assert np.array_equal(np.asarray(stored[:, :, :])[..., 0].T, data)
+    assert all(set(good_rows[t]) <= set(catalog_rows(good_store)[t]) for t in good_rows)
 
 
 @pytest.mark.parametrize("dtype", ["int16", "float64"])

@@ -1,0 +1,116 @@
+"""The record of cutout POSTs, so `verify` tells edited blocks from corrupt ones.
+
+Layout, beside the channel's ingest markers (`markers.channel_dir`)::
+
+    STORE/_markers/DATASET/PROJECT/CHANNEL/edits/
+        {time_ns}-{pid}-{random}.json     one per accepted POST: boxes, time points, key id
+        latest                            the name of the newest record (a stamp a level
+                                          rebuild compares, to notice POSTs made meanwhile)
+
+A record is written after the POST's voxels and before the server answers, so every voxel
+a client changed is covered by some record (a record of a POST that failed half-way only
+over-reports). Records name a key by its id (the first 8 hex digits of its SHA-256), never
+by the key.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .blocks import Box, Vec3
+from .errors import StoreError
+from .markers import atomic_write, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+EDITS = "edits"
+LATEST = "latest"
+SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One accepted POST: level-0 `boxes` (absolute, exact), at time points `times` (None
+    for a channel that is not a time series), when (seconds since the epoch), by which key."""
+
+    boxes: tuple[Box, ...]
+    times: tuple[int, ...] | None
+    when: float
+    key_id: str | None
+    mode: str
+    level: int = 0
+
+    def touches(self, box: Box, *, level: int, factors: Vec3, t: int | None = None) -> bool:
+        """Whether this edit changed any voxel of `box` at `level` (of time point `t`):
+        its level-0 boxes are projected up the way levels are built (floor of the begin,
+        ceil of the end per halved axis), so a rebuilt upper level counts as edited too."""
+        if self.times is not None and t is not None and t not in self.times:
+            return False
+        if level < self.level:
+            return False
+        scale = [f ** (level - self.level) for f in factors]
+        for edited in self.boxes:
+            lo = Vec3(*(b // s for b, s in zip(edited.begin, scale)))
+            hi = Vec3(*(-(-e // s) for e, s in zip(edited.end, scale)))
+            if not Box(lo, hi).intersect(box).is_empty:
+                return True
+        return False
+
+
+def edits_dir(channel_markers: Path) -> Path:
+    return Path(channel_markers) / EDITS
+
+
+def record_edit(channel_markers: Path, boxes: list[Box], *, key_id: str | None, when: float | None = None,
+                times: list[int] | None = None, mode: str = "overwrite", durable: bool = False) -> Path:
+    """Write one edit record and point `latest` at it; returns the record's path.
+
+    `durable=False` leaves the fsync to the caller's one flush per POST (with the voxels)."""
+    when = time.time() if when is None else when
+    name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+    path = edits_dir(channel_markers) / f"{name}{SUFFIX}"
+    write_json(path, {
+        "boxes": [b.to_key() for b in boxes], "times": list(times) if times is not None else None,
+        "when": when, "key": key_id, "mode": mode, "level": 0,
+    }, durable=durable)
+    atomic_write(edits_dir(channel_markers) / LATEST, name.encode(), durable=durable)
+    logger.info("edit %s: %d box(es) by key %s", name, len(boxes), key_id or "(none)")
+    return path
+
+
+def latest_edit(channel_markers: Path) -> str | None:
+    """The name of the newest record, or None before the first POST."""
+    try:
+        return (edits_dir(channel_markers) / LATEST).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"{edits_dir(channel_markers) / LATEST}: unreadable: {exc.strerror or exc}") from exc
+
+
+def read_edits(channel_markers: Path) -> list[Edit]:
+    """Every edit of one channel, oldest first (one listing, one small read per POST)."""
+    folder = edits_dir(channel_markers)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(SUFFIX) and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        record = read_json(folder / name)
+        if record is None:  # removed meanwhile
+            continue
+        try:
+            out.append(Edit(
+                boxes=tuple(Box.from_key(k) for k in record["boxes"]),
+                times=tuple(int(t) for t in record["times"]) if record.get("times") is not None else None,
+                when=float(record["when"]), key_id=record.get("key"), mode=str(record.get("mode", "overwrite")),
+                level=int(record.get("level", 0)),
+            ))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{folder / name}: not an edit record: {exc}") from exc
+    return out
