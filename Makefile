@@ -15,6 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,view]"
+	$(PY) -m pip install --quiet --no-deps ndio==1.1.6
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,6 +30,9 @@ demo: $(STAMP)
 	$(VENV)/bin/ndingest slice $(DEMO)/kasthuri11_scale3.toml annotation xy 1100 -o $(DEMO)/annotation_xy_1100.png
 	@echo "store: $(abspath $(DEMO))/store  (open a channel with CloudVolume: file://$(abspath $(DEMO))/store/neurostorm_kat11_scale3/kat11_scale3/image)"
 	@echo "slices: $(DEMO)/image_xy_1100.png $(DEMO)/annotation_xy_1100.png; browse it: $(VENV)/bin/ndingest view $(DEMO)/kasthuri11_scale3.toml"
+	@echo "serve it: $(VENV)/bin/ndingest serve --store $(DEMO)/store   (then, the tutorial's own URLs:)"
+	@echo "  http://127.0.0.1:8080/ocp/ca/kat11_scale3/image/hdf5/0/1000,1300/2000,2200/1000,1200/"
+	@echo "  http://127.0.0.1:8080/ocp/ca/kat11_scale3/image/xy/0/1000,1300/2000,2200/1100/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

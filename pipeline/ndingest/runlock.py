@@ -15,20 +15,37 @@ from typing import Iterator
 from .errors import AlreadyRunning, StoreError
 
 
+def _open_lock(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create lock: {exc.strerror}") from exc
+
+
+def try_lock(path: Path) -> int | None:
+    """An fd holding the exclusive flock on `path` (close it to let go), or None while
+    another process or thread holds it. The kernel drops it with the process."""
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextmanager
 def run_lock(path: Path) -> Iterator[None]:
     """One local-scheduler run per store and spec: an flock the kernel drops with the process."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create lock: {exc.strerror}") from exc
-    try:
+    fd = try_lock(path)
+    if fd is None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise AlreadyRunning(f"already running on this store and spec (pid {holder}); lock {path}") from None
+            holder = path.read_text(errors="replace").strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise AlreadyRunning(f"already running on this store and spec (pid {holder}); lock {path}")
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

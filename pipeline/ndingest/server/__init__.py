@@ -1,0 +1,116 @@
+"""`ndingest serve`: an ndstore-compatible HTTP server over a local store (Starlette, uvicorn).
+
+Modules:
+- `context`: the store, its catalog, the key ring and channel lookups every route uses;
+  `nd_routes` mounts a route under both ndstore prefixes (`/nd/sd/`, `/ocp/ca/`).
+- `reads`: project info, public tokens and datasets, cutout GETs, PNG slices.
+- `precomputed`: each channel's precomputed files over HTTP, with CORS and Range.
+- `page`: `GET /`, an HTML overview with thumbnails and neuroglancer links.
+- `formats`, `keys`, `writes`, `resources`, `propagate`: cutout encodings, the API keys,
+  cutout POSTs (each recorded by `ndingest.edits`, which `verify` reads), the resource
+  API, level rebuilds.
+
+Starlette and uvicorn are imported only by this package, which only `serve` imports. Every
+`RequestError` becomes its status with one text/plain line; a bug is a 500 with one
+generic line, its traceback only in the server's log.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import socket
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+
+from ..errors import CatalogConflict, RequestError, SpecError
+from .context import ServerContext
+from .precomputed import Cors
+
+logger = logging.getLogger(__name__)
+
+# each module's `routes(ctx)`, in this order: reads, precomputed and page first, then the write side
+ROUTE_MODULES = ("reads", "precomputed", "page", "writes", "resources", "autoingest")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) + "\n"
+
+
+async def _request_error(request: Request, exc: Exception) -> PlainTextResponse:
+    status = getattr(exc, "status", 400)
+    headers = {"WWW-Authenticate": "Token"} if status == 401 else None
+    return PlainTextResponse(_one_line(str(exc)), status_code=status, headers=headers)
+
+
+async def _conflict(request: Request, exc: Exception) -> PlainTextResponse:
+    return PlainTextResponse(_one_line(str(exc)), status_code=409)
+
+
+async def _bad_request(request: Request, exc: Exception) -> PlainTextResponse:
+    return PlainTextResponse(_one_line(str(exc)), status_code=400)
+
+
+async def _internal(request: Request, exc: Exception) -> PlainTextResponse:
+    # no traceback here: Starlette raises the exception on after this answer, and uvicorn logs it
+    logger.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    return PlainTextResponse("internal server error; the server's log has the details\n", status_code=500)
+
+
+def create_app(store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30) -> Starlette:
+    """The app over `store` (which may be empty: the catalog is looked up per request)."""
+    ctx = ServerContext.open(Path(store), api_keys=api_keys, max_body=max_body)
+    modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
+    routes = [route for module in modules for route in module.routes(ctx)]
+    app = Starlette(routes=routes, middleware=[Middleware(Cors)], exception_handlers={
+        RequestError: _request_error,
+        CatalogConflict: _conflict,
+        SpecError: _bad_request,  # BadBox included
+        Exception: _internal,
+    })
+    app.router.redirect_slashes = False  # routes take both forms; a redirected POST would lose its body
+    app.state.ctx = ctx
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The app for a shared server under uvicorn's own CLI, e.g.
+    `uvicorn ndingest.server:app_from_env --factory --workers 4`: the store from
+    NDINGEST_STORE, the keys file from NDINGEST_API_KEYS (unset: writes are open). Safe with
+    several workers: writes lock per chunk across processes (see writes)."""
+    import os
+
+    store = os.environ.get("NDINGEST_STORE", "")
+    if not store or not Path(store).is_dir():
+        raise SpecError(f"NDINGEST_STORE={store!r}: set it to the store's folder")
+    keys = os.environ.get("NDINGEST_API_KEYS") or None
+    return create_app(Path(store), api_keys=Path(keys) if keys else None)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The socket `serve` listens on, bound before uvicorn starts, so an address in use or
+    not this host's is one SpecError line (exit 2), not uvicorn's log and exit 1."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise SpecError(f"--host {host}: {exc.strerror}") from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SpecError(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}") from exc
+    return sock
+
+
+def run(app: Starlette, sock: socket.socket, *, debug: bool = False) -> None:
+    """Serve `app` on the bound `sock` with uvicorn until interrupted (one process: see writes)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="debug" if debug else "warning")
+    uvicorn.Server(config).run(sockets=[sock])

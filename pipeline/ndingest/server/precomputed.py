@@ -1,0 +1,110 @@
+"""Each channel's neuroglancer-precomputed files over HTTP, as they lie in the store.
+
+    /precomputed/DATASET/PROJECT/CHANNEL/info              a channel's info
+    /precomputed/DATASET/PROJECT/CHANNEL/<scale>/<chunk>   its chunk (or shard) files
+    /precomputed/DATASET/PROJECT/CHANNEL/tN/...            time point N of a time series:
+                                                            each is a volume of its own,
+                                                            so `precomputed://…/CHANNEL/t0`
+
+so `precomputed://http://HOST:PORT/precomputed/DATASET/PROJECT/CHANNEL` opens in
+neuroglancer and CloudVolume. `Range` requests are answered 206 (sharded volumes are read by
+byte range; Starlette's FileResponse does the ranges, 416 when unsatisfiable), and every
+answer carries CORS headers (`Cors`, preflights included). A missing chunk is a 404, which
+both readers take as fill.
+
+Only files inside that channel's folder are ever served: a path with `..`, `.` or empty
+parts (percent-encoded or not: the server decodes before routing), a hidden name, or one
+that resolves (through symlinks) outside the folder is a 404, so the catalog, the markers
+and the keys file stay private. The channel must be in the catalog, and with a key file a
+project without a public token needs `Authorization: Token <key>` here as on its cutouts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import NotFound
+from ..targets import VolumeRef
+from .context import ServerContext
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/precomputed/"
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Content-Range, Content-Length, Accept-Ranges, ETag, Last-Modified",
+}
+PREFLIGHT_HEADERS = {
+    **CORS_HEADERS,
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "Range, If-Range, Authorization, Content-Type, Cache-Control",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+class Cors:
+    """CORS for everything under `/precomputed/`: headers on every answer (errors too),
+    and OPTIONS preflights answered here, before routing (they need no channel)."""
+
+    def __init__(self, app: ASGIApp, prefix: str = PREFIX):
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in Headers(scope=scope):
+            await Response(status_code=204, headers=PREFLIGHT_HEADERS)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in CORS_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def safe_parts(path: str) -> list[str]:
+    """The parts of a request path inside a channel folder; NotFound for anything that
+    could step out of it or name a hidden file (`..`, `.`, empty parts, NUL, backslash)."""
+    parts = path.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or part.startswith(".") or "\\" in part or "\x00" in part:
+            raise NotFound("no such file")
+    return parts
+
+
+def channel_file(ctx: ServerContext, dataset: str, project: str, channel: str, path: str) -> Path:
+    """The file `path` names inside a catalogued channel's folder, checked after resolving
+    symlinks; NotFound otherwise (also for folders)."""
+    ctx.channel_by_path(dataset, project, channel)
+    parts = safe_parts(path)
+    folder = ctx.volume_dir(VolumeRef(dataset, project, channel))
+    root = os.path.realpath(folder)
+    target = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
+        raise NotFound("no such file")
+    return Path(target)
+
+
+def routes(ctx: ServerContext) -> list:
+    def serve_file(request: Request) -> Response:
+        p = request.path_params
+        target = channel_file(ctx, p["dataset"], p["project"], p["channel"], p["path"])
+        if not ctx.project_is_public(p["project"]):
+            ctx.require_key(request)  # a private project's files need a key, when keys are configured
+        media_type = "application/json" if target.name == "info" else "application/octet-stream"
+        return FileResponse(target, media_type=media_type)
+
+    return [Route("/precomputed/{dataset}/{project}/{channel}/{path:path}", serve_file, methods=["GET", "HEAD"])]

@@ -1,0 +1,221 @@
+"""Cutout POSTs: ndstore's write semantics over the precomputed volumes, safe under
+concurrent requests, threads and `uvicorn --workers` processes.
+
+    POST {token}/{channel}/{fmt}/0/{x0},{x1}/{y0},{y1}/{z0},{z1}/[{t0},{t1}/][?mode=replace]
+
+- Writes go to level 0 only, ndstore's base resolution; the levels above are rebuilt from
+  it by `setPropagate/1/` (until then `propagate` is 0: stale). Another level is a 400.
+- An image (or time-series) POST overwrites the box. An annotation POST overwrites only
+  where the posted labels are non-zero (ndstore's rule: a zero means "no label here").
+  `?mode=replace` writes every voxel, zeros included, for annotations too: the pipeline's
+  own ingest into a server uses it, so a rerun can also erase labels. Like every write it
+  needs a key when the server has keys.
+- Body limit (the app's `max_body`): a Content-Length past it is a 413 before a byte is
+  read, and a body that grows past it while streaming is cut off with a 413. The box's
+  voxels count against it too, so a small compressed body cannot inflate past it.
+- Two POSTs that touch one chunk never interleave: each takes an `flock` on the chunk's
+  lock stripe (files under the channel's markers folder, taken in sorted order so two
+  requests never wait on each other) around its read-modify-write. flock works between
+  threads (one open file each) and between processes; tensorstore keeps no cache here
+  (`cache_pool` 0), so every read-modify-write starts from what is on disk.
+- After the voxels: an edit record (`edits.record_edit`), one flush of the store's file
+  system, then `propagate` 0, then 200. `GET {token}/{channel}/edits/` (not ndstore's)
+  lists the records as JSON, for a `verify` of a store behind a server.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import zlib
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from ..blocks import Box, Vec3
+from ..errors import BodyTooLarge, Forbidden, RequestError, StoreError
+from ..markers import channel_dir, flush_filesystem
+from . import formats
+from .context import ChannelView, ServerContext, nd_routes
+from ..edits import Edit, read_edits, record_edit
+
+logger = logging.getLogger(__name__)
+
+MODES = ("overwrite", "replace")
+LOCK_STRIPES = 1024  # lock files per channel: bounded, however many chunks a volume has
+WRITE_LEVEL = 0
+
+
+# --- where a channel's bookkeeping lives -------------------------------------------------------
+def channel_markers(ctx: ServerContext, channel: ChannelView) -> Path:
+    return channel_dir(ctx.store, channel.token.dataset_name, channel.token.project_name, channel.name)
+
+
+# --- chunk locks -------------------------------------------------------------------------------
+def lock_stripes(boxes: list[tuple[int | None, Box]], *, chunk: Vec3, within: Box) -> list[int]:
+    """The sorted lock stripes of every chunk the boxes touch (per time point): a fixed
+    order, so two requests that share chunks take their locks in the same order."""
+    stripes = set()
+    for t, box in boxes:
+        for cell in box.chunks(chunk, within):
+            stripes.add(zlib.crc32(f"{t}/{cell.to_key()}".encode()) % LOCK_STRIPES)
+    return sorted(stripes)
+
+
+@contextmanager
+def flocked(folder: Path, stripes: list[int]) -> Iterator[None]:
+    """Hold an exclusive flock on each stripe's lock file, taken in the given (sorted) order."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{folder}: cannot make the lock folder: {exc.strerror or exc}") from exc
+    with ExitStack() as stack:
+        for stripe in stripes:
+            path = folder / f"{stripe:04d}.lock"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot open lock file: {exc.strerror or exc}") from exc
+            stack.callback(os.close, fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, fd, fcntl.LOCK_UN)
+        yield
+
+
+# --- the write itself ----------------------------------------------------------------------------
+def keeps_old_labels(channel_type: str, mode: str) -> bool:
+    """ndstore's annotation rule: a zero in a POST means "no label here", so the stored
+    label stays (unless `mode` is replace); images take every posted voxel."""
+    return channel_type == "annotation" and mode != "replace"
+
+
+def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: range, array: np.ndarray,
+                 mode: str, key_id: str | None) -> None:
+    """Write one decoded POST (`array` (z, y, x), or (t, z, y, x) for a time series) under
+    the chunk locks, record the edit, flush, and mark the levels above stale."""
+    from .propagate import mark_stale
+
+    handles = ctx.handles
+    level = channel.levels[WRITE_LEVEL]
+    per_time = [(t if channel.is_timeseries else None, array[i] if channel.is_timeseries else array)
+                for i, t in enumerate(times)]
+    stripes = lock_stripes([(t, box) for t, _ in per_time], chunk=level.chunk, within=level.extent)
+    markers = channel_markers(ctx, channel)
+    with flocked(markers / "locks" / f"level{WRITE_LEVEL}", stripes):
+        for t, voxels in per_time:
+            ref = channel.ref(t)
+            if keeps_old_labels(channel.channel_type, mode):
+                voxels = np.where(voxels != 0, voxels, handles.read(ref, WRITE_LEVEL, box))
+            handles.write(ref, WRITE_LEVEL, box, voxels)
+    record_edit(markers, [box], key_id=key_id, times=list(times) if channel.is_timeseries else None, mode=mode)
+    flush_filesystem(ctx.store)
+    mark_stale(ctx, channel)
+
+
+# --- the request's edge --------------------------------------------------------------------------
+def declared_length(request: Request, limit: int) -> int | None:
+    """The Content-Length, refused (413) past `limit` before any of the body is read."""
+    text = request.headers.get("content-length")
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise RequestError(f"Content-Length {text!r} is not a number of bytes")
+    length = int(text)
+    if length > limit:
+        raise BodyTooLarge(f"body of {length} bytes is larger than this server's limit of {limit} bytes; "
+                           f"post smaller boxes")
+    return length
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, counted while it streams: past `limit` it is a 413 at once."""
+    declared_length(request, limit)
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise BodyTooLarge(f"body grew past this server's limit of {limit} bytes; post smaller boxes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def check_decoded_size(shape: tuple[int, ...], datatype: str, limit: int) -> None:
+    """The voxels a POST's box holds count against the same limit as its body: a small
+    compressed body must not make the server allocate gigabytes (413 before reading it)."""
+    nbytes = int(np.prod(shape)) * np.dtype(datatype).itemsize
+    if nbytes > limit:
+        raise BodyTooLarge(f"the box holds {nbytes} bytes of voxels, more than this server's limit of {limit} "
+                           f"bytes; post smaller boxes")
+
+
+def parse_mode(request: Request) -> str:
+    mode = request.query_params.get("mode", "overwrite")
+    if mode not in MODES:
+        raise RequestError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def writable_channel(ctx: ServerContext, token_name: str, channel_name: str) -> ChannelView:
+    """The channel a POST writes; 404 if unknown, 403 if readonly."""
+    channel = ctx.channel(ctx.token(token_name), channel_name)
+    if channel.readonly:
+        raise Forbidden(f"channel {channel.name!r} is readonly")
+    return channel
+
+
+def parse_target(channel: ChannelView, p: dict) -> tuple[Box, range]:
+    """The POST's level-0 box and time points; 400 for another level or bad coordinates."""
+    level = channel.level(p["res"]).level
+    if level != WRITE_LEVEL:
+        raise RequestError(f"cutouts are posted at resolution {WRITE_LEVEL} (the base level); level {level} "
+                           f"is rebuilt from it by setPropagate/1/")
+    return channel.parse_box(p["x"], p["y"], p["z"], WRITE_LEVEL), channel.parse_times(p.get("t"))
+
+
+def routes(ctx: ServerContext) -> list:
+    from . import propagate
+
+    async def post_cutout(request: Request) -> Response:
+        p = request.path_params
+        key_id = ctx.require_key(request)
+        fmt = formats.check_format(p["fmt"])
+        mode = parse_mode(request)
+        declared_length(request, ctx.max_body)
+        channel = await run_in_threadpool(writable_channel, ctx, p["token"], p["channel"])
+        box, times = parse_target(channel, p)
+        shape = (len(times), *reversed(box.shape)) if channel.is_timeseries else tuple(reversed(box.shape))
+        check_decoded_size(shape, channel.datatype, ctx.max_body)
+        body = await read_body(request, ctx.max_body)
+
+        def decode_and_write() -> None:
+            array = formats.decode(fmt, body, datatype=channel.datatype, shape=shape, channel=channel.name)
+            write_cutout(ctx, channel, box=box, times=times, array=array, mode=mode, key_id=key_id)
+
+        await run_in_threadpool(decode_and_write)
+        return PlainTextResponse(f"wrote {box} of {channel.name}\n")
+
+    def list_edits(request: Request) -> Response:
+        """Not ndstore's: the channel's edit records, for a `verify` of a remote store."""
+        token = ctx.token(request.path_params["token"])
+        ctx.check_read(token, request)
+        channel = ctx.channel(token, request.path_params["channel"])
+        return JSONResponse([edit_json(e) for e in read_edits(channel_markers(ctx, channel))])
+
+    cut = "{token}/{channel}/{fmt}/{res}/{x}/{y}/{z}/"
+    return [
+        *nd_routes(cut, post_cutout, methods=("POST",)),
+        *nd_routes(cut + "{t}/", post_cutout, methods=("POST",)),
+        *nd_routes("{token}/{channel}/edits/", list_edits),
+        *propagate.routes(ctx),
+    ]
+
+
+def edit_json(edit: Edit) -> dict:
+    """An edit record as `GET {token}/{channel}/edits/` lists it (the record file's fields)."""
+    return {"boxes": [b.to_key() for b in edit.boxes], "times": list(edit.times) if edit.times is not None else None,
+            "when": edit.when, "key": edit.key_id, "mode": edit.mode, "level": edit.level}

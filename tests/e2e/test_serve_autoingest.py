@@ -1,0 +1,238 @@
+"""`POST autoIngest/` against a real `ndingest serve` on 127.0.0.1, with sources on a local
+`http.server` thread (127.0.0.1) and `file://` URLs: the ingest runs in the background and
+`GET autoIngest/{project}/` (ours) says when it is done.
+
+ndio's `NDIngest.__init__` downloads three JSON schemas from GitHub and then never uses
+them (their checks are commented out in ndio 1.1.6), so the test makes the object without
+running `__init__`; everything else — `add_dataset`, `add_project`, `add_channel`,
+`nd_json`, `post_data` — is ndio's own code, unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import io
+import threading
+import time
+import zlib
+from importlib import import_module
+
+import numpy as np
+import pytest
+import requests
+import tifffile
+from ndio.remote.ndingest import NDIngest
+
+from conftest import write_h5
+from serving import HOST, free_port, serving
+
+neurodata_module = import_module("ndio.remote.neurodata")
+
+KEY = "autoingest-test-key"
+SHAPE = (12, 48, 40)        # z, y, x of the TIFF stack
+OFFSET = (0, 0, 5)          # x, y, z: slices 0005.tif .. 0016.tif, as ndstore numbers them
+POLL_TIMEOUT = 60.0         # s; a job of this size is done in a few
+
+
+@pytest.fixture(autouse=True)
+def ndio_geturl(monkeypatch):
+    """The module-level getURL ndio calls but never defines (see test_serve_ndio.py)."""
+    def get_url(url, token=""):
+        return requests.get(url, headers={"Authorization": f"Token {token}"}, timeout=60)
+    monkeypatch.setattr(neurodata_module, "getURL", get_url, raising=False)
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    """A folder over HTTP; a path under `slow/` waits for `gate` first (a job kept running)."""
+
+    gate = threading.Event()
+
+    def do_GET(self):
+        if "/slow/" in self.path:
+            self.gate.wait(30)
+        super().do_GET()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """(base URL, folder) of a ThreadingHTTPServer on 127.0.0.1 over a folder of sources."""
+    folder = tmp_path_factory.mktemp("autoingest-sources")
+    server = http.server.ThreadingHTTPServer((HOST, free_port()), functools.partial(Files, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{HOST}:{server.server_address[1]}", folder
+    Files.gate.set()
+    server.shutdown()
+    server.server_close()
+
+
+def tiff_stack(folder, token: str, channel: str, seed: int):
+    """ndstore's SLICE layout: {data_url}/{token}/{channel}/{z:04d}.tif from the z offset on."""
+    data = np.random.default_rng(seed).integers(0, 256, SHAPE, dtype=np.uint8)
+    for i, page in enumerate(data):
+        path = folder / token / channel / f"{OFFSET[2] + i:04d}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, page)
+    return data
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve-autoingest") / "store"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def url(store):
+    with serving(store) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def keyed_url(store, url, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("autoingest-keys") / "keys.txt"
+    keys.write_text(f"{KEY}\n")
+    with serving(store, api_keys=keys) as server:
+        yield server.url
+
+
+def status(base: str, project: str, headers=None) -> requests.Response:
+    return requests.get(f"{base}/nd/sd/autoIngest/{project}/", headers=headers, timeout=30)
+
+
+def wait_until_finished(base: str, project: str, headers=None) -> dict:
+    deadline = time.monotonic() + POLL_TIMEOUT
+    while True:
+        reply = status(base, project, headers)
+        assert reply.status_code == 200, reply.text
+        state = reply.json()
+        if state["state"] != "running":
+            return state
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+
+
+def npz_cutout(base: str, token: str, channel: str, shape_zyx, offset_xyz) -> np.ndarray:
+    (z, y, x), (ox, oy, oz) = shape_zyx, offset_xyz
+    reply = requests.get(f"{base}/nd/sd/{token}/{channel}/npz/0/{ox},{ox + x}/{oy},{oy + y}/{oz},{oz + z}/",
+                         timeout=60)
+    assert reply.status_code == 200, reply.text
+    return np.load(io.BytesIO(zlib.decompress(reply.content)))[0]
+
+
+def ndio_ingest(base: str) -> NDIngest:
+    """ndio's NDIngest posting to `base` (its __init__ skipped: see the module's docstring)."""
+    ingest = NDIngest.__new__(NDIngest)
+    ingest.channels, ingest.dataset, ingest.project, ingest.metadata = {}, [], [], ""
+    ingest.oo = neurodata_module.neurodata("", hostname=base.split("://", 1)[1], protocol="http")
+    return ingest
+
+
+def body(dataset: str, project: str, channels: dict, *, size=(SHAPE[2], SHAPE[1], SHAPE[0]), offset=OFFSET) -> dict:
+    """A JSON body as ndio's `nd_json` writes it."""
+    return {"dataset": {"dataset_name": dataset, "imagesize": list(size), "voxelres": [4.0, 4.0, 40.0],
+                        "offset": list(offset), "scalinglevels": 0, "scaling": 0},
+            "project": {"project_name": project, "token_name": project, "public": 1},
+            "metadata": "", "channels": channels}
+
+
+def test_ndio_autoingest_of_a_tiff_stack_over_http(url, files):
+    base, folder = files
+    data = tiff_stack(folder, "ai_tiff", "em", seed=1)
+    nd = ndio_ingest(url)
+    nd.add_dataset("ai_tiff_ds", (SHAPE[2], SHAPE[1], SHAPE[0]), (4.0, 4.0, 40.0), offset=OFFSET,
+                   scalinglevels=1, scaling=0)
+    nd.add_project("ai_tiff", "ai_tiff", 1)
+    nd.add_channel("em", "uint8", "image", base, "SLICE", "tif")
+    nd.post_data()  # ndio asserts a 200
+    state = wait_until_finished(url, "ai_tiff")
+    assert state["state"] == "done", state
+    assert np.array_equal(npz_cutout(url, "ai_tiff", "em", SHAPE, OFFSET), data)
+    info = requests.get(f"{url}/nd/sd/ai_tiff/info/", timeout=30).json()
+    assert info["dataset"]["imagesize"]["0"] == [SHAPE[2], SHAPE[1], SHAPE[0]]
+    assert info["dataset"]["offset"]["0"] == list(OFFSET)
+
+
+def test_autoingest_of_an_hdf5_file_url_into_an_annotation_channel(url, tmp_path):
+    labels = np.random.default_rng(2).integers(0, 9, SHAPE, dtype=np.uint32)
+    source = write_h5(tmp_path / "labels.h5", labels, "anno/CUTOUT")
+    job = body("ai_h5_ds", "ai_h5", {"anno": {"channel_name": "anno", "channel_type": "annotation",
+                                              "datatype": "uint32", "data_url": source.as_uri(),
+                                              "file_format": "HDF5", "file_type": "h5"}}, offset=(0, 0, 0))
+    reply = requests.post(f"{url}/ocp/ca/autoIngest/", json=job, timeout=30)
+    assert reply.status_code == 200, reply.text
+    state = wait_until_finished(url, "ai_h5")
+    assert state["state"] == "done", state
+    assert np.array_equal(npz_cutout(url, "ai_h5", "anno", SHAPE, (0, 0, 0)), labels)
+
+
+def test_a_source_of_another_size_than_imagesize_fails_before_the_ingest(url, tmp_path, store):
+    source = write_h5(tmp_path / "small.h5", np.zeros((4, 8, 8), dtype=np.uint8))
+    job = body("ai_size_ds", "ai_size", {"em": {"channel_name": "em", "channel_type": "image", "datatype": "uint8",
+                                                "data_url": source.as_uri(), "file_format": "HDF5", "file_type": "h5"}})
+    assert requests.post(f"{url}/nd/sd/autoIngest/", json=job, timeout=30).status_code == 200
+    state = wait_until_finished(url, "ai_size")
+    assert state["state"] == "failed" and "dataset.imagesize" in state["message"], state
+    assert requests.get(f"{url}/nd/sd/ai_size/info/", timeout=30).status_code == 404  # nothing was ingested
+
+
+GOOD_CHANNEL = {"channel_name": "em", "channel_type": "image", "datatype": "uint8",
+                "data_url": "http://127.0.0.1:9/", "file_format": "SLICE", "file_type": "tif"}
+
+
+@pytest.mark.parametrize("raw", [
+    b"{not json",
+    b"[]",
+    b'{"project": {"project_name": "p"}, "channels": {}}',
+    pytest.param({"data_url": "ftp://127.0.0.1/stack/"}, id="ftp-url"),
+    pytest.param({"data_url": "file://elsewhere/stack/"}, id="file-url-with-host"),
+    pytest.param({"file_format": "CATMAID"}, id="catmaid"),
+    pytest.param({"channel_type": "timeseries"}, id="timeseries"),
+    pytest.param({"datatype": "int7"}, id="datatype"),
+    pytest.param({"channel_name": "../x"}, id="channel-name"),
+])
+def test_a_bad_body_is_400_with_one_line(url, raw):
+    if isinstance(raw, dict):
+        raw = json.dumps(body("ai_bad_ds", "ai_bad", {"em": {**GOOD_CHANNEL, **raw}}))
+    reply = requests.post(f"{url}/nd/sd/autoIngest/", data=raw, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert reply.text.count("\n") == 1 and reply.text.startswith("autoIngest: "), reply.text
+    assert status(url, "ai_bad").status_code == 404  # nothing was started
+
+
+def test_without_a_key_a_keyed_server_refuses_401_and_with_it_the_job_runs(keyed_url):
+    job = body("ai_keyed_ds", "ai_keyed", {"em": {**GOOD_CHANNEL, "data_url": f"http://{HOST}:{free_port()}"}})
+    reply = requests.post(f"{keyed_url}/nd/sd/autoIngest/", json=job, timeout=30)
+    assert reply.status_code == 401, reply.text
+    assert status(keyed_url, "ai_keyed").status_code == 404
+    headers = {"Authorization": f"Token {KEY}"}
+    reply = requests.post(f"{keyed_url}/nd/sd/autoIngest/", json=job, headers=headers, timeout=30)
+    assert reply.status_code == 200, reply.text
+    state = wait_until_finished(keyed_url, "ai_keyed", headers)  # nothing listens there: the download fails
+    assert state["state"] == "failed" and "0005.tif" in state["message"], state
+
+
+def test_one_job_per_project_at_a_time_and_a_channel_is_not_ingested_twice(url, files):
+    base, folder = files
+    data = tiff_stack(folder / "slow", "ai_once", "em", seed=3)
+    job = body("ai_once_ds", "ai_once", {"em": {**GOOD_CHANNEL, "data_url": f"{base}/slow"}})
+    Files.gate.clear()
+    reply = requests.post(f"{url}/nd/sd/autoIngest/", json=job, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert status(url, "ai_once").json()["state"] == "running"
+    again = requests.post(f"{url}/nd/sd/autoIngest/", json=job, timeout=30)
+    assert again.status_code == 409 and "is running" in again.text, again.text
+    Files.gate.set()
+    assert wait_until_finished(url, "ai_once")["state"] == "done"
+    assert np.array_equal(npz_cutout(url, "ai_once", "em", SHAPE, OFFSET), data)
+    twice = requests.post(f"{url}/nd/sd/autoIngest/", json=job, timeout=30)
+    assert twice.status_code == 409 and "already exists" in twice.text, twice.text
+
+
+def test_the_state_of_an_unknown_project_is_404(url):
+    assert status(url, "no_such_project").status_code == 404

@@ -1,0 +1,67 @@
+"""The key ring: the keys file's rules, 401 vs 403, key ids, and keys never in a log."""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pytest
+
+from ndingest.errors import Forbidden, SpecError, Unauthorized
+from ndingest.server.keys import KeyRing, key_id, parse_keys
+
+
+def ring(tmp_path, text: str) -> KeyRing:
+    path = tmp_path / "keys"
+    path.write_text(text)
+    return KeyRing.load(path)
+
+
+def test_keys_file_is_one_key_a_line_stripped_without_blanks_or_comments():
+    assert parse_keys("  alpha  \n\n# a comment\n   # indented comment\nbeta\t\n") == ["alpha", "beta"]
+
+
+def test_a_listed_key_is_accepted_and_named_by_its_sha256_prefix(tmp_path):
+    keys = ring(tmp_path, "alpha\nbeta\n")
+    assert keys.check("Token beta") == hashlib.sha256(b"beta").hexdigest()[:8] == key_id("beta")
+    assert keys.check("token  alpha ") == key_id("alpha")
+
+
+@pytest.mark.parametrize("header", [None, "", "   ", "Token", "Token ", "Token    "])
+def test_no_key_or_an_empty_one_is_401(tmp_path, header):
+    with pytest.raises(Unauthorized) as info:
+        ring(tmp_path, "alpha\n").check(header)
+    assert info.value.status == 401
+
+
+def test_another_scheme_is_401(tmp_path):
+    with pytest.raises(Unauthorized):
+        ring(tmp_path, "alpha\n").check("Bearer alpha")
+
+
+@pytest.mark.parametrize("header", ["Token alphA", "Token alpha2", "Token # a comment", "Token alph"])
+def test_a_wrong_key_is_403_and_the_message_never_holds_it(tmp_path, header):
+    with pytest.raises(Forbidden) as info:
+        ring(tmp_path, "alpha\n# a comment\n").check(header)
+    assert info.value.status == 403
+    assert header.split(" ", 1)[1] not in str(info.value)
+
+
+def test_an_empty_or_comment_only_keys_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="holds no key"):
+        ring(tmp_path, "\n  \n# only a comment\n")
+
+
+def test_an_unreadable_keys_file_is_a_spec_error_naming_it(tmp_path):
+    with pytest.raises(SpecError, match="nope"):
+        KeyRing.load(tmp_path / "nope")
+
+
+def test_keys_are_never_logged(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    keys = ring(tmp_path, "sup3r-secret\n")
+    keys.check("Token sup3r-secret")
+    with pytest.raises(Forbidden):
+        keys.check("Token 0ther-secret")
+    assert caplog.records  # loading is logged, by key id
+    assert "sup3r-secret" not in caplog.text and "0ther-secret" not in caplog.text
+    assert key_id("sup3r-secret") in caplog.text
