@@ -65,3 +65,17 @@ def test_keys_are_never_logged(tmp_path, caplog):
     assert caplog.records  # loading is logged, by key id
     assert "sup3r-secret" not in caplog.text and "0ther-secret" not in caplog.text
     assert key_id("sup3r-secret") in caplog.text
+
+
+@pytest.mark.parametrize("host, has_keys, warned", [
+    ("127.0.0.1", False, False), ("localhost", False, False), ("::1", False, False),
+    ("0.0.0.0", False, True), ("192.168.1.20", False, True), ("lab-server", False, True), ("::", False, True),
+    ("0.0.0.0", True, False),
+])
+def test_serve_warns_only_when_it_listens_beyond_this_machine_without_keys(host, has_keys, warned):
+    from ndingest.server import exposure_warning
+
+    warning = exposure_warning(host, has_keys=has_keys)
+    assert (warning is not None) == warned
+    if warned:
+        assert host in warning and "--api-keys" in warning

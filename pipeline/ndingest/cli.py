@@ -175,21 +175,19 @@ def cmd_slice(args: argparse.Namespace) -> int:
     return 0
 
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from .errors import SpecError
 
     store = Path(args.store)
     if not store.is_dir():
         raise SpecError(f"--store {store}: no such folder")
-    from .server import bind, create_app, run
+    from .server import bind, create_app, exposure_warning, run
 
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None)
     sock = bind(args.host, args.port)
-    if args.host not in LOCAL_HOSTS and args.api_keys is None:
-        _say(f"warning: serving {store} on {args.host} without --api-keys: anyone who can reach it may write")
+    warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
+    if warning:
+        _say(f"warning: serving {store} {warning}")
     print(f"ndingest serve: {store} on http://{args.host}:{sock.getsockname()[1]}/ (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     run(app, sock, debug=args.debug)

@@ -17,6 +17,7 @@ generic line, its traceback only in the server's log.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -88,6 +89,18 @@ def app_from_env() -> Starlette:
         raise SpecError(f"NDINGEST_STORE={store!r}: set it to the store's folder")
     keys = os.environ.get("NDINGEST_API_KEYS") or None
     return create_app(Path(store), api_keys=Path(keys) if keys else None)
+
+
+def exposure_warning(host: str, *, has_keys: bool) -> str | None:
+    """What `serve` warns of when it listens beyond this machine with writes open (ndio's
+    writes send no key, so without --api-keys anyone who can reach it may write)."""
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost"
+    if local or has_keys:
+        return None
+    return f"on {host} without --api-keys: anyone who can reach it may write"
 
 
 def bind(host: str, port: int) -> socket.socket:
