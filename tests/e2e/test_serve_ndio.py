@@ -17,8 +17,7 @@ import pytest
 import requests
 from ndio.remote.errors import RemoteDataUploadError
 
-from serving import serving
-from test_serve_writes import DATASET, OFFSET, SIZE, TOKEN, make_store
+from test_serve_writes import DATASET, OFFSET, SIZE, TOKEN, server_fixtures
 
 # installed by `make venv` (--no-deps: see the Makefile); the module, not the class that
 # `ndio.remote`'s star import puts under the same name
@@ -42,26 +41,7 @@ def ndio_geturl(monkeypatch):
     monkeypatch.setattr(neurodata_module, "getURL", get_url, raising=False)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve-ndio") / "store"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture(scope="module")
-def url(store):
-    with serving(store) as server:
-        make_store(server.url, channels=CHANNELS)
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def keyed_url(store, url, tmp_path_factory):
-    keys = tmp_path_factory.mktemp("ndio-keys") / "keys.txt"
-    keys.write_text(f"{KEY}\n")
-    with serving(store, api_keys=keys) as server:
-        yield server.url
+store, url, keyed_url = server_fixtures("serve-ndio", channels=CHANNELS, key=KEY)
 
 
 def npz_get(base: str, channel: str, x, y, z) -> np.ndarray:

@@ -7,28 +7,15 @@ not with downsample.py.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from serving import serving
-from test_serve_writes import LEVELS, OFFSET, TOKEN, bad, full_box, get, make_store, post, rng, shape_of
+from test_serve_writes import LEVELS, OFFSET, TOKEN, bad, full_box, get, post, rng, server_fixtures, shape_of
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("serve-propagate") / "store"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture(scope="module")
-def url(store):
-    with serving(store) as server:
-        make_store(server.url)
-        yield server.url
+store, url, keyed_url = server_fixtures("serve-propagate")
 
 
 def reference_level(below: np.ndarray, begin, *, channel_type: str) -> np.ndarray:

@@ -9,32 +9,13 @@ import requests
 
 from ndingest.markers import channel_dir
 from serving import ingest_store, serving
-from test_serve_writes import DATASET, PROJECT, TOKEN, make_store, resource
+from test_serve_writes import DATASET, PROJECT, TOKEN, resource, server_fixtures
 
 KEY = "resource-key-for-tests"
 CHANNELS = {"img": ("image", "uint8", 0, 0, 0), "anno": ("annotation", "uint64", 0, 0, 0)}
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve-resources") / "store"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture(scope="module")
-def url(store):
-    with serving(store) as server:
-        make_store(server.url, channels=CHANNELS)
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def keyed_url(store, url, tmp_path_factory):
-    keys = tmp_path_factory.mktemp("resource-keys") / "keys.txt"
-    keys.write_text(f"{KEY}\n")
-    with serving(store, api_keys=keys) as server:
-        yield server.url
+store, url, keyed_url = server_fixtures("serve-resources", channels=CHANNELS, key=KEY)
 
 
 def answer(reply: requests.Response, status: int) -> str:

@@ -122,26 +122,33 @@ def start_workers(store: Path, folder: Path, *, max_body: int) -> Server:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("serve-writes") / "store"
-    path.mkdir()
-    return path
+def server_fixtures(name: str, *, channels: dict = CHANNELS, key: str = KEY):
+    """A module's fixtures: `store` (empty at first), `url` of a server on it, made through
+    the resource API with `channels`, and `keyed_url` of a second server on the same store
+    with `key` in its keys file. Assign them to those names in the module."""
+    @pytest.fixture(scope="module")
+    def store(tmp_path_factory) -> Path:
+        path = tmp_path_factory.mktemp(name) / "store"
+        path.mkdir()
+        return path
+
+    @pytest.fixture(scope="module")
+    def url(store):
+        with serving(store) as server:
+            make_store(server.url, channels=channels)
+            yield server.url
+
+    @pytest.fixture(scope="module")
+    def keyed_url(store, url, tmp_path_factory):
+        keys = tmp_path_factory.mktemp(f"{name}-keys") / "keys.txt"
+        keys.write_text(f"# writers\n{key}\n")
+        with serving(store, api_keys=keys) as server:
+            yield server.url
+
+    return store, url, keyed_url
 
 
-@pytest.fixture(scope="module")
-def url(store):
-    with serving(store) as server:
-        make_store(server.url)
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def keyed_url(store, url, tmp_path_factory):
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text(f"# writers\n{KEY}\n")
-    with serving(store, api_keys=keys) as server:
-        yield server.url
+store, url, keyed_url = server_fixtures("serve-writes")
 
 
 @pytest.fixture(scope="module")
