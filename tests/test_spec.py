@@ -260,9 +260,9 @@ def test_missing_store_path_names_the_key(tmp_path):
     assert "store.path" in spec_error(edited('path = "store"\n', ""), tmp_path)
 
 
-def test_store_url_is_not_supported_yet(tmp_path):
-    message = spec_error(edited('path = "store"', 'url = "http://localhost:8000/nd"'), tmp_path)
-    assert "store.url" in message and "http://localhost:8000/nd" in message
+def test_store_url_that_is_not_an_http_url_is_rejected(tmp_path):
+    message = spec_error(edited('path = "store"', 'url = "localhost:8000/nd"'), tmp_path)
+    assert "store.url" in message and "localhost:8000/nd" in message
 
 
 def test_store_path_as_a_url_is_rejected(tmp_path):

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
@@ -121,7 +121,9 @@ def _stored(conn: sa.Connection, row: Row) -> dict | None:
     return dict(found) if found else None
 
 
-def _compare(row: Row, stored: dict) -> None:
+def compare_row(row: Row, stored: dict) -> None:
+    """CatalogConflict naming the first field `stored` holds with another value than `row`
+    (fields in `row.ignore` are state, never compared)."""
     for field, wanted in row.values.items():
         if field in row.ignore:
             continue
@@ -167,7 +169,7 @@ def check_rows(engine: sa.Engine | None, rows: list[Row], *, patience: float = L
     stored = _patiently(engine, lambda: _stored_rows(engine, rows), patience)
     for row, have in zip(rows, stored):
         if have is not None:
-            _compare(row, have)
+            compare_row(row, have)
 
 
 def _stored_rows(engine: sa.Engine, rows: list[Row]) -> list[dict | None]:
@@ -199,7 +201,7 @@ def rows_present(engine: sa.Engine | None, rows: list[Row]) -> bool:
         for row, have in zip(rows, stored):
             if have is None:
                 return False
-            _compare(row, have)
+            compare_row(row, have)
     except CatalogConflict:
         return False
     return True
@@ -215,14 +217,14 @@ def ensure_rows(engine: sa.Engine, rows: list[Row]) -> None:
                     logger.info("catalog: creating %s", row.label)
                     conn.execute(sa.insert(row.table).values(**row.values))
                 else:
-                    _compare(row, stored)
+                    compare_row(row, stored)
     except IntegrityError:  # another process created it first: compare with theirs
         with engine.connect() as conn:
             for row in rows:
                 stored = _stored(conn, row)
                 if stored is None:
                     raise
-                _compare(row, stored)
+                compare_row(row, stored)
     except OperationalError as exc:
         raise StoreError(f"catalog {engine.url.database}: {exc.orig}") from exc
 
@@ -310,3 +312,66 @@ def delete_channel(engine: sa.Engine | None, project: str, channel: str) -> None
         return
     with engine.begin() as conn:
         conn.execute(sa.delete(channels).where(channels.c.project == project, channels.c.channel_name == channel))
+
+
+class Catalog(Protocol):
+    """What the pipeline's steps ask of a catalog, whoever keeps it: the local SQLite file
+    (`SqliteCatalog`) or a server's resource API (`remote.RestCatalog`). Rows are `Row`s
+    either way, so the steps build them once and never branch on the target."""
+
+    where: str  # names the catalog in messages
+
+    def check_access(self) -> None: ...
+    def check_rows(self, rows: list[Row]) -> None: ...
+    def rows_present(self, rows: list[Row]) -> bool: ...
+    def ensure_rows(self, rows: list[Row]) -> None: ...
+    def find_dataset(self, name: str) -> dict | None: ...
+    def find_channel(self, project: str, channel: str) -> dict | None: ...
+    def set_window(self, project: str, channel: str, window: tuple[float, float]) -> None: ...
+    def set_propagate(self, project: str, channel: str, state: int) -> None: ...
+    def delete_channel(self, project: str, channel: str) -> None: ...
+
+
+class SqliteCatalog:
+    """The local store's catalog file, through this module's functions. An engine is made
+    per call (NullPool), so nothing leaks into Luigi's forked workers; a read never
+    creates the file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def _engine(self) -> sa.Engine | None:
+        return engine_for(self.path, create=False)
+
+    def check_access(self) -> None:
+        """A local file needs no key."""
+
+    def check_rows(self, rows: list[Row]) -> None:
+        check_rows(self._engine(), rows)
+
+    def rows_present(self, rows: list[Row]) -> bool:
+        return rows_present(self._engine(), rows)
+
+    def ensure_rows(self, rows: list[Row]) -> None:
+        ensure_rows(engine_for(self.path, create=True), rows)  # type: ignore[arg-type]
+
+    def find_dataset(self, name: str) -> dict | None:
+        return find_dataset(self._engine(), name)
+
+    def find_channel(self, project: str, channel: str) -> dict | None:
+        return find_channel(self._engine(), project, channel)
+
+    def set_window(self, project: str, channel: str, window: tuple[float, float]) -> None:
+        set_window(self._engine(), project, channel, window)  # type: ignore[arg-type]
+
+    def set_propagate(self, project: str, channel: str, state: int) -> None:
+        engine = self._engine()
+        if engine is not None:
+            set_propagate(engine, project, channel, state)
+
+    def delete_channel(self, project: str, channel: str) -> None:
+        delete_channel(self._engine(), project, channel)

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -23,7 +24,7 @@ from .downsample import child_box, factors, pad_to_children, reduce
 from .errors import SourceChanged, SpecError
 from .plan import ChannelPlan, Plan
 from .sources import value_range
-from .targets import LocalStore
+from .targets import Pending, Target
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class ShardResult:
     seconds: float
 
 
-def level_block(plan: Plan, cp: ChannelPlan, store: LocalStore, *, level: int, box: Box, t: int) -> np.ndarray:
+def level_block(plan: Plan, cp: ChannelPlan, store: Target, *, level: int, box: Box, t: int) -> np.ndarray:
     """What `box` of `level` must hold, (z, y, x): the source at level 0, else the level
     below (read from `store`) reduced, each level from the one below."""
     if level == 0:
@@ -203,12 +204,13 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
                 progress: Progress | None = None, commit_seconds: float = COMMIT_SECONDS) -> ShardResult:
     """Write every unmarked block of `shard` at `level`, each marked once durable.
 
-    One write is in flight at a time (tensorstore finishes it while the next block is
-    read), so memory is about two blocks per worker whatever the volume's size. Blocks
-    are committed in batches (every `commit_seconds` and at the end): flush the store,
-    write the batch's markers, flush again. So a marker never outlives its data, a kill
-    costs at most one batch of rework, and the disk sees two flushes per batch instead
-    of one per chunk file and marker.
+    Up to `store.max_in_flight` writes are under way while the next block is read (one for
+    tensorstore, a few POSTs for a server), so memory is a few blocks per worker whatever
+    the volume's size. Blocks are committed in batches (every `commit_seconds` and at the
+    end): wait for the batch's writes, flush the store, write the batch's markers, flush
+    again. So a marker never outlives its data (a server answers a POST once its voxels
+    are flushed), a kill costs at most one batch of rework, and the disk sees two flushes
+    per batch instead of one per chunk file and marker.
     """
     ensure_manifest(cp, plan)
     directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard)
@@ -218,13 +220,11 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
     skipped = len(shard.blocks) - len(todo)
     batch: list[tuple[Box, dict, Future]] = []
     last_commit = started
-    in_flight = None  # the one write tensorstore finishes while the next block is read
+    in_flight: deque[Pending] = deque()  # writes the store finishes while the next block is read
 
     def commit() -> None:
-        nonlocal in_flight
-        if in_flight is not None:
-            in_flight.wait()
-            in_flight = None
+        while in_flight:
+            in_flight.popleft().wait()
         plan.store.flush()
         for box, record, facts in batch:
             markers.write_marker(directory, box, {**record, **facts.result()}, durable=False)
@@ -234,11 +234,11 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
     with ThreadPoolExecutor(1) as pool:  # checksums beside the reads; per call, as Luigi forks workers
         for i, box in enumerate(todo, start=1):
             voxels = level_block(plan, cp, plan.store, level=level, box=box, t=shard.t)
-            if in_flight is not None:
-                in_flight.wait()
+            while len(in_flight) >= plan.store.max_in_flight:
+                in_flight.popleft().wait()
             if batch:
                 batch[-1][2].result()  # one checksum at a time, so blocks never pile up in memory
-            in_flight = plan.store.start_write(ref, level, box, voxels)
+            in_flight.append(plan.store.start_write(ref, level, box, voxels))
             batch.append((box, {"t": shard.t, "level": level, "dtype": voxels.dtype.name, "pid": os.getpid()},
                           pool.submit(block_facts, voxels, level)))
             nbytes += voxels.nbytes

@@ -1,6 +1,7 @@
 """Per-block markers: proof that a block's voxels are durably in the store.
 
-Layout, under the store it describes::
+Layout, under the store it describes (for a server, `[store] url`, under
+`.ndingest/<host_port_path>/` beside the spec instead of STORE: `Plan.state_dir`)::
 
     STORE/_markers/DATASET/PROJECT/
         inspect.json                             what Inspect read from the sources
@@ -12,6 +13,7 @@ Layout, under the store it describes::
         written/level{r}/shard{NNNNN}.done       every block of the shard is marked
         verified/level{r}/shard{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
         verified/level{r}/shard{NNNNN}.done
+        levels_built.json                        a server built levels >= 1 (none are written)
 
 One folder per shard, so a shard costs one listing; once all its blocks are marked, the
 writer seals it with a `.done` file naming its blocks, so a finished shard costs one small

@@ -18,7 +18,8 @@ from .markers import channel_dir, project_dir
 from .chunked import locate_array, names_an_array_folder
 from .sources import Source, open_source
 from .spec import ChannelSpec, Spec, load_spec
-from .targets import LocalStore, Scale, VolumeRef
+from .catalog import Catalog, SqliteCatalog
+from .targets import LocalStore, Scale, Target, VolumeRef
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +127,12 @@ class ChannelPlan:
 @dataclass(frozen=True)
 class Plan:
     spec: Spec
-    store: LocalStore
+    store: Target
     size: Vec3
     scaling_levels: int  # levels above 0, as the catalog's `scalinglevels` ("auto" resolved)
     channels: dict[str, ChannelPlan] = field(hash=False)
+    catalog: Catalog = field(hash=False, compare=False)  # the store's, or the server's resource API
+    state_dir: Path = field(hash=False, compare=False)  # markers, run lock, reports: the store, or .ndingest/
 
     @property
     def scales(self) -> list[Scale]:
@@ -143,7 +146,7 @@ class Plan:
 
     @property
     def markers_dir(self) -> Path:
-        return project_dir(self.store.path, self.spec.dataset.name, self.spec.project.name)
+        return project_dir(self.state_dir, self.spec.dataset.name, self.spec.project.name)
 
     def channel(self, name: str) -> ChannelPlan:
         if name not in self.channels:
@@ -209,17 +212,29 @@ def build_plan(spec: Spec) -> Plan:
     extent = Box.from_shape(ds.offset_xyz, size)
     levels = resolve_levels(ds.scaling_levels, extent=extent, scaling_option=ds.scaling_option,
                             voxel_resolution_nm=ds.voxel_resolution_nm)
-    assert spec.store.path is not None
-    store = LocalStore(spec.store.path)
+    store, rows, state = open_target(spec)
     channels = {
         name: ChannelPlan(
             spec=ch, source=sources[name], dataset=ds.name, project=spec.project.name,
             levels=plan_levels(extent, spec, levels=levels, time_points=sources[name].time_points),
-            markers_dir=channel_dir(store.path, ds.name, spec.project.name, name),
+            markers_dir=channel_dir(state, ds.name, spec.project.name, name),
         )
         for name, ch in spec.channels.items()
     }
-    return Plan(spec=spec, store=store, size=size, scaling_levels=levels, channels=channels)
+    return Plan(spec=spec, store=store, size=size, scaling_levels=levels, channels=channels, catalog=rows,
+                state_dir=state)
+
+
+def open_target(spec: Spec) -> tuple[Target, Catalog, Path]:
+    """The spec's target, its catalog and where its markers live: a local store keeps all
+    three in its folder; a server (`store.url`) keeps the first two (`remote`)."""
+    if spec.store.url is not None:
+        from .remote import open_remote
+
+        return open_remote(spec)
+    assert spec.store.path is not None
+    store = LocalStore(spec.store.path)
+    return store, SqliteCatalog(store.catalog_path), store.path
 
 
 def load_plan(spec_path: str | os.PathLike) -> Plan:

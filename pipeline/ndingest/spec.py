@@ -208,13 +208,27 @@ def _channel(name: str, table: Any, path: Path) -> ChannelSpec:
 def _store(table: dict, path: Path) -> StoreSpec:
     _check_keys(table, {"path", "url"}, "store", path)
     if "url" in table:
-        raise SpecError(f"{path}: store.url = {table['url']!r}: remote REST targets are not supported yet; use store.path")
+        if "path" in table:
+            raise SpecError(f"{path}: store.path and store.url both given; a spec writes to one store")
+        return StoreSpec(path=None, url=_server_url(table["url"], path))
     raw = _require(table, "path", "store", path)
     if not isinstance(raw, str) or not raw:
         raise SpecError(f"{path}: store.path = {raw!r} must be a folder")
     if "://" in raw:
         raise SpecError(f"{path}: store.path = {raw!r}: only local folders are supported yet")
     return StoreSpec(path=(path.parent / os.path.expanduser(raw)).resolve())
+
+
+URL_RE = re.compile(r"^https?://[^/\s?#]+(/[^\s?#]*)?$")
+
+
+def _server_url(value: Any, path: Path) -> str:
+    """An ndstore-compatible server's base URL, e.g. "http://host:port/nd" (no trailing
+    slash): `/sd/...` and `/resource/...` are appended to it."""
+    if not isinstance(value, str) or not URL_RE.fullmatch(value):
+        raise SpecError(f"{path}: store.url = {value!r} must be a server's http:// or https:// URL, "
+                        f"e.g. \"http://host:8080/nd\"")
+    return value.rstrip("/")
 
 
 def _ingest(table: dict, path: Path) -> IngestOptions:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,9 +20,9 @@ from .edits import read_edits
 from .errors import SpecError
 from .ingest import block_ranges, check_manifest, ensure_manifest, size_changed, spot_check_source
 from .inspection import SourceSummary, summarize
-from .plan import Plan
+from .plan import ChannelPlan, Plan
 from .sources import merge_ranges
-from .targets import precomputed_info
+from .targets import VolumeRef, precomputed_info
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +103,13 @@ def record_windows(plan: Plan) -> dict[str, tuple[float, float]]:
     """Reduce each channel's window range not known yet from its level-0 blocks' markers
     (every block is written by now) into the catalog and `inspect.json`; returns them."""
     stored = markers.read_json(inspect_path(plan)) or {}
-    engine = catalog.engine_for(plan.store.catalog_path, create=False)
     found = {}
     for name, cp in plan.channels.items():
         entry = stored.get(name)
         if entry is None or entry["summary"]["window_range"] is not None:
             continue
         found[name] = merge_ranges(block_ranges(plan, cp))
-        catalog.set_window(engine, plan.spec.project.name, name, found[name])
+        plan.catalog.set_window(plan.spec.project.name, name, found[name])
         entry["summary"]["window_range"] = list(found[name])
     if found:
         markers.write_json(inspect_path(plan), stored)
@@ -155,13 +155,13 @@ def check_catalog(plan: Plan, summaries: dict[str, SourceSummary] | None) -> Non
 
 
 def _check(plan: Plan, rows: list[catalog.Row]) -> None:
-    catalog.check_rows(catalog.engine_for(plan.store.catalog_path, create=False), rows)
+    plan.catalog.check_rows(rows)
 
 
 def check_dataset_size(plan: Plan) -> None:
     """SourceChanged if the catalog holds this dataset with another size than the sources
     have now (exit 3 naming both sizes, not a catalog conflict: the source changed)."""
-    row = catalog.find_dataset(catalog.engine_for(plan.store.catalog_path, create=False), plan.spec.dataset.name)
+    row = plan.catalog.find_dataset(plan.spec.dataset.name)
     if row is None:
         return
     was = Vec3(row["ximagesize"], row["yimagesize"], row["zimagesize"])
@@ -173,8 +173,9 @@ def check_dataset_size(plan: Plan) -> None:
 def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
     """Every check that writes nothing: sources unchanged since their blocks were written
     (size and mtime of every file, and a few marked blocks re-read), and no catalog
-    conflict. `skip_channel` is about to be restarted, so it is exempt from the source
-    checks, but not from its dataset's size."""
+    conflict; for a server, first that it accepts our key. `skip_channel` is about to be
+    restarted, so it is exempt from the source checks, but not from its dataset's size."""
+    plan.catalog.check_access()
     check_dataset_size(plan)
     for cp in plan.channels.values():
         if cp.name != skip_channel:
@@ -189,11 +190,11 @@ def preflight(plan: Plan, *, skip_channel: str | None = None) -> None:
 
 def in_catalog(plan: Plan, rows: list[catalog.Row]) -> bool:
     """Every row is stored with these values (a task's `complete()`)."""
-    return catalog.rows_present(catalog.engine_for(plan.store.catalog_path, create=False), rows)
+    return plan.catalog.rows_present(rows)
 
 
 def add_to_catalog(plan: Plan, rows: list[catalog.Row]) -> None:
-    catalog.ensure_rows(catalog.engine_for(plan.store.catalog_path, create=True), rows)
+    plan.catalog.ensure_rows(rows)
 
 
 def channels_ready(plan: Plan) -> bool:
@@ -204,7 +205,8 @@ def channels_ready(plan: Plan) -> bool:
 
 
 def create_channels(plan: Plan) -> None:
-    """Channel rows, each channel's precomputed volume(s), and its manifest."""
+    """Channel rows, each channel's precomputed volume(s), and its manifest. A server makes
+    a channel's volumes with its row; `create_volume` then checks they are these."""
     summaries = inspect_plan(plan, scan=False)
     add_to_catalog(plan, catalog_entries(plan, summaries).channels)
     for cp in plan.channels.values():
@@ -217,18 +219,15 @@ def create_channels(plan: Plan) -> None:
 def catalog_window(plan: Plan, channel: str) -> tuple[float, float]:
     """The window range the catalog holds for `channel` (set by ingest); a channel not
     ingested yet is a usage error (exit 2), as `slice` and `view` need one."""
-    row = catalog.find_channel(catalog.engine_for(plan.store.catalog_path, create=False),
-                               plan.spec.project.name, channel)
+    row = plan.catalog.find_channel(plan.spec.project.name, channel)
     if row is None:
-        raise SpecError(f"{plan.store.catalog_path}: channel {channel} is not in the catalog; run ingest first")
+        raise SpecError(f"{plan.catalog.where}: channel {channel} is not in the catalog; run ingest first")
     return (row["startwindow"], row["endwindow"])
 
 
 def _propagate(plan: Plan, channels: list[str], state: int) -> None:
-    engine = catalog.engine_for(plan.store.catalog_path, create=False)
-    if engine is not None:
-        for name in channels:
-            catalog.set_propagate(engine, plan.spec.project.name, name, state)
+    for name in channels:
+        plan.catalog.set_propagate(plan.spec.project.name, name, state)
 
 
 def mark_propagating(plan: Plan, channel: str) -> None:
@@ -240,9 +239,8 @@ def mark_propagated(plan: Plan) -> None:
     """ndstore's propagate 2, set only once verify passed for every level; except for a
     channel a cutout POST to `ndingest serve` made stale (0, with edit records): its
     levels wait for the server's setPropagate/1/, and saying 2 would be a lie."""
-    engine = catalog.engine_for(plan.store.catalog_path, create=False)
     stale = [name for name, cp in plan.channels.items() if read_edits(cp.markers_dir) and (
-        catalog.find_channel(engine, plan.spec.project.name, name) or {}).get("propagate") == catalog.PROPAGATE_NOT]
+        plan.catalog.find_channel(plan.spec.project.name, name) or {}).get("propagate") == catalog.PROPAGATE_NOT]
     for name in stale:
         logger.warning("channel %s was edited through `ndingest serve`: its levels stay stale (propagate 0) "
                        "until the server's setPropagate/1/ rebuilds them", name)
@@ -251,9 +249,8 @@ def mark_propagated(plan: Plan) -> None:
 
 def all_propagated(plan: Plan) -> bool:
     """Every channel built (2), or left stale by a cutout POST (see `mark_propagated`)."""
-    engine = catalog.engine_for(plan.store.catalog_path, create=False)
     for name, cp in plan.channels.items():
-        row = catalog.find_channel(engine, plan.spec.project.name, name)
+        row = plan.catalog.find_channel(plan.spec.project.name, name)
         if row is None:
             return False
         if row["propagate"] != catalog.PROPAGATE_DONE and not (
@@ -262,13 +259,38 @@ def all_propagated(plan: Plan) -> bool:
     return True
 
 
+def levels_built(plan: Plan, channel: str) -> bool:
+    """The target built `channel`'s levels >= 1 from level 0 (a server's getPropagate 2);
+    only for targets that build them (`builds_levels`)."""
+    return (plan.catalog.find_channel(plan.spec.project.name, channel) or {}).get("propagate") == \
+        catalog.PROPAGATE_DONE
+
+
+def built_record_path(cp: ChannelPlan) -> Path:
+    """Where a channel's markers note that the server built its levels, so `status` (and
+    the progress bars, which ask it every second) count them without asking the server."""
+    return cp.markers_dir / "levels_built.json"
+
+
+def build_levels(plan: Plan, channel: str) -> None:
+    """Have the server build `channel`'s levels >= 1 from the level 0 just written, wait
+    until they are (`remote.RestCatalog.build_levels`), and note it beside the markers."""
+    plan.catalog.build_levels(channel)  # type: ignore[attr-defined]
+    markers.write_json(built_record_path(plan.channel(channel)), {"built_at": time.time()})
+
+
 def channel_status(plan: Plan) -> dict[str, dict]:
-    """Blocks done/total per channel (every level), from the markers alone."""
+    """Blocks done/total per channel (every level), from the markers alone; levels a server
+    builds itself have none, and count as done once it said they were built (and every
+    level-0 block is written)."""
     out = {}
     for name, cp in plan.channels.items():
+        built = plan.store.builds_levels and built_record_path(cp).exists() and all(
+            markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, s), s) for s in cp.shards)
         levels = {
             str(lv.level): {
-                "done": markers.count_marked(cp.markers_dir, markers.WRITTEN, lv.level, lv.shards),
+                "done": lv.total_blocks if lv.level > 0 and built else
+                markers.count_marked(cp.markers_dir, markers.WRITTEN, lv.level, lv.shards),
                 "verified": markers.count_marked(cp.markers_dir, markers.VERIFIED, lv.level, lv.shards),
                 "total": lv.total_blocks,
             }
@@ -282,8 +304,7 @@ def channel_status(plan: Plan) -> dict[str, dict]:
             "shards": sum(len(lv.shards) for lv in cp.levels),
             "time_points": cp.source.time_points,
             "datatype": cp.datatype,
-            "volume": str(plan.store.volume_dir(cp.ref(0)).parent if cp.spec.type == "timeseries"
-                          else plan.store.volume_dir(cp.ref(0))),
+            "volume": plan.store.location(VolumeRef(cp.dataset, cp.project, cp.name)),  # t{t}/ below it
         }
     return out
 
@@ -319,9 +340,9 @@ def restart_channel(plan: Plan, channel: str) -> None:
     """Forget everything written for `channel`, so the next run writes it from the source."""
     cp = plan.channel(channel)
     markers.drop(cp.markers_dir)
-    catalog.delete_channel(catalog.engine_for(plan.store.catalog_path, create=False), plan.spec.project.name, channel)
+    plan.catalog.delete_channel(plan.spec.project.name, channel)
     for ref in cp.refs:
-        (plan.store.volume_dir(ref) / "info").unlink(missing_ok=True)
+        plan.store.forget_volume(ref)
     stored = markers.read_json(inspect_path(plan))
     if stored and channel in stored:
         del stored[channel]

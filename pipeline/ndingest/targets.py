@@ -1,4 +1,5 @@
-"""Where voxels go: the local store, one neuroglancer-precomputed volume per channel.
+"""Where voxels go: the local store, one neuroglancer-precomputed volume per channel
+(the other `Target`, a REST server, is `remote.RemoteStore`).
 
 Layout::
 
@@ -17,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -127,8 +129,40 @@ class PendingRead:
             raise StoreError(f"{self.what}: {exc}") from exc
 
 
+class Pending(Protocol):
+    """A write or read under way; `wait()` finishes it (a read returns its voxels)."""
+
+    def wait(self): ...
+
+
+class Target(Protocol):
+    """Where voxels go: `LocalStore`, or `remote.RemoteStore` (a REST server). Both keep
+    tests/contract/test_target_contract.py.
+
+    `builds_levels`: the target builds levels >= 1 itself (a server's setPropagate/1/),
+    so the pipeline writes level 0 only. `max_in_flight`: writes `ingest.write_shard`
+    keeps under way at once."""
+
+    builds_levels: bool
+    max_in_flight: int
+
+    def info(self, ref: VolumeRef) -> dict | None: ...
+    def create_volume(self, ref: VolumeRef, info: dict) -> None: ...
+    def forget_volume(self, ref: VolumeRef) -> None: ...
+    def location(self, ref: VolumeRef) -> str: ...
+    def reopened(self) -> "Target": ...
+    def flush(self) -> None: ...
+    def write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None: ...
+    def start_write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> Pending: ...
+    def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray: ...
+    def start_read(self, ref: VolumeRef, level: int, box: Box) -> Pending: ...
+
+
 class LocalStore:
     """A folder holding the catalog and the precomputed volumes."""
+
+    builds_levels = False  # the pipeline's Downsample tasks write every level
+    max_in_flight = 1  # tensorstore finishes one write while the next block is read
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -143,6 +177,18 @@ class LocalStore:
 
     def volume_dir(self, ref: VolumeRef) -> Path:
         return self.path.joinpath(*ref.parts)
+
+    def location(self, ref: VolumeRef) -> str:
+        """Where the volume lies, for people: its folder."""
+        return str(self.volume_dir(ref))
+
+    def reopened(self) -> "LocalStore":
+        """A fresh handle on the same folder, sharing no tensorstore handle (verify's reader)."""
+        return LocalStore(self.path)
+
+    def forget_volume(self, ref: VolumeRef) -> None:
+        """Remove the volume's `info`, so the next ingest makes it again (`--restart`)."""
+        (self.volume_dir(ref) / "info").unlink(missing_ok=True)
 
     def info(self, ref: VolumeRef) -> dict | None:
         try:

@@ -1,6 +1,8 @@
 """The Luigi DAG, as thin declarations over `steps`, `ingest` and `verify`.
 
-    Inspect -> CreateDataset -> CreateProject -> CreateChannels -> IngestBlock(shard)* -> Verify
+    Inspect -> CreateDataset -> CreateProject -> CreateChannels -> IngestBlock(shard)*
+        -> Downsample(level, shard)* -> Verify          (a local store)
+        -> Propagate(channel)* -> Verify                (a server builds the levels itself)
 
 Parameters are the spec path and small integers, so any process or host rebuilds the
 same tasks. `complete()` reads markers and the catalog and never writes.
@@ -183,8 +185,34 @@ class Downsample(SpecTask):
                                  progress=lambda d, n: self._progress(d, n, f"level {self.level} blocks written")))
 
 
+class Propagate(SpecTask):
+    """A server's levels of one channel (ndstore's propagate): once every level-0 shard is
+    written, setPropagate/1/ and wait for getPropagate 2. Replaces Downsample for targets
+    that build levels themselves; runs with no level above 0 too, so the server's channel
+    says propagated (2) as a local ingest's catalog does."""
+
+    channel = luigi.Parameter()
+
+    def requires(self):
+        return [IngestBlock(spec=self.spec, channel=self.channel, shard=s.index)
+                for s in self.plan.channel(self.channel).shards]
+
+    def complete(self) -> bool:
+        cp = self.plan.channel(self.channel)
+        written = all(markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, s), s)
+                      for s in cp.shards)
+        return written and steps.levels_built(self.plan, self.channel)
+
+    def run(self) -> None:
+        self.set_status_message("the server is building the levels")
+        steps.build_levels(self.plan, self.channel)
+
+
 def top_level_tasks(spec: str, plan: Plan) -> list[luigi.Task]:
-    """The shards of each channel's highest level (level 0 when there is no hierarchy)."""
+    """The shards of each channel's highest level (level 0 when there is no hierarchy), or
+    each channel's Propagate when the target builds the levels."""
+    if plan.store.builds_levels:
+        return [Propagate(spec=spec, channel=name) for name in plan.channels]
     tasks: list[luigi.Task] = []
     for name, cp in plan.channels.items():
         top = cp.levels[-1]

@@ -1,16 +1,24 @@
-"""The contract every target keeps (the local store now; the REST target later joins the
-`target` fixture's parameters): create a volume, write boxes, read them back in (z, y, x),
-refuse a different `info`, and survive pickling into a worker."""
+"""The contract every target keeps, the local store and the REST target (`remote`, over a
+real `ndingest serve` on 127.0.0.1, one per module): create a volume, write boxes, read
+them back in (z, y, x), refuse a different `info`, and survive pickling into a worker."""
 from __future__ import annotations
 
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ndingest.blocks import Box, Vec3
-from ndingest.errors import CatalogConflict, StoreError
+from ndingest.catalog import channel_row, dataset_row, project_rows
+from ndingest.errors import CatalogConflict, RemoteError, StoreError
+from ndingest.remote import Client, RemoteStore, RestCatalog
+from ndingest.spec import ChannelSpec, DatasetSpec, ProjectSpec
 from ndingest.targets import LocalStore, Scale, VolumeRef, precomputed_info
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # the e2e tests' server helper
+from serving import serving  # noqa: E402
 
 OFFSET, SIZE, CHUNK = Vec3(1000, 2000, 1000), Vec3(300, 200, 40), Vec3(128, 128, 16)
 REF = VolumeRef("ds", "pr", "image")
@@ -21,11 +29,44 @@ def info(dtype: str = "uint16", channel_type: str = "image") -> dict:
                             scales=[Scale(resolution_nm=(4.0, 4.0, 40.0), voxel_offset=OFFSET, size=SIZE, chunk=CHUNK)])
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("contract-remote") / "store"
+    store.mkdir()
+    with serving(store) as running:
+        yield running, store
+
+
+def fresh_remote_volume(url: str) -> RemoteStore:
+    """REF's channel made anew through the resource API, so each test starts from an
+    empty volume (the server makes it with the channel, from the dataset row)."""
+    client = Client(url + "/nd")
+    rest = RestCatalog(client, dataset=REF.dataset, project=REF.project, token="tk", probe_channel=REF.channel)
+    dataset = DatasetSpec(REF.dataset, OFFSET, (4.0, 4.0, 40.0), "zslices", 0)
+    rest.ensure_rows([dataset_row(dataset, size_xyz=SIZE, levels=0),
+                      *project_rows(ProjectSpec(REF.project, "tk"), dataset=REF.dataset)])
+    rest.delete_channel(REF.project, REF.channel)
+    rest.ensure_rows([channel_row(ChannelSpec(REF.channel, "image", "unused", "uint16"), project=REF.project,
+                                  datatype="uint16", time_range=(0, 0), window=(0.0, 0.0), default=True)])
+    return RemoteStore(client, token="tk")
+
+
+@pytest.fixture(params=["local", "remote"])
 def target(request, tmp_path):
-    store = LocalStore(tmp_path / "store")
+    if request.param == "remote":
+        store = fresh_remote_volume(request.getfixturevalue("server")[0].url)
+    else:
+        store = LocalStore(tmp_path / "store")
     store.create_volume(REF, info())
     return store
+
+
+@pytest.fixture
+def volume_folder(target, request, tmp_path) -> Path:
+    """Where the target keeps REF's volume on disk (the server's store for a remote one)."""
+    if isinstance(target, LocalStore):
+        return target.volume_dir(REF)
+    return request.getfixturevalue("server")[1].joinpath(*REF.parts)
 
 
 def block(box: Box, seed: int = 0) -> np.ndarray:
@@ -53,8 +94,9 @@ def test_unwritten_voxels_read_as_zero(target):
     assert not target.read(REF, 0, box).any()
 
 
-def test_a_box_outside_the_volume_is_a_store_error(target):
-    with pytest.raises(StoreError):
+def test_a_box_outside_the_volume_is_an_error_naming_the_box(target):
+    kind = StoreError if isinstance(target, LocalStore) else RemoteError  # exit 7, or 8 (the server's 400)
+    with pytest.raises(kind, match=r"0-10_0-10_0-10|0,10/0,10/0,10"):
         target.read(REF, 0, Box(Vec3(0, 0, 0), Vec3(10, 10, 10)))
 
 
@@ -73,7 +115,24 @@ def test_target_pickles_into_a_worker_after_use(target):
     np.testing.assert_array_equal(clone.read(REF, 0, box), data)
 
 
-def test_all_zero_chunks_are_stored_as_files(target, tmp_path):
+def test_all_zero_chunks_are_stored_as_files(target, volume_folder):
     box = Box(OFFSET, OFFSET + Vec3(128, 128, 16))
     target.write(REF, 0, box, np.zeros(tuple(box.shape)[::-1], np.uint16))
-    assert (tmp_path / "store/ds/pr/image/4_4_40" / box.to_key()).is_file()
+    assert (volume_folder / "4_4_40" / box.to_key()).is_file()
+
+
+def test_a_write_overwrites_every_voxel_zeros_included(target):
+    box = Box(OFFSET, OFFSET + Vec3(128, 128, 16))
+    target.write(REF, 0, box, block(box, seed=3))
+    target.write(REF, 0, box, np.zeros(tuple(box.shape)[::-1], np.uint16))
+    assert not target.read(REF, 0, box).any()
+
+
+def test_several_writes_in_flight_all_land(target):
+    boxes = [Box(OFFSET + Vec3(0, 0, z0), OFFSET + Vec3(128, 128, z1)) for z0, z1 in ((0, 16), (16, 32), (32, 40))]
+    pending = [target.start_write(REF, 0, box, block(box, seed=10 + i)) for i, box in enumerate(boxes)]
+    for p in pending:
+        p.wait()
+    target.flush()
+    for i, box in enumerate(boxes):
+        np.testing.assert_array_equal(target.read(REF, 0, box), block(box, seed=10 + i))

@@ -9,7 +9,11 @@ deleteChannel, over the catalog and the store.
 GET answers the catalog row as JSON (ndstore's field names, the catalog's columns). POST
 takes the same fields: it creates the row (201), or, if it exists, compares the fields the
 body gives (201 when equal; 409 naming the field when not; fields left out take defaults
-on creation and are not compared). DELETE answers 204; a dataset or project that still
+on creation and are not compared). A channel's display window is state, not identity, so
+it changes without a conflict: PATCH a channel with `{"startwindow": lo, "endwindow": hi}`
+(both, lo <= hi; a key when the server has keys; 200 with the row). An empty PATCH `{}`
+changes nothing: a client checks with it that the server accepts its key (`ndingest
+ingest` into a server does, before it writes). DELETE answers 204; a dataset or project that still
 has projects, tokens or channels is a 409 naming them. Creating a channel also creates
 its precomputed volume(s), with the scales the dataset row implies (what an ingest
 writes); deleting one removes its volumes and markers. Writes need a key when the server
@@ -206,6 +210,24 @@ def channel_row(name: str, body: dict, *, project: str) -> catalog.Row:
     return catalog.Row(row.table, row.key, row.values, row.kind, ignore=(*row.ignore, "propagate"))
 
 
+def window_update(body: dict) -> tuple[float, float] | None:
+    """A PATCH body's new window (None for `{}`: nothing to change); only the window may
+    change this way, and both of its ends at once."""
+    fields = ("startwindow", "endwindow")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise RequestError(f"channel PATCH: only startwindow and endwindow can change this way, not "
+                           f"{', '.join(unknown)}")
+    if not body:
+        return None
+    if set(body) != set(fields):
+        raise RequestError("channel PATCH: give both startwindow and endwindow")
+    lo, hi = _float(body["startwindow"], "startwindow"), _float(body["endwindow"], "endwindow")
+    if lo > hi:
+        raise RequestError(f"channel PATCH: startwindow {lo} is above endwindow {hi}")
+    return (lo, hi)
+
+
 # --- the catalog and the store -----------------------------------------------------------------
 def public_row(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "id"}
@@ -385,6 +407,17 @@ def routes(ctx: ServerContext) -> list:
 
     async def channel(request: Request) -> Response:
         ds, pr, name = (request.path_params[k] for k in ("dataset", "project", "channel"))
+        if request.method == "PATCH":
+            ctx.require_key(request)
+            window = window_update(await json_body(request))
+
+            def update() -> dict:
+                project_of(ctx, ds, pr)
+                must_find(ctx, catalog.channels, "channel", project=pr, channel_name=name)
+                if window is not None:
+                    catalog.set_window(ctx.engine_for_writes(), pr, name, window)
+                return must_find(ctx, catalog.channels, "channel", project=pr, channel_name=name)
+            return JSONResponse(public_row(await run_in_threadpool(update)))
         if request.method == "GET":
             def get() -> tuple[dict, dict]:
                 project = project_of(ctx, ds, pr)
@@ -449,7 +482,7 @@ def routes(ctx: ServerContext) -> list:
         *slash_optional(RESOURCE, dataset, methods=methods),
         *slash_optional(RESOURCE + "project/{project}/", project, methods=methods),
         *slash_optional(RESOURCE + "project/{project}/token/{token}/", token, methods=methods),
-        *slash_optional(RESOURCE + "project/{project}/channel/{channel}/", channel, methods=methods),
+        *slash_optional(RESOURCE + "project/{project}/channel/{channel}/", channel, methods=(*methods, "PATCH")),
         *nd_routes("{token}/createChannel/", create_channels, methods=("POST",)),
         *nd_routes("{token}/deleteChannel/", delete_channels, methods=("POST",)),
     ]
