@@ -92,7 +92,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for name, s in status.items():
         print(f"{name}: {s['done']}/{s['total']} blocks written, {s['verified']}/{s['total']} verified -> {s['volume']}")
     print(f"verify report: {report_dir(plan) / 'verify.csv'}")
-    print(f"store: {plan.store.path} (catalog {plan.store.catalog_path.name}); done in {time.monotonic() - started:.1f} s")
+    took = time.monotonic() - started
+    if plan.spec.store.url is not None:
+        print(f"server: {plan.store.path} (markers and reports in {plan.state_dir}); done in {took:.1f} s")
+    else:
+        print(f"store: {plan.store.path} (catalog {plan.store.catalog_path.name}); done in {took:.1f} s")
     return 0
 
 

@@ -108,7 +108,7 @@ def test_markers_and_the_report_live_beside_the_spec_one_folder_per_server(inges
     assert len(written) == 2 * 8  # 2 x 1 x 4 blocks of 256 x 256 x 64 per channel
     assert (here / "_reports" / DATASET / PROJECT / "verify.csv").is_file()
     assert not list(ingested["store"].rglob("written")), "no ingest marker may land in the server's store"
-    assert f"store: {ingested['server'].url}/nd" in ingested["run"].stdout
+    assert f"server: {ingested['server'].url}/nd (markers and reports in {here})" in ingested["run"].stdout
 
 
 def test_the_window_range_and_propagate_reach_the_servers_channels(ingested):
