@@ -301,3 +301,16 @@ def reduce(block: np.ndarray, mask: np.ndarray | None, f: Vec3, *, channel_type:
     if channel_type == "annotation":
         return downsample_mode_nonzero(block, mask, f)
     return downsample_mean(block, mask, f)
+
+
+def reduce_box(children: np.ndarray, box: Box, below: Box, f: Vec3, *, channel_type: str) -> np.ndarray:
+    """`box` of level r from `children`, the (z, y, x) voxels of `child_box(box, f)`
+    clipped to `below` (the extent of level r-1): what the pipeline writes and verifies,
+    and what a server's rebuild writes. Most blocks have every child, so no padding and
+    no mask; an edge block's missing children are left out, never counted as zeros."""
+    wanted = child_box(box, f)
+    have = wanted.intersect(below)
+    if have == wanted:
+        return reduce(children, None, f, channel_type=channel_type)
+    block, mask = pad_to_children(children, have, wanted)
+    return reduce(block, mask, f, channel_type=channel_type)

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import markers
 from .blocks import Box, Shard, Vec3
-from .downsample import child_box, factors, pad_to_children, reduce
+from .downsample import child_box, factors, reduce_box
 from .errors import SourceChanged, SpecError
 from .plan import ChannelPlan, Plan
 from .sources import value_range
@@ -167,13 +167,8 @@ def children_box(plan: Plan, cp: ChannelPlan, level: int, box: Box) -> Box:
 
 def reduce_children(plan: Plan, cp: ChannelPlan, children: np.ndarray, *, level: int, box: Box) -> np.ndarray:
     """`box` of `level` from `children`, the (z, y, x) voxels of its `children_box`."""
-    f = factors(plan.spec.dataset.scaling_option)
-    wanted = child_box(box, f)
-    have = wanted.intersect(cp.levels[level - 1].extent)
-    if have == wanted:  # most blocks: every child exists, so no padding and no mask
-        return reduce(children, None, f, channel_type=cp.spec.type)
-    block, mask = pad_to_children(children, have, wanted)
-    return reduce(block, mask, f, channel_type=cp.spec.type)
+    return reduce_box(children, box, cp.levels[level - 1].extent, factors(plan.spec.dataset.scaling_option),
+                      channel_type=cp.spec.type)
 
 
 def block_facts(voxels: np.ndarray, level: int) -> dict:

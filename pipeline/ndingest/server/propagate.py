@@ -29,7 +29,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from .. import catalog
 from ..blocks import Vec3, plan_blocks
-from ..downsample import child_box, factors, pad_to_children, reduce
+from ..downsample import child_box, factors, reduce_box
 from ..edits import latest_edit
 from ..errors import NdingestError, RequestError, StateConflict, StoreError
 from ..markers import flush_filesystem
@@ -148,14 +148,8 @@ def rebuild_levels(ctx: ServerContext, channel: ChannelView) -> None:
     for ref in channel.refs:
         for below, level in zip(channel.levels, channel.levels[1:]):
             for box in plan_blocks(level.extent, level.chunk, BLOCK_CHUNKS):
-                wanted = child_box(box, f)
-                have = wanted.intersect(below.extent)
-                children = handles.read(ref, below.level, have)
-                if have == wanted:
-                    voxels = reduce(children, None, f, channel_type=channel.channel_type)
-                else:
-                    block, mask = pad_to_children(children, have, wanted)
-                    voxels = reduce(block, mask, f, channel_type=channel.channel_type)
+                children = handles.read(ref, below.level, child_box(box, f).intersect(below.extent))
+                voxels = reduce_box(children, box, below.extent, f, channel_type=channel.channel_type)
                 handles.write(ref, level.level, box, voxels)
 
 
