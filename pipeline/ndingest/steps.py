@@ -235,12 +235,17 @@ def mark_propagating(plan: Plan, channel: str) -> None:
     _propagate(plan, [channel], catalog.PROPAGATE_UNDER_WAY)
 
 
+def _stale_by_edits(row: dict | None, cp) -> bool:
+    """A channel a cutout POST to `ndingest serve` made stale (propagate 0, with edit
+    records): its levels wait for the server's setPropagate/1/."""
+    return row is not None and row["propagate"] == catalog.PROPAGATE_NOT and bool(read_edits(cp.markers_dir))
+
+
 def mark_propagated(plan: Plan) -> None:
     """ndstore's propagate 2, set only once verify passed for every level; except for a
-    channel a cutout POST to `ndingest serve` made stale (0, with edit records): its
-    levels wait for the server's setPropagate/1/, and saying 2 would be a lie."""
-    stale = [name for name, cp in plan.channels.items() if read_edits(cp.markers_dir) and (
-        plan.catalog.find_channel(plan.spec.project.name, name) or {}).get("propagate") == catalog.PROPAGATE_NOT]
+    channel stale by edits (`_stale_by_edits`), where saying 2 would be a lie."""
+    stale = [name for name, cp in plan.channels.items()
+             if _stale_by_edits(plan.catalog.find_channel(plan.spec.project.name, name), cp)]
     for name in stale:
         logger.warning("channel %s was edited through `ndingest serve`: its levels stay stale (propagate 0) "
                        "until the server's setPropagate/1/ rebuilds them", name)
@@ -248,13 +253,10 @@ def mark_propagated(plan: Plan) -> None:
 
 
 def all_propagated(plan: Plan) -> bool:
-    """Every channel built (2), or left stale by a cutout POST (see `mark_propagated`)."""
+    """Every channel built (2), or stale by edits (see `mark_propagated`)."""
     for name, cp in plan.channels.items():
         row = plan.catalog.find_channel(plan.spec.project.name, name)
-        if row is None:
-            return False
-        if row["propagate"] != catalog.PROPAGATE_DONE and not (
-                row["propagate"] == catalog.PROPAGATE_NOT and read_edits(cp.markers_dir)):
+        if row is None or (row["propagate"] != catalog.PROPAGATE_DONE and not _stale_by_edits(row, cp)):
             return False
     return True
 
