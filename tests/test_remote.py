@@ -4,7 +4,9 @@ against one real `ndingest serve` with keys on 127.0.0.1 (tests/e2e/serving.py).
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import sqlite3
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from ndingest import catalog
 from ndingest.blocks import Box, Vec3
 from ndingest.errors import CatalogConflict, RemoteError, SpecError
 from ndingest.remote import Client, RemoteStore, RestCatalog, open_remote, server_folder, state_dir
+from ndingest.runlock import try_lock
 from ndingest.spec import ChannelSpec, DatasetSpec, ProjectSpec, parse_spec
 from ndingest.targets import VolumeRef
 
@@ -197,3 +200,27 @@ def test_build_levels_waits_for_the_server_to_say_built(server):
     rest.build_levels("built", timeout=60)
     assert rest.propagate_state("built") == catalog.PROPAGATE_DONE
     rest.build_levels("built", timeout=0)  # built already: no wait, no 409
+
+
+def test_build_levels_gives_up_after_its_timeout_naming_the_channel_and_a_rerun_waits_again(server):
+    """A rebuild that does not end in time (here: another builder holds the channel's
+    build lock, so the server's answers stay 1) is one line saying to rerun, not a hang."""
+    rest = rest_catalog(server.url)
+    rest.ensure_rows([channel("slow")])
+    store = server.log_path.parent / "store"
+    fd = try_lock(store / "_markers" / DS / PR / "slow" / "build.lock")
+    assert fd is not None
+    try:
+        db = sqlite3.connect(store / "catalog.sqlite")
+        with db:
+            db.execute("UPDATE channels SET propagate = 1 WHERE channel_name = 'slow'")
+        db.close()
+        started = time.monotonic()
+        with pytest.raises(RemoteError, match="channel slow's levels are still being built after 1 s; rerun"):
+            rest.build_levels("slow", timeout=1.0)
+        assert 1.0 <= time.monotonic() - started < 10
+        assert rest.propagate_state("slow") == catalog.PROPAGATE_UNDER_WAY
+    finally:
+        os.close(fd)
+    rest.build_levels("slow", timeout=60)  # the lock let go: the server's next getPropagate builds them
+    assert rest.propagate_state("slow") == catalog.PROPAGATE_DONE

@@ -60,6 +60,31 @@ class Edit:
                 return True
         return False
 
+    def to_record(self) -> dict:
+        """The record's JSON fields (its file, and `GET {token}/{channel}/edits/`)."""
+        return {"boxes": [b.to_key() for b in self.boxes], "times": list(self.times) if self.times is not None else None,
+                "when": self.when, "key": self.key_id, "mode": self.mode, "level": self.level}
+
+    @classmethod
+    def from_record(cls, record: dict, *, where: str) -> "Edit":
+        """An edit from its record; StoreError naming `where` if it is not one."""
+        try:
+            return cls(
+                boxes=tuple(Box.from_key(k) for k in record["boxes"]),
+                times=tuple(int(t) for t in record["times"]) if record.get("times") is not None else None,
+                when=float(record["when"]), key_id=record.get("key"), mode=str(record.get("mode", "overwrite")),
+                level=int(record.get("level", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{where}: not an edit record: {exc}") from exc
+
+
+def made_after(edits: list[Edit], when: float | None) -> list[Edit]:
+    """The edits made after `when` (a block's marker time), so a POST the block was
+    written over since (an ingest's own, or one before `--restart`) excuses nothing;
+    all of them when the time is unknown."""
+    return list(edits) if when is None else [e for e in edits if e.when > when]
+
 
 def edits_dir(channel_markers: Path) -> Path:
     return Path(channel_markers) / EDITS
@@ -73,10 +98,9 @@ def record_edit(channel_markers: Path, boxes: list[Box], *, key_id: str | None, 
     when = time.time() if when is None else when
     name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
     path = edits_dir(channel_markers) / f"{name}{SUFFIX}"
-    write_json(path, {
-        "boxes": [b.to_key() for b in boxes], "times": list(times) if times is not None else None,
-        "when": when, "key": key_id, "mode": mode, "level": 0,
-    }, durable=durable)
+    edit = Edit(boxes=tuple(boxes), times=tuple(times) if times is not None else None, when=when,
+                key_id=key_id, mode=mode)
+    write_json(path, edit.to_record(), durable=durable)
     atomic_write(edits_dir(channel_markers) / LATEST, name.encode(), durable=durable)
     logger.info("edit %s: %d box(es) by key %s", name, len(boxes), key_id or "(none)")
     return path
@@ -104,13 +128,5 @@ def read_edits(channel_markers: Path) -> list[Edit]:
         record = read_json(folder / name)
         if record is None:  # removed meanwhile
             continue
-        try:
-            out.append(Edit(
-                boxes=tuple(Box.from_key(k) for k in record["boxes"]),
-                times=tuple(int(t) for t in record["times"]) if record.get("times") is not None else None,
-                when=float(record["when"]), key_id=record.get("key"), mode=str(record.get("mode", "overwrite")),
-                level=int(record.get("level", 0)),
-            ))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{folder / name}: not an edit record: {exc}") from exc
+        out.append(Edit.from_record(record, where=str(folder / name)))
     return out

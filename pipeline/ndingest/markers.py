@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 WRITTEN, VERIFIED = "written", "verified"
 SUFFIX = ".json"
+LEVELS_BUILT = "levels_built.json"
 
 
 def checksum(array: np.ndarray) -> str:
@@ -191,7 +192,7 @@ def write_json(path: Path, record: dict, *, durable: bool = True) -> None:
 
 
 def write_marker(directory: Path, box: Box, record: dict, *, durable: bool = True) -> None:
-    write_json(directory / f"{box.to_key()}{SUFFIX}", {"box": box.to_key(), **record}, durable=durable)
+    write_json(marker_path(directory, box), {"box": box.to_key(), **record}, durable=durable)
 
 
 def read_json(path: Path) -> dict | None:
@@ -204,7 +205,28 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_marker(directory: Path, box: Box) -> dict | None:
-    return read_json(directory / f"{box.to_key()}{SUFFIX}")
+    return read_json(marker_path(directory, box))
+
+
+def written_at(path: Path) -> float | None:
+    """When a marker (or record) was written, from its file; None if there is none. What
+    `verify` compares an edit's time with: a POST before it was written over excuses nothing."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable marker: {exc.strerror or exc}") from exc
+
+
+def marker_path(directory: Path, box: Box) -> Path:
+    return directory / f"{box.to_key()}{SUFFIX}"
+
+
+def levels_built_path(channel_markers: Path) -> Path:
+    """Where a channel's markers note that a server built its levels >= 1 (it writes no
+    marker for them), so `status` counts them without asking the server."""
+    return channel_markers / LEVELS_BUILT
 
 
 def count_marked(channel_markers: Path, kind: str, level: int, shards: Iterable[Shard]) -> int:

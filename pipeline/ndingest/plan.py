@@ -115,6 +115,11 @@ class ChannelPlan:
         return VolumeRef(self.dataset, self.project, self.name, t if self.spec.type == "timeseries" else None)
 
     @property
+    def channel_ref(self) -> VolumeRef:
+        """The channel as a whole (what edit records are kept per), whatever its time points."""
+        return VolumeRef(self.dataset, self.project, self.name)
+
+    @property
     def refs(self) -> list[VolumeRef]:
         return [self.ref(t) for t in range(self.source.time_points)]
 

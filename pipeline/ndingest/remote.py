@@ -34,6 +34,7 @@ import numpy as np
 
 from . import catalog
 from .blocks import Box
+from .edits import Edit
 from .errors import CatalogConflict, NdingestError, RemoteError, RequestError, SpecError, StoreError
 from .targets import VolumeRef
 
@@ -316,6 +317,17 @@ class RemoteStore:
                                   shape=(1, *shape) if ref.t is not None else shape, what=f"GET {url}")
             return array[0] if ref.t is not None else array
         return PendingRequest(self._pool().submit(get))
+
+    def edits(self, channel: VolumeRef) -> list[Edit]:
+        """The cutout POSTs the server recorded for `channel` (ours, its replace-mode ones
+        among them: `verify` counts only those after a block's marker), oldest first."""
+        url = f"{self.client.url}/sd/{self.token}/{channel.channel}/edits/"
+        found = self.client.get_json(url)
+        if found is None:
+            raise RemoteError(f"GET {url}: 404: the server holds no channel {channel.channel!r} for token {self.token!r}")
+        if not isinstance(found, list):
+            raise RemoteError(f"GET {url}: the answer is not a list of edit records")
+        return [Edit.from_record(record, where=f"GET {url}") for record in found]
 
     def _datatype(self, ref: VolumeRef) -> str:
         if ref not in self._datatypes and self.info(ref) is None:

@@ -271,7 +271,7 @@ def levels_built(plan: Plan, channel: str) -> bool:
 def built_record_path(cp: ChannelPlan) -> Path:
     """Where a channel's markers note that the server built its levels, so `status` (and
     the progress bars, which ask it every second) count them without asking the server."""
-    return cp.markers_dir / "levels_built.json"
+    return markers.levels_built_path(cp.markers_dir)
 
 
 def build_levels(plan: Plan, channel: str) -> None:

@@ -23,8 +23,9 @@ from typing import Protocol
 import numpy as np
 
 from .blocks import Box, Vec3
+from .edits import Edit, read_edits
 from .errors import CatalogConflict, StoreError
-from .markers import atomic_write, flush_filesystem
+from .markers import atomic_write, channel_dir, flush_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class Target(Protocol):
     def start_write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> Pending: ...
     def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray: ...
     def start_read(self, ref: VolumeRef, level: int, box: Box) -> Pending: ...
+    def edits(self, channel: VolumeRef) -> list[Edit]: ...
 
 
 class LocalStore:
@@ -253,3 +255,7 @@ class LocalStore:
         except (ValueError, RuntimeError, IndexError) as exc:
             raise StoreError(f"{what}: {exc}") from exc
         return PendingRead(future, what)
+
+    def edits(self, channel: VolumeRef) -> list[Edit]:
+        """The cutout POSTs `ndingest serve` made to `channel` of this store, oldest first."""
+        return read_edits(channel_dir(self.path, channel.dataset, channel.project, channel.channel))

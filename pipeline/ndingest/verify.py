@@ -19,7 +19,7 @@ import numpy as np
 from . import markers
 from .blocks import Box, Shard, Vec3, block_shape
 from .downsample import factors
-from .edits import Edit, read_edits
+from .edits import Edit, made_after
 from .errors import NdingestError, VerifyMismatch
 from .ingest import children_box, level_block, reduce_children
 from .plan import ChannelPlan, Plan
@@ -92,7 +92,8 @@ def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box:
     differs where one of `edits` (cutout POSTs to `ndingest serve`) touched it is
     reported as edited, with when and by which key, not as a mismatch."""
     row = _row(cp, shard, level, box)
-    marker = markers.read_marker(markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard), box)
+    written = markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard)
+    marker = markers.read_marker(written, box)
     built_by_target = level > 0 and store.builds_levels  # a server's rebuild: no marker, no checksum
     if marker is None and not built_by_target:
         return {**row, "status": "not written", "detail": "no marker: the block was never written"}, None
@@ -111,7 +112,9 @@ def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box:
     row["checksum_store"] = summing.result()
     checksum_differs = marker is not None and row["checksum_store"] != marker["checksum"]
     if (mismatch is not None or checksum_differs) and edits:
-        edit = next((e for e in edits if e.touches(box, level=level, factors=factors(
+        since = markers.written_at(markers.marker_path(written, box) if marker is not None
+                                   else markers.levels_built_path(cp.markers_dir))
+        edit = next((e for e in made_after(edits, since) if e.touches(box, level=level, factors=factors(
             plan.spec.dataset.scaling_option), t=shard.t if cp.spec.type == "timeseries" else None)), None)
         if edit is not None:
             when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(edit.when))
@@ -147,7 +150,7 @@ def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, r
     store = store or plan.store.reopened()  # a fresh reader, not the writer's handles
     directory = markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)
     done = markers.marked_in_shard(directory, shard) if resume else set()
-    edits = read_edits(cp.markers_dir)
+    edits = store.edits(cp.channel_ref)
     rows, marked = [], 0
     todo = [box for box in shard.blocks if box not in done]
     ahead: dict[Box, Pending] = {}
@@ -216,7 +219,7 @@ def verify_levels_0_and_1(plan: Plan, cp: ChannelPlan, children: dict[Box, list[
     pyramid. Rows in `verify_shard`'s order, level 0 first."""
     lv0, lv1 = cp.levels[0], cp.levels[1]
     shard_of = {(s.t, b): s for s in lv0.shards for b in s.blocks}
-    edits = read_edits(cp.markers_dir)
+    edits = store.edits(cp.channel_ref)
     done: dict[tuple[int, int], set[Box]] = {}
     marked: dict[tuple[int, int], int] = {}
     rows: dict[tuple[int, int, Box], dict] = {}

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import pickle
 import sys
+import time
 from pathlib import Path
 
+import blosc
 import numpy as np
 import pytest
+import requests
 
 from ndingest.blocks import Box, Vec3
 from ndingest.catalog import channel_row, dataset_row, project_rows
+from ndingest.edits import record_edit
 from ndingest.errors import CatalogConflict, RemoteError, StoreError
+from ndingest.markers import channel_dir
 from ndingest.remote import Client, RemoteStore, RestCatalog
 from ndingest.spec import ChannelSpec, DatasetSpec, ProjectSpec
 from ndingest.targets import LocalStore, Scale, VolumeRef, precomputed_info
@@ -136,3 +141,24 @@ def test_several_writes_in_flight_all_land(target):
     target.flush()
     for i, box in enumerate(boxes):
         np.testing.assert_array_equal(target.read(REF, 0, box), block(box, seed=10 + i))
+
+
+def test_edits_list_the_cutout_posts_made_to_a_channel_oldest_first(target, request):
+    """A user's POST through `ndingest serve` (for the local store, the record the server
+    writes beside its markers); `verify` reads them to tell edits from corruption."""
+    assert target.edits(REF) == []
+    boxes = [Box(OFFSET, OFFSET + Vec3(64, 64, 16)), Box(OFFSET + Vec3(64, 0, 0), OFFSET + Vec3(128, 64, 16))]
+    started = time.time()
+    for box in boxes:
+        if isinstance(target, LocalStore):
+            record_edit(channel_dir(target.path, REF.dataset, REF.project, REF.channel), [box], key_id=None)
+        else:
+            url = request.getfixturevalue("server")[0].url
+            b, e = box.begin, box.end
+            reply = requests.post(f"{url}/nd/sd/tk/{REF.channel}/blosc/0/{b.x},{e.x}/{b.y},{e.y}/{b.z},{e.z}/",
+                                  data=blosc.pack_array(np.ones((1, 16, 64, 64), np.uint16)), timeout=30)
+            assert reply.status_code == 200, reply.text
+    edits = target.edits(REF)
+    assert [e.boxes for e in edits] == [(box,) for box in boxes]
+    assert all(started <= e.when <= time.time() and e.mode == "overwrite" and e.key_id is None for e in edits)
+    assert edits[0].when <= edits[1].when

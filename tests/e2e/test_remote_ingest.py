@@ -8,6 +8,7 @@ server's edit records (one per accepted cutout POST).
 """
 from __future__ import annotations
 
+import csv
 import sqlite3
 import subprocess
 import time
@@ -22,6 +23,7 @@ import tensorstore as ts
 
 from conftest import NDINGEST, run_cli, spec_text, write_h5
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
+from ndingest.server.keys import key_id
 from serving import free_port, serving, start_server
 from test_serve_propagate import reference_level
 
@@ -178,6 +180,34 @@ def test_restart_of_a_channel_on_a_server_erases_labels_posted_since(ingested, t
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(read_volume(ingested["store"], "annotation", 0), labels)
     assert edits(ingested["store"], "annotation") == 8  # the channel made anew, and every block posted once
+
+
+def test_verify_of_a_server_names_blocks_posted_since_as_edited_and_still_finds_a_corrupt_chunk(ingested):
+    """The server's edit records reach a remote verify: a user's POST after the ingest is
+    "edited since ingest" (levels 0 and the stale 1 above it), while a chunk corrupted on
+    the server's disk still differs, though the ingest's own replace POSTs touched it."""
+    base, store, spec = f"{ingested['server'].url}/nd", ingested["store"], ingested["spec"]
+    box = "1000,1064/2000,2064/1000,1016"
+    reply = requests.post(f"{base}/sd/{PROJECT}/image/blosc/0/{box}/",
+                          data=blosc.pack_array(np.full((1, 16, 64, 64), 7, np.uint8)),
+                          headers={"Authorization": f"Token {KEY}"}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    result = run_cli("verify", str(spec), env={"NDINGEST_API_KEY": KEY})
+    assert result.returncode == 0, result.stdout + result.stderr
+    here = spec.parent / ".ndingest" / f"127.0.0.1_{ingested['server'].port}_nd"
+    rows = list(csv.DictReader((here / "_reports" / DATASET / PROJECT / "verify.csv").open()))
+    edited = [r for r in rows if r["status"] == "edited since ingest"]
+    assert {(r["channel"], r["level"]) for r in edited} == {("image", "0"), ("image", "1")}, edited
+    assert all(key_id(KEY) in r["detail"] for r in edited)
+    assert all(r["status"] == "ok" for r in rows if r not in edited)
+
+    chunk = sorted((store / DATASET / PROJECT / "annotation" / "32_32_40").iterdir())[-1]
+    raw = bytearray(chunk.read_bytes())
+    raw[-5] ^= 0x3C
+    chunk.write_bytes(bytes(raw))
+    result = run_cli("verify", str(spec), env={"NDINGEST_API_KEY": KEY})
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "annotation t0 level0" in result.stderr and "differs from source" in result.stderr, result.stderr
 
 
 # --- a server killed mid-ingest --------------------------------------------------------------------

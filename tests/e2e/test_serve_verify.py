@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
+import time
 import zlib
 
 import numpy as np
 import requests
 
 from conftest import run_cli
+from ndingest.blocks import Box, Vec3
+from ndingest.edits import record_edit
 from ndingest.server.keys import key_id
 from serving import TUTORIAL, ingest_store, serving
 
@@ -78,3 +81,28 @@ def test_verify_reports_posted_blocks_as_edited_and_still_checks_the_rest(tmp_pa
     result = run_cli("verify", str(spec))
     assert result.returncode == 5, result.stderr
     assert "annotation t0 level0" in result.stderr and "differs from source" in result.stderr, result.stderr
+
+
+def test_a_post_older_than_the_blocks_marker_excuses_no_mismatch(tmp_path, tutorial_data):
+    """An edit made before the block was written (an ingest's own replace POST, or one
+    before `--restart`) does not explain a block that differs; one made after does."""
+    made = ingest_store(tmp_path / "s", tutorial_data)
+    store, spec = made["store"], made["spec"]
+    channel_markers = store / "_markers" / TUTORIAL[0] / TUTORIAL[1] / "image"
+    everywhere = Box(Vec3(0, 0, 0), Vec3(10**6, 10**6, 10**6))
+    record_edit(channel_markers, [everywhere], key_id="0ldc0ffe", when=time.time() - 3600)
+    chunk = sorted((store / TUTORIAL[0] / TUTORIAL[1] / "image" / "32_32_40").iterdir())[0]
+    raw = bytearray(chunk.read_bytes())
+    raw[100] ^= 0x5A
+    chunk.write_bytes(bytes(raw))
+
+    result = run_cli("verify", str(spec))
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "image t0 level0" in result.stderr and "differs from source" in result.stderr, result.stderr
+    assert not [r for r in report(store) if r["status"] == "edited since ingest"]
+
+    record_edit(channel_markers, [everywhere], key_id="5eccfee5")  # now: after every marker
+    result = run_cli("verify", str(spec))
+    assert result.returncode == 0, result.stderr
+    edited = [r for r in report(store) if r["status"] == "edited since ingest"]
+    assert len(edited) == 1 and "5eccfee5" in edited[0]["detail"], edited

@@ -42,7 +42,7 @@ from ..errors import BodyTooLarge, Forbidden, RequestError, StoreError
 from ..markers import channel_dir, flush_filesystem
 from . import formats
 from .context import ChannelView, ServerContext, nd_routes
-from ..edits import Edit, read_edits, record_edit
+from ..edits import read_edits, record_edit
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def routes(ctx: ServerContext) -> list:
         token = ctx.token(request.path_params["token"])
         ctx.check_read(token, request)
         channel = ctx.channel(token, request.path_params["channel"])
-        return JSONResponse([edit_json(e) for e in read_edits(channel_markers(ctx, channel))])
+        return JSONResponse([e.to_record() for e in read_edits(channel_markers(ctx, channel))])
 
     cut = "{token}/{channel}/{fmt}/{res}/{x}/{y}/{z}/"
     return [
@@ -213,9 +213,3 @@ def routes(ctx: ServerContext) -> list:
         *nd_routes("{token}/{channel}/edits/", list_edits),
         *propagate.routes(ctx),
     ]
-
-
-def edit_json(edit: Edit) -> dict:
-    """An edit record as `GET {token}/{channel}/edits/` lists it (the record file's fields)."""
-    return {"boxes": [b.to_key() for b in edit.boxes], "times": list(edit.times) if edit.times is not None else None,
-            "when": edit.when, "key": edit.key_id, "mode": edit.mode, "level": edit.level}
