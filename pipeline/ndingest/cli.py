@@ -188,10 +188,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import bind, create_app, exposure_warning, run
 
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None)
-    sock = bind(args.host, args.port)
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
-    if warning:
+    if warning:  # before the bind: said even when the address turns out to be taken
         _say(f"warning: serving {store} {warning}")
+    sock = bind(args.host, args.port)
     print(f"ndingest serve: {store} on http://{args.host}:{sock.getsockname()[1]}/ (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     run(app, sock, debug=args.debug)

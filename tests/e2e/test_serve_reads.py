@@ -299,3 +299,18 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(server, store):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("ndingest: error: ") and result.stderr.count("\n") == 1
     assert str(server.port) in result.stderr
+
+
+def test_serve_told_to_listen_beyond_this_machine_without_keys_warns(server, store, tmp_path):
+    """The warning, from the real CLI, without ever listening beyond 127.0.0.1: the port
+    is taken on 127.0.0.1 by the running server, so the bind on 0.0.0.0 is refused."""
+    result = run_cli("serve", "--store", str(store["store"]), "--host", "0.0.0.0", "--port", str(server.port),
+                     timeout=30)
+    assert result.returncode == 2, result.stderr
+    warning, error = result.stderr.splitlines()
+    assert warning.endswith("on 0.0.0.0 without --api-keys: anyone who can reach it may write"), warning
+    assert error.startswith("ndingest: error: --host 0.0.0.0") and "cannot listen there" in error
+    (tmp_path / "keys.txt").write_text("a-key\n")
+    result = run_cli("serve", "--store", str(store["store"]), "--host", "0.0.0.0", "--port", str(server.port),
+                     "--api-keys", str(tmp_path / "keys.txt"), timeout=30)
+    assert result.returncode == 2 and "warning" not in result.stderr and result.stderr.count("\n") == 1
