@@ -181,3 +181,24 @@ def test_spot_check_picks_the_first_and_last_marked_blocks_then_random_ones(spec
     draws = {tuple(spot_check_blocks(cp, random.Random(seed))[2:]) for seed in range(20)}
     assert len(draws) > 1  # the third pick varies from run to run
     assert spot_check_source(plan, cp, random.Random(0)) == len(picked)  # unchanged source: all match
+
+
+def test_tasks_are_known_by_the_specs_content_and_store_never_by_its_path(tmp_path):
+    from conftest import spec_text
+
+    from ndingest.tasks import IngestBlock, Verify
+
+    def at(folder: str, store: str, **kwargs) -> str:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        path = tmp_path / folder / "spec.toml"
+        path.write_text(spec_text(image=tmp_path / "img.h5", store=store, **kwargs))
+        return str(path)
+
+    shared = str(tmp_path / "store")
+    one, other = at("host1", shared), at("host2", shared)
+    assert Verify(spec=one).task_id == Verify(spec=other).task_id
+    assert IngestBlock(spec=one, channel="image", shard=3).task_id == \
+        IngestBlock(spec=other, channel="image", shard=3).task_id
+    assert str(tmp_path) not in Verify(spec=one).task_id
+    assert Verify(spec=at("apart", "store")).task_id != Verify(spec=one).task_id  # its own store, beside it
+    assert Verify(spec=at("changed", shared, resolution=(8.0, 8.0, 40.0))).task_id != Verify(spec=one).task_id

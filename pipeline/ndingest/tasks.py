@@ -5,11 +5,14 @@
         -> Propagate(channel)* -> Verify                (a server builds the levels itself)
 
 Parameters are the spec path and small integers, so any process or host rebuilds the
-same tasks. `complete()` reads markers and the catalog and never writes.
+same tasks; a task is identified by the spec's content and where it writes, never by the
+path (`spec_identity`), so hosts with their own copies of a spec share the work. `complete()` reads markers and the catalog and never writes.
 Run the Luigi way: `luigi --module ndingest.tasks Verify --spec S.toml --local-scheduler`.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +20,7 @@ import re
 import signal
 import time
 import traceback
+from pathlib import Path
 
 import luigi
 
@@ -24,6 +28,7 @@ from . import markers, steps
 from .errors import NdingestError
 from .ingest import ShardResult, write_shard
 from .plan import Plan, load_plan
+from .spec import load_spec
 from .runner import luigi_defaults
 from .verify import report_dir, verify_plan
 
@@ -32,10 +37,39 @@ logger = logging.getLogger(__name__)
 luigi_defaults()  # retcodes and friends where no luigi.cfg sets them: the Luigi way has no other hook
 
 
-class SpecTask(luigi.Task):
-    """A step of one spec's ingest; records why it failed for the `ndingest` CLI."""
+def spec_identity(spec_path: str) -> str:
+    """What a task is known by instead of the spec's path: a hash of the spec's content
+    and of where it writes (its store, resolved, and catalog), so hosts with their own copy
+    of one spec share one luigid's tasks, and two specs that write apart never do."""
+    spec = load_spec(spec_path)
+    stat = spec.path.stat()
+    return _identity(spec.path, stat.st_mtime_ns, stat.st_size, spec.store.url or str(spec.store.path),
+                     spec.store.catalog or "")
 
-    spec = luigi.Parameter(description="path of the spec file (TOML)")
+
+@functools.lru_cache(maxsize=32)
+def _identity(path: Path, mtime_ns: int, size: int, store: str, catalog: str) -> str:
+    digest = hashlib.sha256(path.read_bytes())
+    digest.update(f"\0{store}\0{catalog}".encode())
+    return digest.hexdigest()[:20]
+
+
+class SpecTask(luigi.Task):
+    """A step of one spec's ingest; records why it failed for the `ndingest` CLI.
+
+    The spec's path is not part of a task's identity (`significant=False`): `spec_id`
+    (`spec_identity`, filled in when not given) is."""
+
+    spec = luigi.Parameter(description="path of the spec file (TOML)", significant=False)
+    spec_id = luigi.Parameter(default="", description="the spec's identity (filled in from the spec file)")
+
+    @classmethod
+    def get_param_values(cls, params, args, kwargs):
+        values = super().get_param_values(params, args, kwargs)
+        named = dict(values)
+        if not named.get("spec_id"):
+            named["spec_id"] = spec_identity(named["spec"])
+        return [(name, named[name]) for name, _ in values]
 
     @property
     def plan(self) -> Plan:

@@ -81,16 +81,21 @@ def blocks_written(log: str, family: str) -> list[int]:
 
 
 def test_concurrent_runs_share_the_shards_and_write_each_block_once(tmp_path, luigid):
+    """Three runs, two of them "other hosts" with their own copy of the spec in a folder of
+    their own (tasks are known by the spec's content and store, not its path)."""
     # 1024 x 1024 x 96 uint8 in 128 x 128 x 16 blocks: 384 blocks in 96 shards, some seconds of work for
     # one run, so the others (started at the same time, polling luigid every 1-2 s) join in
     source = write_h5(tmp_path / "big.h5", np.random.default_rng(0).integers(0, 256, (96, 1024, 1024), dtype=np.uint8))
-    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4")
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4",
+                      store=str(tmp_path / "store"))
+    copies = [write_spec(tmp_path / f"host{i}", name=f"copy{i}.toml", image=source, store=str(tmp_path / "store"),
+                         ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4") for i in (1, 2)]
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(REPO / "configs/luigi.cfg")}
     runs = []
-    for i, extra in enumerate(([], ["--workers", "2"], [])):
+    for i, (path, extra) in enumerate(((spec, []), (copies[0], ["--workers", "2"]), (copies[1], []))):
         out, err = (open(tmp_path / f"run{i}.{kind}", "w+") for kind in ("out", "err"))  # pipes would fill up
-        runs.append((subprocess.Popen([NDINGEST, "ingest", str(spec), "--scheduler-url", luigid, "--debug", *extra],
-                                      stdout=out, stderr=err, text=True, env=env), out, err))
+        runs.append((subprocess.Popen([NDINGEST, "ingest", str(path), "--scheduler-url", luigid, "--debug", *extra],
+                                      stdout=out, stderr=err, text=True, env=env, cwd=path.parent), out, err))
     logs = []
     for run, out_file, err_file in runs:
         run.wait(timeout=600)
@@ -111,6 +116,9 @@ def test_concurrent_runs_share_the_shards_and_write_each_block_once(tmp_path, lu
     assert sum(1 for w in written if sum(w) > 0) > 1, written  # shared, not run by one alone
     writers = {json.loads(m.read_text())["pid"] for m in (tmp_path / "store/_markers").rglob("written/**/*.json")}
     assert len(writers) > 1
+    done = task_list(luigid, "DONE")  # one task per shard in luigid, whichever copy of the spec added it
+    assert sum(1 for name in done if name.startswith("IngestBlock_")) == 96, sorted(done)[:5]
+    assert sum(1 for name in done if name.startswith("Verify_")) == 1
 
 
 def test_terminal_shows_a_progress_bar_with_rate_and_eta(tmp_path, tutorial_data):
