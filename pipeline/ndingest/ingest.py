@@ -37,7 +37,7 @@ Progress = Callable[[int, int], None]  # (blocks done in this shard, blocks in t
 def manifest_for(cp: ChannelPlan, plan: Plan) -> dict:
     return {
         "source": cp.source.fingerprint(),
-        "block_chunks": list(plan.spec.ingest.block_chunks),
+        "block_chunks": list(cp.levels[0].block_chunks),  # a shard file's cuboid with sharding
         "extent": cp.extent.to_key(),
         "datatype": cp.datatype,
         "blocks_per_shard": len(cp.shards[0].blocks) if cp.shards else 0,
@@ -221,8 +221,9 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
         while in_flight:
             in_flight.popleft().wait()
         plan.store.flush()
+        now = time.time()  # what `verify` compares edits with: a POST before it excuses nothing
         for box, record, facts in batch:
-            markers.write_marker(directory, box, {**record, **facts.result()}, durable=False)
+            markers.write_marker(directory, box, {**record, **facts.result(), "written_at": now}, durable=False)
         markers.flush_filesystem(directory)
         batch.clear()
 

@@ -112,8 +112,9 @@ def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box:
     row["checksum_store"] = summing.result()
     checksum_differs = marker is not None and row["checksum_store"] != marker["checksum"]
     if (mismatch is not None or checksum_differs) and edits:
-        since = markers.written_at(markers.marker_path(written, box) if marker is not None
-                                   else markers.levels_built_path(cp.markers_dir))
+        since = _written_at(marker, markers.marker_path(written, box)) if marker is not None else \
+            _written_at(markers.read_json(markers.levels_built_path(cp.markers_dir)),
+                        markers.levels_built_path(cp.markers_dir), key="built_at")
         edit = next((e for e in made_after(edits, since) if e.touches(box, level=level, factors=factors(
             plan.spec.dataset.scaling_option), t=shard.t if cp.spec.type == "timeseries" else None)), None)
         if edit is not None:
@@ -130,6 +131,14 @@ def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box:
         return {**row, "status": "checksum differs from marker",
                 "detail": f"marker {marker['checksum']}, store {row['checksum_store']}"}, stored
     return row, stored
+
+
+def _written_at(record: dict | None, path: Path, *, key: str = "written_at") -> float | None:
+    """When a block was written (or a server built the levels), as its record says; from
+    the file's time for markers of versions that recorded none."""
+    if record is not None and key in record:
+        return float(record[key])
+    return markers.written_at(path)
 
 
 def _mark_verified(directory: Path, box: Box, row: dict) -> None:
