@@ -91,6 +91,36 @@ def fake_finished(spec: Path) -> None:
     mark_propagated(plan)
 
 
+def start_postgresql():
+    """A throwaway PostgreSQL on 127.0.0.1, as the tests start it (tests/postgres.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import postgres
+
+    reason = postgres.unavailable_reason()
+    if reason:
+        sys.exit(f"{reason} (or pass --no-postgresql)")
+    return postgres.start_server()
+
+
+def catalog_rows(folder: Path, source: Path, catalog: str) -> list[tuple[str, float, str]]:
+    """`status` and the cron no-op of the same finished ingest, its catalog in PostgreSQL."""
+    spec = folder / "spec_pg.toml"
+    spec.write_text(bench_spec("scale_bench", source, resolution=(4.0, 4.0, 4.0), scaling_option="isotropic",
+                               channel_extra="window_range = [0, 255]", store=folder / "store_pg",
+                               ingest="block_chunks = [1, 1, 1]")
+                    .replace(f'path = "{folder / "store_pg"}"', f'path = "{folder / "store_pg"}"\ncatalog = "{catalog}"'))
+    fake_finished(spec)
+    rows = []
+    seconds, status = timed(lambda: subprocess.run([NDINGEST, "status", str(spec)], capture_output=True,
+                                                    text=True, check=True))
+    rows.append(("`ndingest status SPEC`, catalog in PostgreSQL", seconds, status.stdout.strip()))
+    seconds, rerun = timed(lambda: subprocess.run([NDINGEST, "ingest", str(spec)], capture_output=True, text=True))
+    assert rerun.returncode == 0, rerun.stderr
+    rows.append(("`ndingest ingest SPEC`, finished, catalog in PostgreSQL (cron no-op)", seconds,
+                 rerun.stdout.splitlines()[0]))
+    return rows
+
+
 def main() -> None:
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -98,9 +128,12 @@ def main() -> None:
     parser.add_argument("--blocks-y", type=int, default=50)
     parser.add_argument("--blocks-z", type=int, default=40)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (for profiling)")
+    parser.add_argument("--no-postgresql", action="store_true",
+                        help="skip the rows of a PostgreSQL catalog (started here as tests/postgres.py does)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ndingest-scale-"))
     rows = []
+    postgres = None
     try:
         source = folder / "big.h5"
         shape = (args.blocks_z * EDGE, args.blocks_y * EDGE, args.blocks_x * EDGE)  # (z, y, x)
@@ -140,7 +173,12 @@ def main() -> None:
         rows.append(("resume: `ndingest ingest SPEC` after a kill mid-shard", seconds,
                      f"writes {len(lost.blocks) - len(lost.blocks) // 2} blocks, verifies {len(lost.blocks)}, "
                      "report of every block"))
+        if not args.no_postgresql:
+            postgres = start_postgresql()
+            rows += catalog_rows(folder, source, postgres.new_database())
     finally:
+        if postgres is not None:
+            postgres.stop()
         if args.keep:
             print(f"kept {folder}")
         else:

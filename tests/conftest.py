@@ -151,3 +151,65 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             st = p.stat()
             out[str(p.relative_to(folder))] = (st.st_ino, st.st_mtime_ns)
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the session (tests/postgres.py); skipped, with how
+    to get one, where none can run."""
+    import postgres
+
+    reason = postgres.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = postgres.start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A plain postgresql:// URL of a new empty database, one per test."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_catalog_url(request, tmp_path) -> str:
+    """A catalog URL on each engine: a new SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Where no PostgreSQL can run, its tests are skipped by a mark, so `-ra` folds them
+    into one line per file saying how to get it."""
+    import postgres
+
+    reason = postgres.unavailable_reason()
+    if reason is None:
+        return
+    for item in items:
+        params = getattr(item, "callspec", None)
+        if "postgres_server" in item.fixturenames or (params and params.params.get("any_catalog_url") == "postgresql"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3-compatible server on 127.0.0.1 for the session, the usual AWS variables
+    pointing at it (the CLI's subprocesses inherit them); each test makes its own bucket."""
+    import s3
+
+    if s3.moto_server_bin() is None:
+        pytest.skip("moto's S3 server is not installed: pip install 'moto[server]'")
+    server = s3.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    before = s3.point_env_at(server)
+    try:
+        yield server
+    finally:
+        s3.restore_env(before)
+        server.proc.terminate()
+        server.proc.wait(10)

@@ -49,7 +49,8 @@ def test_engine_for_creates_the_file_and_tables(tmp_path):
     path = tmp_path / "new" / "catalog.sqlite"
     engine = engine_for(path, create=True)
     assert path.is_file()
-    assert set(sa.inspect(engine).get_table_names()) == {"datasets", "projects", "tokens", "channels"}
+    assert set(sa.inspect(engine).get_table_names()) == {"datasets", "projects", "tokens", "channels",
+                                                         "ndingest_schema"}
 
 
 def test_engine_for_without_create_on_a_missing_file_is_none_and_creates_nothing(tmp_path):

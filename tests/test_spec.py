@@ -265,9 +265,19 @@ def test_store_url_that_is_not_an_http_url_is_rejected(tmp_path):
     assert "store.url" in message and "localhost:8000/nd" in message
 
 
-def test_store_path_as_a_url_is_rejected(tmp_path):
+def test_store_path_as_an_s3_url_needs_a_catalog_url_and_other_urls_are_rejected(tmp_path):
     message = spec_error(edited('path = "store"', 'path = "s3://bucket/prefix"'), tmp_path)
-    assert "store.path" in message and "s3://bucket/prefix" in message
+    assert "store.path" in message and "s3://bucket/prefix" in message and "needs store.catalog" in message
+    message = spec_error(edited('path = "store"', 'path = "gs://bucket/prefix"'), tmp_path)
+    assert "store.path" in message and "gs://bucket/prefix" in message
+    message = spec_error(edited('path = "store"', 'path = "s3:///prefix"\ncatalog = "postgresql://h/db"'), tmp_path)
+    assert "store.path" in message and "s3:///prefix" in message
+
+
+def test_store_path_as_an_s3_url_with_a_catalog_is_the_buckets_prefix(tmp_path):
+    text = edited('path = "store"', 'path = "s3://bucket/pre/fix"\ncatalog = "postgresql://u:p@h:5432/db"')
+    spec = parse_spec(text, tmp_path / "spec.toml")
+    assert str(spec.store.path) == "s3://bucket/pre/fix" and spec.store.catalog == "postgresql://u:p@h:5432/db"
 
 
 @pytest.mark.parametrize("table", ["dataset", "project", "channels", "store"])

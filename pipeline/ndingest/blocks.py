@@ -173,3 +173,76 @@ def plan_shards(
         for start in range(0, len(blocks), blocks_per_shard):
             shards.append(Shard(len(shards), t, tuple(blocks[start : start + blocks_per_shard])))
     return shards
+
+
+# --- precomputed shard files (neuroglancer_uint64_sharded_v1) ---------------------------------
+# Not the Luigi `Shard` above: these are the files a sharded precomputed scale stores its
+# chunks in. Each holds the chunks whose compressed Morton codes agree above the low
+# PRESHIFT_BITS bits, so a block that is exactly one such cuboid is exactly one file.
+PRESHIFT_BITS = 6  # 64 chunks per shard file: 4x4x4 chunks where the grid allows
+
+
+def chunk_grid(extent_shape: Vec3, chunk: Vec3) -> Vec3:
+    """Chunks per axis of a level (the last ones may be cut by the volume)."""
+    return Vec3(*(ceil_div(s, c) for s, c in zip(extent_shape, chunk)))
+
+
+def morton_bits(grid: Vec3) -> Vec3:
+    """Bits per axis of the compressed Morton code of a `grid` of chunks: ceil(log2(g))."""
+    return Vec3(*((g - 1).bit_length() for g in grid))
+
+
+def compressed_morton_code(position: Vec3, grid: Vec3) -> int:
+    """neuroglancer's chunk id in a sharded scale: the bits of x, y, z interleaved from
+    bit 0, an axis left out once its bits are used up (so small axes cost no bits)."""
+    bits = morton_bits(grid)
+    code, j = 0, 0
+    for i in range(max(bits)):
+        for axis in range(3):
+            if i < bits[axis]:
+                code |= ((position[axis] >> i) & 1) << j
+                j += 1
+    return code
+
+
+def shard_cuboid(grid: Vec3, *, inner_bits: int = PRESHIFT_BITS) -> Vec3:
+    """Chunks per axis of one shard file: the axes the first `inner_bits` interleaved
+    Morton bits go to (preshift + minishard bits of an identity-hashed spec; what
+    CloudVolume's `image_shard_shape_from_spec` computes).
+
+    A level of at most 64 chunks is one shard file: the cuboid is its grid rounded up to
+    powers of two. Cuboids are aligned at the level's voxel_offset, as the grid is::
+
+        grid 8x8x2 -> bits x,y,z,x,y,x -> cuboid 8x4x2 chunks, 2 shard files
+    """
+    bits = morton_bits(grid)
+    taken, used = [0, 0, 0], 0
+    for i in range(max(bits, default=0)):
+        for axis in range(3):
+            if i < bits[axis] and used < inner_bits:
+                taken[axis] += 1
+                used += 1
+    return Vec3(*(1 << b for b in taken))
+
+
+def sharding_spec(grid: Vec3) -> dict:
+    """A scale's `sharding` in `info`: identity hash, no minishards, and every Morton bit
+    above the preshift a shard bit (fewer would let two cuboids, two blocks, share a
+    file). Raw index and data: CloudVolume, tensorstore and neuroglancer all read it."""
+    return {
+        "@type": "neuroglancer_uint64_sharded_v1",
+        "hash": "identity",
+        "preshift_bits": PRESHIFT_BITS,
+        "minishard_bits": 0,
+        "shard_bits": max(0, sum(morton_bits(grid)) - PRESHIFT_BITS),
+        "minishard_index_encoding": "raw",
+        "data_encoding": "raw",
+    }
+
+
+def shard_file_name(position: Vec3, grid: Vec3) -> str:
+    """The shard file holding the chunk at grid `position`, e.g. `00f.shard` (hex, padded
+    to the shard bits, as neuroglancer, tensorstore and CloudVolume name it)."""
+    shard_bits = sharding_spec(grid)["shard_bits"]
+    number = (compressed_morton_code(position, grid) >> PRESHIFT_BITS) & ((1 << shard_bits) - 1)
+    return f"{number:0{max(1, ceil_div(shard_bits, 4))}x}.shard"

@@ -96,7 +96,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if plan.spec.store.url is not None:
         print(f"server: {plan.store.path} (markers and reports in {plan.state_dir}); done in {took:.1f} s")
     else:
-        print(f"store: {plan.store.path} (catalog {plan.store.catalog_path.name}); done in {took:.1f} s")
+        where = plan.store.catalog_path.name if plan.spec.store.catalog is None else plan.catalog.where
+        print(f"store: {plan.store.path} (catalog {where}); done in {took:.1f} s")
     return 0
 
 

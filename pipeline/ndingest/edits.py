@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .blocks import Box, Vec3
 from .errors import StoreError
-from .markers import atomic_write, read_json, write_json
+from .markers import atomic_write, listdir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def made_after(edits: list[Edit], when: float | None) -> list[Edit]:
 
 
 def edits_dir(channel_markers: Path) -> Path:
-    return Path(channel_markers) / EDITS
+    return channel_markers / EDITS
 
 
 def record_edit(channel_markers: Path, boxes: list[Box], *, key_id: str | None, when: float | None = None,
@@ -120,7 +120,7 @@ def read_edits(channel_markers: Path) -> list[Edit]:
     """Every edit of one channel, oldest first (one listing, one small read per POST)."""
     folder = edits_dir(channel_markers)
     try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(SUFFIX) and not n.startswith("."))
+        names = sorted(n for n in listdir(folder) if n.endswith(SUFFIX) and not n.startswith("."))
     except FileNotFoundError:
         return []
     out = []

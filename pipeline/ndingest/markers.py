@@ -37,6 +37,11 @@ import numpy as np
 
 from .blocks import Box, Shard
 from .errors import StoreError
+from .kvpath import KvPath
+
+# Where markers live: a folder, or a prefix in an object store (a KvPath: writes there are
+# atomic and durable when they return, so nothing is flushed and no temp file is made).
+Place = Path | KvPath
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +71,15 @@ def shard_dir(channel_markers: Path, kind: str, level: int, shard: Shard) -> Pat
 def marked_boxes(directory: Path) -> set[Box]:
     """The boxes marked in one shard folder, from one listing."""
     try:
-        names = os.listdir(directory)
+        names = listdir(directory)
     except FileNotFoundError:
         return set()
     return {Box.from_key(n[: -len(SUFFIX)]) for n in names if n.endswith(SUFFIX)}
+
+
+def listdir(directory: Place) -> list[str]:
+    """The names in a folder (or under a prefix); FileNotFoundError if there is none."""
+    return directory.names() if isinstance(directory, KvPath) else os.listdir(directory)
 
 
 def pending_blocks(shard: Shard, marked: set[Box]) -> list[Box]:
@@ -135,7 +145,10 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write `data` to `path` all or nothing: temp file, fsync, rename, fsync the folder.
 
     `durable=False` leaves out both fsyncs, for callers that write many files and then
-    make them durable at once with `flush_filesystem`."""
+    make them durable at once with `flush_filesystem`. An object store's PUT is both."""
+    if isinstance(path, KvPath):
+        path.write_bytes(data)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -171,7 +184,10 @@ def flush_filesystem(path: Path) -> None:
 
     One call per batch of blocks replaces an fsync per chunk file and per marker, which
     cost most of an ingest's time on disks with slow flushes (DESIGN.md, pitfalls).
-    Where syncfs is missing (not Linux), os.sync() does the same for every file system."""
+    Where syncfs is missing (not Linux), os.sync() does the same for every file system.
+    An object store has nothing to flush: a PUT is durable when it returns."""
+    if isinstance(path, KvPath):
+        return
     if _SYNCFS is None:
         os.sync()
         return
@@ -211,6 +227,8 @@ def read_marker(directory: Path, box: Box) -> dict | None:
 def written_at(path: Path) -> float | None:
     """When a marker (or record) was written, from its file; None if there is none. What
     `verify` compares an edit's time with: a POST before it was written over excuses nothing."""
+    if isinstance(path, KvPath):
+        return None  # an object's time is not kept by the kvstore: records carry their own
     try:
         return path.stat().st_mtime
     except FileNotFoundError:
@@ -237,6 +255,9 @@ def count_marked(channel_markers: Path, kind: str, level: int, shards: Iterable[
 def drop(channel_markers: Path, kind: str | None = None) -> None:
     """Forget markers: one kind, or everything the channel has (for --restart)."""
     target = channel_markers / kind if kind else channel_markers
+    if isinstance(target, KvPath):
+        target.remove_tree()
+        return
     try:
         shutil.rmtree(target)
     except FileNotFoundError:

@@ -11,14 +11,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_shards
+from .blocks import Box, Shard, Vec3, ceil_div, chunk_grid, chunk_shape, plan_shards, shard_cuboid
 from .downsample import factors, level_extent
 from .errors import SourceError, SpecError
 from .markers import channel_dir, project_dir
 from .chunked import locate_array, names_an_array_folder
 from .sources import Source, open_source
 from .spec import ChannelSpec, Spec, load_spec
-from .catalog import Catalog, SqliteCatalog
+from .catalog import Catalog, SqlCatalog, SqliteCatalog
 from .targets import LocalStore, Scale, Target, VolumeRef
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,14 @@ def resolve_levels(scaling_levels: int | str, *, extent: Box, scaling_option: st
 
 @dataclass(frozen=True)
 class LevelPlan:
-    """One level of a channel: its absolute extent, chunk (ndstore's cuboid) and shards."""
+    """One level of a channel: its absolute extent, chunk (ndstore's cuboid), shards, and
+    chunks per block (`level_block_chunks`)."""
 
     level: int
     extent: Box
     chunk: Vec3
     shards: list[Shard] = field(hash=False)
+    block_chunks: Vec3
 
     @property
     def total_blocks(self) -> int:
@@ -146,7 +148,8 @@ class Plan:
         res = self.spec.dataset.voxel_resolution_nm
         f = factors(self.spec.dataset.scaling_option)
         return [Scale(resolution_nm=tuple(r * fa**lv.level for r, fa in zip(res, f)),  # type: ignore[arg-type]
-                      voxel_offset=lv.extent.begin, size=lv.extent.shape, chunk=lv.chunk)
+                      voxel_offset=lv.extent.begin, size=lv.extent.shape, chunk=lv.chunk,
+                      sharded=self.spec.store.sharding)
                 for lv in any_channel.levels]
 
     @property
@@ -177,14 +180,26 @@ def check_source(channel: ChannelSpec, source: Source) -> None:
         )
 
 
-def _shards_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int) -> list[Shard]:
-    """Shards of `blocks_per_shard` blocks, made bigger where a channel would have more than
-    `MAX_SHARDS_PER_CHANNEL` per level. A shard holds blocks of one time point, so the cap
-    is shared out per time point (past 1,000 time points: one shard each)."""
-    grid = [ceil_div(s, c * b) for s, c, b in zip(extent.shape, chunk, spec.ingest.block_chunks)]
+def level_block_chunks(extent: Box, chunk: Vec3, spec: Spec) -> Vec3:
+    """Chunks per block of a level: `ingest.block_chunks`, or with `store.sharding` one
+    precomputed shard file's cuboid of the level's grid, so no two blocks (no two writers)
+    share a shard file. Edge blocks are clipped by the volume either way."""
+    if spec.store.sharding:
+        return shard_cuboid(chunk_grid(extent.shape, chunk))
+    return spec.ingest.block_chunks
+
+
+def _shards_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int, *,
+                block_chunks: Vec3 | None = None) -> list[Shard]:
+    """Shards of `blocks_per_shard` blocks of `block_chunks` (default: the spec's), made
+    bigger where a channel would have more than `MAX_SHARDS_PER_CHANNEL` per level. A shard
+    holds blocks of one time point, so the cap is shared out per time point (past 1,000
+    time points: one shard each)."""
+    block_chunks = block_chunks or spec.ingest.block_chunks
+    grid = [ceil_div(s, c * b) for s, c, b in zip(extent.shape, chunk, block_chunks)]
     shards_per_time_point = max(1, MAX_SHARDS_PER_CHANNEL // time_points)
     per_shard = max(spec.ingest.blocks_per_shard, ceil_div(grid[0] * grid[1] * grid[2], shards_per_time_point))
-    return plan_shards(extent, chunk, block_chunks=spec.ingest.block_chunks, blocks_per_shard=per_shard,
+    return plan_shards(extent, chunk, block_chunks=block_chunks, blocks_per_shard=per_shard,
                        time_points=time_points)
 
 
@@ -195,7 +210,10 @@ def plan_levels(extent: Box, spec: Spec, *, levels: int, time_points: int) -> li
     for level in range(levels + 1):
         lv_extent = level_extent(extent, level, ds.scaling_option)
         chunk = chunk_shape(ds.scaling_option, ds.voxel_resolution_nm, level)
-        out.append(LevelPlan(level, lv_extent, chunk, _shards_for(lv_extent, chunk, spec, time_points)))
+        block_chunks = level_block_chunks(lv_extent, chunk, spec)
+        out.append(LevelPlan(level, lv_extent, chunk, _shards_for(lv_extent, chunk, spec, time_points,
+                                                                  block_chunks=block_chunks),
+                             block_chunks=block_chunks))
     return out
 
 
@@ -232,14 +250,16 @@ def build_plan(spec: Spec) -> Plan:
 
 def open_target(spec: Spec) -> tuple[Target, Catalog, Path]:
     """The spec's target, its catalog and where its markers live: a local store keeps all
-    three in its folder; a server (`store.url`) keeps the first two (`remote`)."""
+    three in its folder, its catalog in the database `store.catalog` names if given; a
+    server (`store.url`) keeps the first two (`remote`)."""
     if spec.store.url is not None:
         from .remote import open_remote
 
         return open_remote(spec)
     assert spec.store.path is not None
     store = LocalStore(spec.store.path)
-    return store, SqliteCatalog(store.catalog_path), store.path
+    rows = SqlCatalog(spec.store.catalog) if spec.store.catalog else SqliteCatalog(store.catalog_path)
+    return store, rows, store.path
 
 
 def load_plan(spec_path: str | os.PathLike) -> Plan:

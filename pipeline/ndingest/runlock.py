@@ -51,3 +51,22 @@ def run_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def catalog_lock(catalog, name: str) -> Iterator[None]:
+    """One local-scheduler run per store and spec where the store has no folder to lock
+    (an object store): a PostgreSQL advisory lock in its catalog, which the server drops
+    with the process's session; beside a SQLite catalog file, an flock as `run_lock`."""
+    try:
+        held = catalog.try_lock(name)
+    except NotImplementedError:
+        with run_lock(Path(f"{catalog.url.database}.lock")):
+            yield
+        return
+    if held is None:
+        raise AlreadyRunning(f"already running on this store and spec (its lock is held in catalog {catalog.where})")
+    try:
+        yield
+    finally:
+        held.release()

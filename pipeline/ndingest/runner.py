@@ -72,11 +72,12 @@ def run_luigi(plan: Plan, *, workers: int, scheduler_url: str | None, debug: boo
     started = time.time() - 1
     kwargs = {"scheduler_url": scheduler_url} if scheduler_url else {"local_scheduler": True}
     luigi_run_settings(scheduler_url)
+    _start_workers_clean(plan, workers)
     goal = Verify(spec=str(plan.spec.path))
     waited = False
     while True:
         try:
-            released = release_finished(scheduler_url, goal.spec) if scheduler_url else []
+            released = release_finished(scheduler_url, goal.spec, goal.spec_id) if scheduler_url else []
             if released:
                 say(f"luigid still showed {len(released)} finished task(s) as running (a run that "
                     f"stopped before it could report them); marked done: {', '.join(released)}")
@@ -110,6 +111,31 @@ def run_luigi(plan: Plan, *, workers: int, scheduler_url: str | None, debug: boo
                         + (f"\n{chr(10).join(detail)}" if detail else "; rerun with --debug for Luigi's summary"))
 
 
+def _run_lock(plan: Plan) -> AbstractContextManager:
+    """A local-scheduler run's lock: a file in the store's markers, or for an object store
+    (no folder to lock) one held in its catalog."""
+    from .kvpath import KvPath
+    from .runlock import catalog_lock, run_lock
+    from .steps import lock_path
+
+    if isinstance(plan.state_dir, KvPath):
+        return catalog_lock(plan.catalog, f"ndingest ingest {plan.markers_dir}")
+    return run_lock(lock_path(plan))
+
+
+def _start_workers_clean(plan: Plan, workers: int) -> None:
+    """Luigi forks its worker processes; once this process has used tensorstore (an object
+    store's markers are read through it), a forked child that uses it aborts. Such runs
+    start their workers from a fork server instead, which has imported but not used it."""
+    import multiprocessing
+
+    from .kvpath import KvPath
+
+    if workers > 1 and isinstance(plan.state_dir, KvPath):
+        multiprocessing.set_forkserver_preload(["ndingest.tasks"])
+        multiprocessing.set_start_method("forkserver", force=True)
+
+
 def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, restart: str | None = None,
            debug: bool = False, say: Say = logger.info,
            monitor: Callable[[Plan], AbstractContextManager] | None = None) -> None:
@@ -117,9 +143,8 @@ def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, re
     NdingestError of the first failure. Every check that writes nothing runs first; a
     run refused before Inspect finished leaves the store as it was. `monitor(plan)`
     wraps the run (the CLI's progress bars)."""
-    from .runlock import run_lock
     from .scheduler import check_scheduler
-    from .steps import forget_failed_start, lock_path, new_folders, preflight, restart_channel
+    from .steps import forget_failed_start, new_folders, preflight, restart_channel
 
     if restart:
         plan.channel(restart)  # a SpecError naming the channels if unknown
@@ -130,7 +155,7 @@ def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, re
     preflight(plan, skip_channel=restart)
     created = [] if scheduler_url else new_folders(plan)  # under luigid, other runs share them
     try:
-        with run_lock(lock_path(plan)) if not scheduler_url else nullcontext():
+        with nullcontext() if scheduler_url else _run_lock(plan):
             if restart:
                 restart_channel(plan, restart)
                 say(f"restart: dropped the markers of channel {restart}; writing it again")

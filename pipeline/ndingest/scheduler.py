@@ -40,9 +40,9 @@ def check_scheduler(url: str) -> None:
                           f"not as luigid does; check the URL")
 
 
-def release_finished(url: str, spec: str) -> list[str]:
-    """Mark DONE in luigid this spec's tasks it shows RUNNING that are complete on disk;
-    return their ids.
+def release_finished(url: str, spec: str, spec_id: str) -> list[str]:
+    """Mark DONE in luigid this spec's tasks (by `spec_id`, whichever host's copy of the
+    spec at `spec` added them) it shows RUNNING that are complete; return their ids.
 
     A run killed after a task finished but before it told luigid (a reboot at the wrong
     moment, or luigid's state file from then) leaves the task RUNNING under a dead worker.
@@ -59,10 +59,10 @@ def release_finished(url: str, spec: str) -> list[str]:
     released = []
     for task_id, shown in running.items():
         params = shown.get("params") or {}
-        if params.get("spec") != spec:
+        if params.get("spec_id") != spec_id:
             continue
-        try:
-            task = Register.get_task_cls(shown["name"]).from_str_params(params)
+        try:  # with this host's copy of the spec: another host's path need not exist here
+            task = Register.get_task_cls(shown["name"]).from_str_params({**params, "spec": spec})
         except (TaskClassException, KeyError, ValueError):
             continue  # another program's task that happens to take a `spec`
         if task.complete():

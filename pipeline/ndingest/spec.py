@@ -16,6 +16,7 @@ from typing import Any
 
 from .blocks import Vec3
 from .errors import SpecError
+from .kvpath import KvPath, is_url
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ class ChannelSpec:
 
 @dataclass(frozen=True)
 class StoreSpec:
-    path: Path | None
+    path: Path | KvPath | None  # a folder, or s3://bucket/prefix
     url: str | None = None
+    catalog: str | None = None  # a postgresql:// or sqlite:/// URL; None: the store's catalog.sqlite
+    sharding: bool = False  # neuroglancer_uint64_sharded_v1, one shard file per block (blocks.sharding_spec)
 
 
 @dataclass(frozen=True)
@@ -206,17 +209,56 @@ def _channel(name: str, table: Any, path: Path) -> ChannelSpec:
 
 
 def _store(table: dict, path: Path) -> StoreSpec:
-    _check_keys(table, {"path", "url"}, "store", path)
+    _check_keys(table, {"path", "url", "catalog", "sharding"}, "store", path)
+    sharding = _bool(table.get("sharding", False), "store.sharding", path)
     if "url" in table:
+        if sharding:
+            raise SpecError(f"{path}: store.sharding = true with store.url: a server's volumes are laid out by "
+                            f"the server, one file per chunk; remove store.sharding")
         if "path" in table:
             raise SpecError(f"{path}: store.path and store.url both given; a spec writes to one store")
+        if "catalog" in table:
+            raise SpecError(f"{path}: store.catalog = {_masked(table['catalog'])!r} with store.url: the server "
+                            f"keeps its own catalog; remove store.catalog")
         return StoreSpec(path=None, url=_server_url(table["url"], path))
     raw = _require(table, "path", "store", path)
     if not isinstance(raw, str) or not raw:
         raise SpecError(f"{path}: store.path = {raw!r} must be a folder")
+    catalog = _catalog_url(table["catalog"], path) if "catalog" in table else None
+    if is_url(raw):
+        if catalog is None:
+            raise SpecError(f"{path}: store.path = {raw!r} needs store.catalog: an object store keeps no catalog "
+                            f"file (\"postgresql://user:password@host:5432/database\", shared by every host)")
+        try:
+            return StoreSpec(path=KvPath.from_url(raw), catalog=catalog, sharding=sharding)
+        except SpecError as exc:
+            raise SpecError(f"{path}: store.path = {raw!r}: {exc}") from exc
     if "://" in raw:
-        raise SpecError(f"{path}: store.path = {raw!r}: only local folders are supported yet")
-    return StoreSpec(path=(path.parent / os.path.expanduser(raw)).resolve())
+        raise SpecError(f"{path}: store.path = {raw!r}: a local folder or s3://bucket/prefix "
+                        f"(gs:// is not supported yet)")
+    return StoreSpec(path=(path.parent / os.path.expanduser(raw)).resolve(), catalog=catalog, sharding=sharding)
+
+
+CATALOG_URL_RE = re.compile(r"^postgresql(\+psycopg)?://[^/\s]*/[^/\s?#]+(\?\S*)?$")
+SQLITE_URL_PREFIX = "sqlite:///"
+
+
+def _masked(value: Any) -> Any:
+    """`value` with a URL's password as ***, so an error line never shows it."""
+    return re.sub(r"(://[^/:@\s]*):[^/@\s]*@", r"\1:***@", value) if isinstance(value, str) else value
+
+
+def _catalog_url(value: Any, path: Path) -> str:
+    """A catalog by URL: PostgreSQL (hosts sharing a store share it), or a SQLite file
+    (`sqlite:///rel/path` resolves against the spec's folder, `sqlite:////abs/path`)."""
+    if isinstance(value, str) and CATALOG_URL_RE.fullmatch(value):
+        return value
+    if isinstance(value, str) and value.startswith(SQLITE_URL_PREFIX) and len(value) > len(SQLITE_URL_PREFIX) \
+            and "?" not in value:
+        file = value[len(SQLITE_URL_PREFIX):]
+        return SQLITE_URL_PREFIX + str((path.parent / os.path.expanduser(file)).resolve())
+    raise SpecError(f"{path}: store.catalog = {_masked(value)!r} must be a postgresql:// URL "
+                    f"(\"postgresql://user:password@host:5432/database\") or a sqlite:/// file")
 
 
 URL_RE = re.compile(r"^https?://[^/\s?#]+(/[^\s?#]*)?$")
@@ -241,6 +283,16 @@ def _ingest(table: dict, path: Path) -> IngestOptions:
     return IngestOptions(block_chunks=Vec3(*chunks), blocks_per_shard=per_shard)
 
 
+def _check_sharding_blocks(doc: dict, path: Path) -> None:
+    """With sharding a block is one shard file's cuboid of chunks, which each level's
+    grid decides (blocks.shard_cuboid), so a block size given by hand is refused."""
+    store, ingest = doc["store"], doc.get("ingest")
+    if store.get("sharding") is True and isinstance(ingest, dict) and "block_chunks" in ingest:
+        raise SpecError(f"{path}: ingest.block_chunks = {ingest['block_chunks']!r} with store.sharding = true: "
+                        f"a sharded block is one shard file's cuboid of chunks, set per level; "
+                        f"remove ingest.block_chunks")
+
+
 def parse_spec(text: str, path: Path) -> Spec:
     """Validate the TOML text of a spec whose file is `path` (paths resolve against it)."""
     try:
@@ -253,6 +305,7 @@ def parse_spec(text: str, path: Path) -> Spec:
             raise SpecError(f"{path}: missing table [{key}]")
     if not doc["channels"]:
         raise SpecError(f"{path}: [channels] names no channel")
+    _check_sharding_blocks(doc, path)
     return Spec(
         path=path,
         dataset=_dataset(doc["dataset"], path),

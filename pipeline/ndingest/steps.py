@@ -7,7 +7,6 @@ the run before anything lands in the store.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from .ingest import block_ranges, check_manifest, ensure_manifest, size_changed,
 from .inspection import SourceSummary, summarize
 from .plan import ChannelPlan, Plan
 from .sources import merge_ranges
+from .kvpath import KvPath
 from .targets import VolumeRef, precomputed_info
 
 logger = logging.getLogger(__name__)
@@ -314,6 +314,8 @@ def channel_status(plan: Plan) -> dict[str, dict]:
 def new_folders(plan: Plan) -> list[Path]:
     """The folders on the way to the project's markers that do not exist yet, outermost
     first: what a run that fails early may remove again."""
+    if isinstance(plan.markers_dir, KvPath):  # an object store has no folders: only the prefix's objects
+        return [] if plan.markers_dir.exists() else [plan.markers_dir]
     chain = [plan.markers_dir, *plan.markers_dir.parents]
     missing = [p for p in chain if not p.exists()]
     return missing[::-1]
@@ -328,14 +330,17 @@ def forget_failed_start(plan: Plan, created: list[Path]) -> None:
         return
     bookkeeping = {path.name for path in (lock_path(plan), failures_dir(plan))}
     try:
-        if set(os.listdir(plan.markers_dir)) - bookkeeping:
+        if set(markers.listdir(plan.markers_dir)) - bookkeeping:
             return
         for outer, inner in zip(created, created[1:]):
-            if os.listdir(outer) != [inner.name]:
+            if markers.listdir(outer) != [inner.name]:
                 return
     except FileNotFoundError:
         return
-    shutil.rmtree(created[0], ignore_errors=True)
+    if isinstance(created[0], KvPath):
+        created[0].remove_tree()
+    else:
+        shutil.rmtree(created[0], ignore_errors=True)
 
 
 def restart_channel(plan: Plan, channel: str) -> None:

@@ -6,6 +6,7 @@ Layout::
     STORE/catalog.sqlite
     STORE/DATASET/PROJECT/CHANNEL/info                 (t{t}/info for time series)
     STORE/DATASET/PROJECT/CHANNEL/<scale key>/<x0-x1_y0-y1_z0-z1>
+    STORE/DATASET/PROJECT/CHANNEL/<scale key>/<hex>.shard    with `[store] sharding = true`
 
 `precomputed_info` and `tensorstore_spec` are pure; `LocalStore` opens each volume once
 per process, lazily: its handles are keyed by process, so a worker Luigi forks opens its
@@ -22,9 +23,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .blocks import Box, Vec3
+from .blocks import Box, Vec3, chunk_grid, sharding_spec
 from .edits import Edit, read_edits
 from .errors import CatalogConflict, StoreError
+from .kvpath import KvPath
 from .markers import atomic_write, channel_dir, flush_filesystem
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,12 @@ class Scale:
     voxel_offset: Vec3
     size: Vec3
     chunk: Vec3
+    sharded: bool = False  # one precomputed shard file per block, not one file per chunk
+
+    @property
+    def sharding(self) -> dict | None:
+        """The scale's `sharding` in `info`, decided by its chunk grid alone."""
+        return sharding_spec(chunk_grid(self.size, self.chunk)) if self.sharded else None
 
 
 def precomputed_info(*, datatype: str, channel_type: str, scales: list[Scale]) -> dict:
@@ -84,16 +92,25 @@ def precomputed_info(*, datatype: str, channel_type: str, scales: list[Scale]) -
             "size": list(s.size),
             "chunk_sizes": [list(s.chunk)],
             "encoding": "raw",
+            **({"sharding": s.sharding} if s.sharded else {}),
         } for s in scales],
     }
 
 
-def tensorstore_spec(volume_dir: Path, level: int, *, sync: bool = False) -> dict:
+def kvstore_spec(volume_dir: Path | KvPath) -> dict:
+    """tensorstore's kvstore of a volume's folder: a local folder, or a prefix in a bucket."""
+    if isinstance(volume_dir, KvPath):
+        return volume_dir.bucket.kvstore_spec(volume_dir.key + "/")
+    return {"driver": "file", "path": str(volume_dir) + "/"}
+
+
+def tensorstore_spec(volume_dir: Path | KvPath, level: int, *, sync: bool = False) -> dict:
     """tensorstore's view of one level; writes are made durable by `LocalStore.flush`,
-    once per batch, not by an fsync per chunk file (`sync`)."""
+    once per batch, not by an fsync per chunk file (`sync`). In a bucket a PUT is durable
+    when it returns."""
     return {
         "driver": "neuroglancer_precomputed",
-        "kvstore": {"driver": "file", "path": str(volume_dir) + "/"},
+        "kvstore": kvstore_spec(volume_dir),
         "scale_index": level,
         "open": True,
         "store_data_equal_to_fill_value": True,  # readers that refuse missing chunks work
@@ -130,6 +147,30 @@ class PendingRead:
             raise StoreError(f"{self.what}: {exc}") from exc
 
 
+def is_sharded(handle) -> bool:
+    """Whether an open precomputed level keeps its chunks in shard files."""
+    return "sharding" in (handle.spec().to_json().get("scale_metadata") or {})
+
+
+def write_box(handle, box: Box, array: np.ndarray, *, what: str, one_transaction: bool) -> PendingWrite:
+    """Begin writing (z, y, x) voxels at `box` of an open level.
+
+    `one_transaction` (a sharded level): the box is staged in memory and committed as one
+    transaction, so each shard file it touches is written once, never read-modified-written
+    per chunk; a block that is a whole shard file's cuboid is written without reading it."""
+    import tensorstore as ts
+
+    try:
+        view = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0]
+        if not one_transaction:
+            return PendingWrite(view.write(array.T), what)
+        txn = ts.Transaction()
+        view.with_transaction(txn).write(array.T).result()  # staged, nothing on disk yet
+        return PendingWrite(txn.commit_async(), what)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
 class Pending(Protocol):
     """A write or read under way; `wait()` finishes it (a read returns its voxels)."""
 
@@ -161,17 +202,19 @@ class Target(Protocol):
 
 
 class LocalStore:
-    """A folder holding the catalog and the precomputed volumes."""
+    """A folder holding the catalog and the precomputed volumes, or a prefix in a bucket
+    (`s3://bucket/prefix`, a `KvPath`) laid out alike, whose catalog is a database."""
 
     builds_levels = False  # the pipeline's Downsample tasks write every level
     max_in_flight = 1  # tensorstore finishes one write while the next block is read
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | KvPath):
+        self.path = path if isinstance(path, KvPath) else Path(path)
         self._handles: dict[tuple[VolumeRef, int, int], object] = {}
+        self._sharded: dict[tuple[VolumeRef, int, int], bool] = {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": {}, "_sharded": {}}
 
     @property
     def catalog_path(self) -> Path:
@@ -221,6 +264,7 @@ class LocalStore:
                 self._handles[key] = ts.open(tensorstore_spec(self.volume_dir(ref), level)).result()
             except (ValueError, RuntimeError) as exc:
                 raise StoreError(f"{self.volume_dir(ref)}: cannot open level {level}: {exc}") from exc
+            self._sharded[key] = is_sharded(self._handles[key])
         return self._handles[key]
 
     def flush(self) -> None:
@@ -233,14 +277,11 @@ class LocalStore:
 
     def start_write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> "PendingWrite":
         """Begin writing (z, y, x) voxels at `box`; tensorstore finishes it in the
-        background while the caller reads the next block. `wait()` before `flush()`."""
+        background while the caller reads the next block. `wait()` before `flush()`.
+        A sharded level's block is one shard file, committed as one transaction."""
         handle = self._handle(ref, level)
-        what = f"{self.volume_dir(ref)}: cannot write {box}"
-        try:
-            future = handle[box.begin.x:box.end.x, box.begin.y:box.end.y, box.begin.z:box.end.z, 0].write(array.T)
-        except (ValueError, RuntimeError, IndexError) as exc:
-            raise StoreError(f"{what}: {exc}") from exc
-        return PendingWrite(future, what)
+        return write_box(handle, box, array, what=f"{self.volume_dir(ref)}: cannot write {box}",
+                         one_transaction=self._sharded[(ref, level, os.getpid())])
 
     def read(self, ref: VolumeRef, level: int, box: Box) -> np.ndarray:
         """The (z, y, x) voxels at `box`: an F-order read, transposed as a view."""

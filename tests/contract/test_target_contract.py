@@ -1,6 +1,7 @@
-"""The contract every target keeps, the local store and the REST target (`remote`, over a
-real `ndingest serve` on 127.0.0.1, one per module): create a volume, write boxes, read
-them back in (z, y, x), refuse a different `info`, and survive pickling into a worker."""
+"""The contract every target keeps: the local store (in a folder, and in a bucket of moto's
+S3 server on 127.0.0.1) and the REST target (`remote`, over a real `ndingest serve` on
+127.0.0.1, one per module): create a volume, write boxes, read them back in (z, y, x),
+refuse a different `info`, and survive pickling into a worker."""
 from __future__ import annotations
 
 import pickle
@@ -17,6 +18,7 @@ from ndingest.blocks import Box, Vec3
 from ndingest.catalog import channel_row, dataset_row, project_rows
 from ndingest.edits import record_edit
 from ndingest.errors import CatalogConflict, RemoteError, StoreError
+from ndingest.kvpath import KvPath
 from ndingest.markers import channel_dir
 from ndingest.remote import Client, RemoteStore, RestCatalog
 from ndingest.spec import ChannelSpec, DatasetSpec, ProjectSpec
@@ -56,10 +58,12 @@ def fresh_remote_volume(url: str) -> RemoteStore:
     return RemoteStore(client, token="tk")
 
 
-@pytest.fixture(params=["local", "remote"])
+@pytest.fixture(params=["local", "s3", "remote"])
 def target(request, tmp_path):
     if request.param == "remote":
         store = fresh_remote_volume(request.getfixturevalue("server")[0].url)
+    elif request.param == "s3":  # the local store's layout under a bucket's prefix (moto on 127.0.0.1)
+        store = LocalStore(KvPath.from_url(f"s3://{request.getfixturevalue('s3_server').new_bucket()}/lab/store"))
     else:
         store = LocalStore(tmp_path / "store")
     store.create_volume(REF, info())
@@ -69,7 +73,7 @@ def target(request, tmp_path):
 @pytest.fixture
 def volume_folder(target, request, tmp_path) -> Path:
     """Where the target keeps REF's volume on disk (the server's store for a remote one)."""
-    if isinstance(target, LocalStore):
+    if isinstance(target, LocalStore):  # a folder, or a bucket's prefix
         return target.volume_dir(REF)
     return request.getfixturevalue("server")[1].joinpath(*REF.parts)
 

@@ -23,18 +23,20 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from .. import catalog
-from ..blocks import Vec3, plan_blocks
+from ..blocks import Box, Vec3, plan_blocks
 from ..downsample import child_box, factors, reduce_box
 from ..edits import latest_edit
 from ..errors import NdingestError, RequestError, StateConflict, StoreError
 from ..markers import flush_filesystem
 from ..runlock import try_lock
-from .context import SCALING_NAMES, ChannelView, ServerContext, nd_routes
+from ..targets import VolumeRef, write_box
+from .context import SCALING_NAMES, ChannelView, LevelView, ServerContext, nd_routes
 
 logger = logging.getLogger(__name__)
 
@@ -143,14 +145,46 @@ def _markers(ctx: ServerContext, channel: ChannelView) -> Path:
 def rebuild_levels(ctx: ServerContext, channel: ChannelView) -> None:
     """Every level >= 1 of every volume of the channel, each from the one below, over the
     level's chunk grid (as its `info` lays it out), with downsample's exact reductions."""
+    from .writes import level_sharding, lock_cell
+
     handles = ctx.handles
     f = factors(SCALING_NAMES[int(channel.token.dataset["scalingoption"])])
     for ref in channel.refs:
         for below, level in zip(channel.levels, channel.levels[1:]):
-            for box in plan_blocks(level.extent, level.chunk, BLOCK_CHUNKS):
-                children = handles.read(ref, below.level, child_box(box, f).intersect(below.extent))
-                voxels = reduce_box(children, box, below.extent, f, channel_type=channel.channel_type)
-                handles.write(ref, level.level, box, voxels)
+            if level_sharding(channel, level.level) is None:
+                for box in plan_blocks(level.extent, level.chunk, BLOCK_CHUNKS):
+                    handles.write(ref, level.level, box, _reduced(ctx, channel, ref, below, box, f))
+                continue
+            cell = lock_cell(channel, level.level)  # one shard file's cuboid
+            for shard_box in level.extent.chunks(cell, within=level.extent):
+                _rebuild_shard_file(ctx, channel, ref, below, level, shard_box, f)
+
+
+def _reduced(ctx: ServerContext, channel: ChannelView, ref: VolumeRef, below: LevelView, box: Box,
+             f: Vec3) -> np.ndarray:
+    """`box` of the level above `below`, reduced from `below` as stored now."""
+    children = ctx.handles.read(ref, below.level, child_box(box, f).intersect(below.extent))
+    return reduce_box(children, box, below.extent, f, channel_type=channel.channel_type)
+
+
+def _rebuild_shard_file(ctx: ServerContext, channel: ChannelView, ref: VolumeRef, below: LevelView,
+                        level: LevelView, shard_box: Box, f: Vec3) -> None:
+    """One precomputed shard file of `level`, built in blocks of BLOCK_CHUNKS (a few MiB
+    of children per read) staged in one transaction, so the file is written once, whole."""
+    import tensorstore as ts
+
+    handle = ctx.handles.get(ref, level.level)
+    if handle is None:
+        raise StoreError(f"{ctx.handles.volume_dir(ref)}: no volume to rebuild level {level.level} in")
+    what = f"{ctx.handles.volume_dir(ref)}: cannot write {shard_box} at level {level.level}"
+    txn = ts.Transaction()
+    staged = handle.with_transaction(txn)
+    for box in shard_box.chunks(level.chunk * BLOCK_CHUNKS, within=shard_box):
+        write_box(staged, box, _reduced(ctx, channel, ref, below, box, f), what=what, one_transaction=False).wait()
+    try:
+        txn.commit_sync()
+    except (ValueError, RuntimeError) as exc:
+        raise StoreError(f"{what}: {exc}") from exc
 
 
 def request_rebuild(ctx: ServerContext, channel: ChannelView) -> None:

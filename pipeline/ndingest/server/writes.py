@@ -15,7 +15,9 @@ concurrent requests, threads and `uvicorn --workers` processes.
   voxels count against it too, so a small compressed body cannot inflate past it.
 - Two POSTs that touch one chunk never interleave: each takes an `flock` on the chunk's
   lock stripe (files under the channel's markers folder, taken in sorted order so two
-  requests never wait on each other) around its read-modify-write. flock works between
+  requests never wait on each other) around its read-modify-write. In a sharded volume
+  the stripe covers a whole precomputed shard file (`lock_cell`), since a write to one
+  chunk rewrites its shard file, and the POST is written in one transaction. flock works between
   threads (one open file each) and between processes; tensorstore keeps no cache here
   (`cache_pool` 0), so every read-modify-write starts from what is on disk.
 - After the voxels: an edit record (`edits.record_edit`), one flush of the store's file
@@ -37,11 +39,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ..blocks import Box, Vec3
+from ..blocks import Box, Vec3, chunk_grid, shard_cuboid
 from ..errors import BodyTooLarge, Forbidden, RequestError, StoreError
 from ..markers import channel_dir, flush_filesystem
+from ..targets import VolumeRef, is_sharded, write_box
 from . import formats
-from .context import ChannelView, ServerContext, nd_routes
+from .context import ChannelView, ServerContext, VolumeHandles, nd_routes
 from ..edits import read_edits, record_edit
 
 logger = logging.getLogger(__name__)
@@ -58,13 +61,45 @@ def channel_markers(ctx: ServerContext, channel: ChannelView) -> Path:
 
 # --- chunk locks -------------------------------------------------------------------------------
 def lock_stripes(boxes: list[tuple[int | None, Box]], *, chunk: Vec3, within: Box) -> list[int]:
-    """The sorted lock stripes of every chunk the boxes touch (per time point): a fixed
-    order, so two requests that share chunks take their locks in the same order."""
+    """The sorted lock stripes of every chunk (or `lock_cell`) the boxes touch (per time
+    point): a fixed order, so two requests that share chunks take their locks in the same order."""
     stripes = set()
     for t, box in boxes:
         for cell in box.chunks(chunk, within):
             stripes.add(zlib.crc32(f"{t}/{cell.to_key()}".encode()) % LOCK_STRIPES)
     return sorted(stripes)
+
+
+def level_sharding(channel: ChannelView, level: int) -> dict | None:
+    """The level's precomputed `sharding` as its `info` has it; None: one file per chunk."""
+    scales = (channel.info or {}).get("scales", [])
+    return scales[level].get("sharding") if level < len(scales) else None
+
+
+def lock_cell(channel: ChannelView, level: int) -> Vec3:
+    """What one lock stripe guards: a chunk, or in a sharded level the cuboid of chunks
+    one shard file holds (two POSTs to different chunks of one shard file would each
+    read-modify-write the whole file). A hash other than identity scatters a shard's
+    chunks, so the whole level is one cell then."""
+    lv = channel.levels[level]
+    sharding = level_sharding(channel, level)
+    if sharding is None:
+        return lv.chunk
+    if sharding.get("hash") != "identity":
+        return lv.extent.shape
+    inner = int(sharding["preshift_bits"]) + int(sharding["minishard_bits"])
+    return lv.chunk * shard_cuboid(chunk_grid(lv.extent.shape, lv.chunk), inner_bits=inner)
+
+
+def write_voxels(handles: VolumeHandles, ref: VolumeRef, level: int, box: Box, voxels: np.ndarray) -> None:
+    """Write (z, y, x) voxels at `box`; a sharded level in one transaction, so each shard
+    file the box touches is rewritten once, not once per chunk."""
+    handle = handles.get(ref, level)
+    if handle is None or not is_sharded(handle):
+        handles.write(ref, level, box, voxels)  # one file per chunk (or no volume: its error)
+        return
+    write_box(handle, box, voxels, what=f"{handles.volume_dir(ref)}: cannot write {box} at level {level}",
+              one_transaction=True).wait()
 
 
 @contextmanager
@@ -104,14 +139,15 @@ def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: r
     level = channel.levels[WRITE_LEVEL]
     per_time = [(t if channel.is_timeseries else None, array[i] if channel.is_timeseries else array)
                 for i, t in enumerate(times)]
-    stripes = lock_stripes([(t, box) for t, _ in per_time], chunk=level.chunk, within=level.extent)
+    stripes = lock_stripes([(t, box) for t, _ in per_time], chunk=lock_cell(channel, WRITE_LEVEL),
+                           within=level.extent)
     markers = channel_markers(ctx, channel)
     with flocked(markers / "locks" / f"level{WRITE_LEVEL}", stripes):
         for t, voxels in per_time:
             ref = channel.ref(t)
             if keeps_old_labels(channel.channel_type, mode):
                 voxels = np.where(voxels != 0, voxels, handles.read(ref, WRITE_LEVEL, box))
-            handles.write(ref, WRITE_LEVEL, box, voxels)
+            write_voxels(handles, ref, WRITE_LEVEL, box, voxels)
     record_edit(markers, [box], key_id=key_id, times=list(times) if channel.is_timeseries else None, mode=mode)
     flush_filesystem(ctx.store)
     mark_stale(ctx, channel)
