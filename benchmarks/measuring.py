@@ -50,9 +50,10 @@ def machine() -> str:
 
 def bench_spec(name: str, source: str | Path, *, resolution=(4.0, 4.0, 40.0), scaling_option: str = "zslices",
                levels: int = 0, channel: str = "image", channel_type: str = "image", channel_extra: str = "",
-               store: str | Path = "store", ingest: str = "") -> str:
+               store: str | Path = "store", ingest: str = "", store_extra: str = "") -> str:
     """The spec of a benchmark: one channel `channel` of `source`; dataset, project and
-    token all named `name`, at offset 0; `channel_extra` and `ingest` are TOML lines."""
+    token all named `name`, at offset 0; `channel_extra`, `store_extra` (more `[store]`
+    keys) and `ingest` are TOML lines."""
     text = f"""[dataset]
 name = "{name}"
 offset = [0, 0, 0]
@@ -71,5 +72,5 @@ source = "{source}"
 {channel_extra}
 [store]
 path = "{store}"
-"""
+""" + (f"{store_extra}\n" if store_extra else "")
     return text + (f"\n[ingest]\n{ingest}\n" if ingest else "")

@@ -9,15 +9,15 @@ In a temporary folder it writes an HDF5 source whose shape holds the requested g
 default) without writing any voxel (unallocated chunks), so the figures are about the
 pipeline's bookkeeping, not I/O. Then, each timed on its own:
 
-1. `load_plan`: the spec joined with its source into levels, blocks and shards;
+1. `load_plan`: the spec joined with its source into levels, blocks and tasks;
 2. Luigi scheduling of a fresh ingest (a local-scheduler Worker adding the Verify task,
    which asks every task's `complete()`), no task run;
 3. the finished state is made without writing voxels: the real Inspect → CreateChannels
-   tasks, then every block's written and verified markers and each shard's seal (same
+   tasks, then every block's written and verified markers and each task's seal (same
    files as the writers'), the verify report and propagate = 2;
 4. `ndingest status SPEC` (counts 2 x 10^5 markers);
 5. `ndingest ingest SPEC` on the finished ingest (the cron no-op), as a subprocess;
-6. resume after a kill in the middle of a shard (half its blocks marked, no seal): Luigi
+6. resume after a kill in the middle of a task (half its blocks marked, no seal): Luigi
    scheduling alone, then the whole `ndingest ingest SPEC` that finishes the job.
 
 Prints a Markdown table and the machine.
@@ -77,15 +77,15 @@ def fake_finished(spec: Path) -> None:
     zeros = markers.checksum(np.zeros((EDGE, EDGE, EDGE), dtype=np.uint8))
     for cp in plan.channels.values():
         for lv in cp.levels:
-            for shard in lv.shards:
+            for task in lv.tasks:
                 for kind in (markers.WRITTEN, markers.VERIFIED):
-                    directory = markers.shard_dir(cp.markers_dir, kind, lv.level, shard)
+                    directory = markers.task_dir(cp.markers_dir, kind, lv.level, task)
                     directory.mkdir(parents=True, exist_ok=True)
-                    for box in shard.blocks:
-                        record = {"box": box.to_key(), "t": shard.t, "level": lv.level, "checksum": zeros,
+                    for box in task.blocks:
+                        record = {"box": box.to_key(), "t": task.t, "level": lv.level, "checksum": zeros,
                                   "dtype": "uint8", "pid": os.getpid()}
                         (directory / f"{box.to_key()}{markers.SUFFIX}").write_text(json.dumps(record))
-                    markers.seal_shard(directory, shard)  # as write_shard and verify_shard do
+                    markers.seal_task(directory, task)  # as write_task and verify_task do
     report_dir(plan).mkdir(parents=True, exist_ok=True)
     (report_dir(plan) / "verify.csv").write_text("fabricated by benchmarks/scale.py\n")
     mark_propagated(plan)
@@ -147,8 +147,8 @@ def main() -> None:
 
         seconds, plan = timed(lambda: load_plan(str(spec)))
         cp = plan.channel("image")
-        n_blocks = sum(len(s.blocks) for s in cp.shards)
-        rows.append(("plan (`load_plan`)", seconds, f"{n_blocks:,} blocks in {len(cp.shards):,} shards"))
+        n_blocks = sum(len(s.blocks) for s in cp.tasks)
+        rows.append(("plan (`load_plan`)", seconds, f"{n_blocks:,} blocks in {len(cp.tasks):,} tasks"))
         seconds, n_tasks = timed(lambda: schedule_only(spec))
         rows.append(("Luigi scheduling, fresh ingest (no task run)", seconds, f"{n_tasks:,} tasks"))
         seconds, _ = timed(lambda: fake_finished(spec))
@@ -159,18 +159,18 @@ def main() -> None:
         seconds, rerun = timed(lambda: subprocess.run([NDINGEST, "ingest", str(spec)], capture_output=True, text=True))
         assert rerun.returncode == 0, rerun.stderr
         rows.append(("`ndingest ingest SPEC`, finished ingest (cron no-op)", seconds, rerun.stdout.splitlines()[0]))
-        # a kill in the middle of a shard: half its blocks marked, no seal, nothing verified
-        lost = cp.shards[len(cp.shards) // 2]
+        # a kill in the middle of a task: half its blocks marked, no seal, nothing verified
+        lost = cp.tasks[len(cp.tasks) // 2]
         for kind in (markers.WRITTEN, markers.VERIFIED):
-            directory = markers.shard_dir(cp.markers_dir, kind, 0, lost)
+            directory = markers.task_dir(cp.markers_dir, kind, 0, lost)
             markers.sealed_path(directory).unlink()
             for box in lost.blocks[len(lost.blocks) // 2 if kind == markers.WRITTEN else 0:]:
                 (directory / f"{box.to_key()}{markers.SUFFIX}").unlink()
         seconds, n_tasks = timed(lambda: schedule_only(spec))
-        rows.append(("resume: Luigi scheduling after a kill mid-shard", seconds, f"{n_tasks:,} tasks"))
+        rows.append(("resume: Luigi scheduling after a kill mid-task", seconds, f"{n_tasks:,} tasks"))
         seconds, rerun = timed(lambda: subprocess.run([NDINGEST, "ingest", str(spec)], capture_output=True, text=True))
         assert rerun.returncode == 0, rerun.stderr
-        rows.append(("resume: `ndingest ingest SPEC` after a kill mid-shard", seconds,
+        rows.append(("resume: `ndingest ingest SPEC` after a kill mid-task", seconds,
                      f"writes {len(lost.blocks) - len(lost.blocks) // 2} blocks, verifies {len(lost.blocks)}, "
                      "report of every block"))
         if not args.no_postgresql:

@@ -1,4 +1,4 @@
-"""Geometry as values: Vec3, Box, the chunk grid and the shard plan (pure, no I/O)."""
+"""Geometry as values: Vec3, Box, the chunk grid and the task plan (pure, no I/O)."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ndingest.blocks import Box, Shard, Vec3, ceil_div, chunk_shape, plan_blocks, plan_shards
+from ndingest.blocks import Box, BlockTask, Vec3, ceil_div, chunk_shape, plan_blocks, plan_tasks
 from ndingest.errors import BadBox, SpecError
 
 
@@ -190,7 +190,7 @@ def test_isotropic_chunk_is_always_64_cubed(level):
     assert chunk_shape("isotropic", (4.0, 4.0, 40.0), level) == Vec3(64, 64, 64)
 
 
-# --- plan_blocks / plan_shards ------------------------------------------------------
+# --- plan_blocks / plan_tasks ------------------------------------------------------
 
 def paint(extent: Box, blocks) -> np.ndarray:
     """How many blocks cover each voxel of `extent`."""
@@ -238,29 +238,29 @@ def test_plan_blocks_is_deterministic_and_x_fastest():
     assert keys == sorted(keys)
 
 
-def test_plan_shards_groups_blocks_in_plan_order():
+def test_plan_tasks_groups_blocks_in_plan_order():
     extent = box((0, 0, 0), (512, 256, 32))
     chunk = Vec3(128, 128, 16)
     blocks = plan_blocks(extent, chunk, Vec3(1, 1, 1))
-    shards = plan_shards(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_shard=5)
+    tasks = plan_tasks(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_task=5)
     assert len(blocks) == 16
-    assert [len(s.blocks) for s in shards] == [5, 5, 5, 1]
-    assert [b for s in shards for b in s.blocks] == blocks
-    assert [s.index for s in shards] == [0, 1, 2, 3]
-    assert all(isinstance(s, Shard) and s.t == 0 for s in shards)
+    assert [len(s.blocks) for s in tasks] == [5, 5, 5, 1]
+    assert [b for s in tasks for b in s.blocks] == blocks
+    assert [s.index for s in tasks] == [0, 1, 2, 3]
+    assert all(isinstance(s, BlockTask) and s.t == 0 for s in tasks)
 
 
-def test_plan_shards_is_deterministic():
+def test_plan_tasks_is_deterministic():
     extent = box((17, 3, 1), (1000, 700, 90))
-    kwargs = dict(block_chunks=Vec3(2, 2, 4), blocks_per_shard=3, time_points=2)
-    assert plan_shards(extent, Vec3(128, 128, 16), **kwargs) == plan_shards(extent, Vec3(128, 128, 16), **kwargs)
+    kwargs = dict(block_chunks=Vec3(2, 2, 4), blocks_per_task=3, time_points=2)
+    assert plan_tasks(extent, Vec3(128, 128, 16), **kwargs) == plan_tasks(extent, Vec3(128, 128, 16), **kwargs)
 
 
-def test_time_points_get_separate_shards_with_the_same_blocks():
+def test_time_points_get_separate_tasks_with_the_same_blocks():
     extent = box((0, 0, 0), (256, 256, 48))
     chunk = Vec3(128, 128, 16)
-    one = plan_shards(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_shard=4)
-    three = plan_shards(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_shard=4, time_points=3)
+    one = plan_tasks(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_task=4)
+    three = plan_tasks(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_task=4, time_points=3)
     assert len(three) == 3 * len(one)
     assert [s.index for s in three] == list(range(len(three)))
     for t in range(3):
@@ -272,12 +272,12 @@ def test_time_points_get_separate_shards_with_the_same_blocks():
 def test_one_hundred_thousand_blocks_are_planned_with_the_right_counts():
     chunk = Vec3(64, 64, 64)
     extent = Box.from_shape(Vec3(100, 200, 300), Vec3(64 * 50, 64 * 50, 64 * 40 - 10))  # 50*50*40 blocks
-    shards = plan_shards(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_shard=64)
-    total = sum(len(s.blocks) for s in shards)
+    tasks = plan_tasks(extent, chunk, block_chunks=Vec3(1, 1, 1), blocks_per_task=64)
+    total = sum(len(s.blocks) for s in tasks)
     assert total == 100_000
-    assert len(shards) == ceil_div(100_000, 64)
-    assert sum(b.shape.volume for s in shards for b in s.blocks) == extent.shape.volume
-    assert len({b for s in shards for b in s.blocks}) == 100_000
+    assert len(tasks) == ceil_div(100_000, 64)
+    assert sum(b.shape.volume for s in tasks for b in s.blocks) == extent.shape.volume
+    assert len({b for s in tasks for b in s.blocks}) == 100_000
 
 
 def test_a_box_that_begins_after_it_ends_is_a_spec_error_naming_the_axis():

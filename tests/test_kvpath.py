@@ -42,13 +42,13 @@ def test_a_missing_object_is_file_not_found_as_for_a_path(root):
 
 
 def test_folders_list_their_names_once_and_glob_part_by_part(root):
-    for key in ("w/level0/shard00000/a.json", "w/level0/shard00000/b.json", "w/level0/shard00001.done",
-                "w/level1/shard00000/c.json", "wx/other.json"):
+    for key in ("w/level0/task00000/a.json", "w/level0/task00000/b.json", "w/level0/task00001.done",
+                "w/level1/task00000/c.json", "wx/other.json"):
         (root / key).write_bytes(b"{}")
     assert (root / "w").names() == ["level0", "level1"]
-    assert (root / "w" / "level0").names() == ["shard00000", "shard00001.done"]
-    assert [p.name for p in (root / "w" / "level0").iterdir()] == ["shard00000", "shard00001.done"]
-    assert sorted(p.name for p in (root / "w").glob("level*/shard*/*.json")) == ["a.json", "b.json", "c.json"]
+    assert (root / "w" / "level0").names() == ["task00000", "task00001.done"]
+    assert [p.name for p in (root / "w" / "level0").iterdir()] == ["task00000", "task00001.done"]
+    assert sorted(p.name for p in (root / "w").glob("level*/task*/*.json")) == ["a.json", "b.json", "c.json"]
     assert sorted(p.name for p in root.rglob("*.json")) == ["a.json", "b.json", "c.json", "other.json"]
     assert (root / "w").is_dir() and (root / "w").exists() and not (root / "w").is_file()
     (root / "w" / "level0").remove_tree()

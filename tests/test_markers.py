@@ -6,42 +6,42 @@ import os
 import numpy as np
 import pytest
 
-from ndingest.blocks import Box, Vec3, plan_shards
+from ndingest.blocks import Box, Vec3, plan_tasks
 from ndingest.errors import StoreError
 from ndingest.markers import (
     VERIFIED, WRITTEN, channel_dir, checksum, count_marked, drop, marked_boxes, pending_blocks,
-    read_marker, seal_shard, sealed_path, shard_complete, shard_dir, write_marker,
+    read_marker, seal_task, sealed_path, task_complete, task_dir, write_marker,
 )
 
 CHUNK = Vec3(128, 128, 16)
 
 
-def shards_of(extent: Box, per_shard: int = 8):
-    return plan_shards(extent, chunk=CHUNK, block_chunks=Vec3(1, 1, 1), blocks_per_shard=per_shard)
+def tasks_of(extent: Box, per_task: int = 8):
+    return plan_tasks(extent, chunk=CHUNK, block_chunks=Vec3(1, 1, 1), blocks_per_task=per_task)
 
 
 @pytest.fixture
-def shard():
-    return shards_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 32)))[0]
+def task():
+    return tasks_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 32)))[0]
 
 
 # --- pending_blocks (pure) ----------------------------------------------------------
 
 def test_rerun_skips_only_marked_blocks():
     extent = Box(Vec3(0, 0, 0), Vec3(512, 256, 32))
-    shard = plan_shards(extent, chunk=Vec3(128, 128, 16), block_chunks=Vec3(1, 1, 1), blocks_per_shard=8)[0]
-    assert pending_blocks(shard, set(shard.blocks[:3])) == list(shard.blocks[3:])
+    task = plan_tasks(extent, chunk=Vec3(128, 128, 16), block_chunks=Vec3(1, 1, 1), blocks_per_task=8)[0]
+    assert pending_blocks(task, set(task.blocks[:3])) == list(task.blocks[3:])
 
 
-def test_pending_blocks_keeps_plan_order_with_scattered_markers(shard):
-    marked = {shard.blocks[1], shard.blocks[4], shard.blocks[6]}
-    assert pending_blocks(shard, marked) == [b for i, b in enumerate(shard.blocks) if i not in (1, 4, 6)]
+def test_pending_blocks_keeps_plan_order_with_scattered_markers(task):
+    marked = {task.blocks[1], task.blocks[4], task.blocks[6]}
+    assert pending_blocks(task, marked) == [b for i, b in enumerate(task.blocks) if i not in (1, 4, 6)]
 
 
-def test_pending_blocks_ignores_markers_of_other_shards(shard):
+def test_pending_blocks_ignores_markers_of_other_tasks(task):
     foreign = {Box(Vec3(9000, 0, 0), Vec3(9128, 128, 16))}
-    assert pending_blocks(shard, foreign) == list(shard.blocks)
-    assert pending_blocks(shard, set(shard.blocks) | foreign) == []
+    assert pending_blocks(task, foreign) == list(task.blocks)
+    assert pending_blocks(task, set(task.blocks) | foreign) == []
 
 
 # --- marker files -------------------------------------------------------------------
@@ -50,97 +50,97 @@ def test_marked_boxes_of_a_missing_folder_is_empty(tmp_path):
     assert marked_boxes(tmp_path / "nothing" / "here") == set()
 
 
-def test_marked_boxes_lists_written_markers(tmp_path, shard):
-    for b in shard.blocks[:3]:
+def test_marked_boxes_lists_written_markers(tmp_path, task):
+    for b in task.blocks[:3]:
         write_marker(tmp_path, b, {"checksum": "crc32:00000000"})
-    assert marked_boxes(tmp_path) == set(shard.blocks[:3])
+    assert marked_boxes(tmp_path) == set(task.blocks[:3])
 
 
-def test_marked_boxes_ignores_files_that_are_not_markers(tmp_path, shard):
-    write_marker(tmp_path, shard.blocks[0], {})
-    (tmp_path / f".{shard.blocks[1].to_key()}.json.abc123.tmp").write_text("{")  # a crash's leftover
-    assert marked_boxes(tmp_path) == {shard.blocks[0]}
+def test_marked_boxes_ignores_files_that_are_not_markers(tmp_path, task):
+    write_marker(tmp_path, task.blocks[0], {})
+    (tmp_path / f".{task.blocks[1].to_key()}.json.abc123.tmp").write_text("{")  # a crash's leftover
+    assert marked_boxes(tmp_path) == {task.blocks[0]}
 
 
-def test_shard_complete_only_when_every_block_is_marked(tmp_path, shard):
-    directory = tmp_path / "shard"
-    assert not shard_complete(directory, shard)
-    for b in shard.blocks[:-1]:
+def test_task_complete_only_when_every_block_is_marked(tmp_path, task):
+    directory = tmp_path / "task"
+    assert not task_complete(directory, task)
+    for b in task.blocks[:-1]:
         write_marker(directory, b, {})
-    assert not shard_complete(directory, shard)
-    write_marker(directory, shard.blocks[-1], {})
-    assert shard_complete(directory, shard)
+    assert not task_complete(directory, task)
+    write_marker(directory, task.blocks[-1], {})
+    assert task_complete(directory, task)
 
 
-def test_seal_only_once_every_block_is_marked(tmp_path, shard):
-    directory = shard_dir(tmp_path, WRITTEN, 0, shard)
-    for box in shard.blocks[:-1]:
+def test_seal_only_once_every_block_is_marked(tmp_path, task):
+    directory = task_dir(tmp_path, WRITTEN, 0, task)
+    for box in task.blocks[:-1]:
         write_marker(directory, box, {})
-    assert not seal_shard(directory, shard) and not sealed_path(directory).exists()
-    write_marker(directory, shard.blocks[-1], {})
-    assert seal_shard(directory, shard) and sealed_path(directory).exists()
-    assert sealed_path(directory).parent == directory.parent  # beside the shard's folder, not in it
-    assert marked_boxes(directory) == set(shard.blocks)
+    assert not seal_task(directory, task) and not sealed_path(directory).exists()
+    write_marker(directory, task.blocks[-1], {})
+    assert seal_task(directory, task) and sealed_path(directory).exists()
+    assert sealed_path(directory).parent == directory.parent  # beside the task's folder, not in it
+    assert marked_boxes(directory) == set(task.blocks)
     before = sealed_path(directory).stat()
-    assert seal_shard(directory, shard)  # sealed already: left as it is
+    assert seal_task(directory, task)  # sealed already: left as it is
     after = sealed_path(directory).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-def test_a_sealed_shard_is_complete_and_counted_without_listing_its_markers(tmp_path, shard):
-    directory = shard_dir(tmp_path, WRITTEN, 0, shard)
-    for box in shard.blocks:
+def test_a_sealed_task_is_complete_and_counted_without_listing_its_markers(tmp_path, task):
+    directory = task_dir(tmp_path, WRITTEN, 0, task)
+    for box in task.blocks:
         write_marker(directory, box, {})
-    seal_shard(directory, shard)
-    for marker in directory.iterdir():  # the seal alone answers, as it does for 10^3 shards
+    seal_task(directory, task)
+    for marker in directory.iterdir():  # the seal alone answers, as it does for 10^3 tasks
         marker.unlink()
-    assert shard_complete(directory, shard)
-    assert count_marked(tmp_path, WRITTEN, 0, [shard]) == len(shard.blocks)
+    assert task_complete(directory, task)
+    assert count_marked(tmp_path, WRITTEN, 0, [task]) == len(task.blocks)
     drop(tmp_path, WRITTEN)  # --restart forgets the seal with the markers
-    assert not shard_complete(directory, shard) and count_marked(tmp_path, WRITTEN, 0, [shard]) == 0
+    assert not task_complete(directory, task) and count_marked(tmp_path, WRITTEN, 0, [task]) == 0
 
 
 def test_a_seal_counts_only_the_blocks_it_was_written_for(tmp_path):
-    """A source that grew (z 20 -> 24) cuts shard 0 into other blocks: the old seal is not theirs."""
-    shard = shards_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 20)), per_shard=100)[0]
-    directory = shard_dir(tmp_path, WRITTEN, 0, shard)
-    for box in shard.blocks:
+    """A source that grew (z 20 -> 24) cuts task 0 into other blocks: the old seal is not theirs."""
+    task = tasks_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 20)), per_task=100)[0]
+    directory = task_dir(tmp_path, WRITTEN, 0, task)
+    for box in task.blocks:
         write_marker(directory, box, {})
-    seal_shard(directory, shard)
-    grown = shards_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 24)), per_shard=100)[0]
-    assert grown.index == shard.index and grown.blocks != shard.blocks
-    same = set(grown.blocks) & set(shard.blocks)  # blocks the two plans share stay counted
+    seal_task(directory, task)
+    grown = tasks_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 24)), per_task=100)[0]
+    assert grown.index == task.index and grown.blocks != task.blocks
+    same = set(grown.blocks) & set(task.blocks)  # blocks the two plans share stay counted
     assert count_marked(tmp_path, WRITTEN, 0, [grown]) == len(same) < len(grown.blocks)
-    assert not shard_complete(directory, grown)
+    assert not task_complete(directory, grown)
     for box in grown.blocks:
         write_marker(directory, box, {})
-    assert seal_shard(directory, grown) and shard_complete(directory, grown)
+    assert seal_task(directory, grown) and task_complete(directory, grown)
 
 
-def test_write_marker_leaves_no_temp_files(tmp_path, shard):
-    for b in shard.blocks:
+def test_write_marker_leaves_no_temp_files(tmp_path, task):
+    for b in task.blocks:
         write_marker(tmp_path / "m", b, {"checksum": "crc32:12345678"})
     names = sorted(os.listdir(tmp_path / "m"))
-    assert names == sorted(f"{b.to_key()}.json" for b in shard.blocks)
+    assert names == sorted(f"{b.to_key()}.json" for b in task.blocks)
 
 
-def test_write_marker_content_round_trips_through_read_marker(tmp_path, shard):
-    box = shard.blocks[2]
+def test_write_marker_content_round_trips_through_read_marker(tmp_path, task):
+    box = task.blocks[2]
     record = {"checksum": "crc32:deadbeef", "written_at": 1700000000.5, "t": 0}
     write_marker(tmp_path, box, record)
     assert read_marker(tmp_path, box) == {"box": box.to_key(), **record}
 
 
-def test_write_marker_replaces_an_older_marker_atomically(tmp_path, shard):
-    box = shard.blocks[0]
+def test_write_marker_replaces_an_older_marker_atomically(tmp_path, task):
+    box = task.blocks[0]
     write_marker(tmp_path, box, {"checksum": "crc32:00000001"})
     write_marker(tmp_path, box, {"checksum": "crc32:00000002"})
     assert read_marker(tmp_path, box)["checksum"] == "crc32:00000002"
     assert os.listdir(tmp_path) == [f"{box.to_key()}.json"]
 
 
-def test_failed_marker_write_raises_store_error_and_leaves_no_temp_file(tmp_path, shard):
-    box = shard.blocks[0]
+def test_failed_marker_write_raises_store_error_and_leaves_no_temp_file(tmp_path, task):
+    box = task.blocks[0]
     (tmp_path / f"{box.to_key()}.json").mkdir()  # the rename target cannot be replaced
     with pytest.raises(StoreError) as info:
         write_marker(tmp_path, box, {"checksum": "crc32:00000000"})
@@ -149,63 +149,63 @@ def test_failed_marker_write_raises_store_error_and_leaves_no_temp_file(tmp_path
     assert os.listdir(tmp_path) == [f"{box.to_key()}.json"]
 
 
-def test_read_marker_of_an_unmarked_block_is_none(tmp_path, shard):
-    assert read_marker(tmp_path, shard.blocks[0]) is None
+def test_read_marker_of_an_unmarked_block_is_none(tmp_path, task):
+    assert read_marker(tmp_path, task.blocks[0]) is None
 
 
-def test_channel_and_shard_dirs_live_under_the_store(tmp_path, shard):
+def test_channel_and_task_dirs_live_under_the_store(tmp_path, task):
     ch = channel_dir(tmp_path, "ds", "pr", "image")
     assert ch == tmp_path / "_markers" / "ds" / "pr" / "image"
-    d = shard_dir(ch, WRITTEN, 2, shard)
+    d = task_dir(ch, WRITTEN, 2, task)
     assert d.is_relative_to(ch) and "level2" in d.parts
 
 
-def test_shard_dirs_differ_by_kind_level_and_shard(tmp_path):
-    a, b = shards_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 32)), per_shard=4)[:2]
-    dirs = {shard_dir(tmp_path, k, lvl, s) for k in (WRITTEN, VERIFIED) for lvl in (0, 1) for s in (a, b)}
+def test_task_dirs_differ_by_kind_level_and_task(tmp_path):
+    a, b = tasks_of(Box(Vec3(0, 0, 0), Vec3(512, 256, 32)), per_task=4)[:2]
+    dirs = {task_dir(tmp_path, k, lvl, s) for k in (WRITTEN, VERIFIED) for lvl in (0, 1) for s in (a, b)}
     assert len(dirs) == 8
 
 
 # --- count_marked / drop ------------------------------------------------------------
 
-def test_count_marked_counts_marked_blocks_of_the_given_shards(tmp_path):
-    shards = shards_of(Box(Vec3(0, 0, 0), Vec3(512, 512, 32)), per_shard=8)  # 4 shards of 8
+def test_count_marked_counts_marked_blocks_of_the_given_tasks(tmp_path):
+    tasks = tasks_of(Box(Vec3(0, 0, 0), Vec3(512, 512, 32)), per_task=8)  # 4 tasks of 8
     ch = channel_dir(tmp_path, "ds", "pr", "image")
-    for s, n in zip(shards, (8, 3, 0, 1)):
+    for s, n in zip(tasks, (8, 3, 0, 1)):
         for b in s.blocks[:n]:
-            write_marker(shard_dir(ch, WRITTEN, 0, s), b, {})
-    assert count_marked(ch, WRITTEN, 0, shards) == 12
-    assert count_marked(ch, WRITTEN, 0, shards[1:2]) == 3
-    assert count_marked(ch, VERIFIED, 0, shards) == 0
-    assert count_marked(ch, WRITTEN, 1, shards) == 0
+            write_marker(task_dir(ch, WRITTEN, 0, s), b, {})
+    assert count_marked(ch, WRITTEN, 0, tasks) == 12
+    assert count_marked(ch, WRITTEN, 0, tasks[1:2]) == 3
+    assert count_marked(ch, VERIFIED, 0, tasks) == 0
+    assert count_marked(ch, WRITTEN, 1, tasks) == 0
 
 
-def test_count_marked_ignores_stray_markers_not_in_the_shard(tmp_path):
-    s = shards_of(Box(Vec3(0, 0, 0), Vec3(256, 256, 16)))[0]
+def test_count_marked_ignores_stray_markers_not_in_the_task(tmp_path):
+    s = tasks_of(Box(Vec3(0, 0, 0), Vec3(256, 256, 16)))[0]
     ch = tmp_path / "ch"
-    directory = shard_dir(ch, WRITTEN, 0, s)
+    directory = task_dir(ch, WRITTEN, 0, s)
     write_marker(directory, s.blocks[0], {})
     write_marker(directory, Box(Vec3(5000, 0, 0), Vec3(5128, 128, 16)), {})
     assert count_marked(ch, WRITTEN, 0, [s]) == 1
 
 
-def test_drop_one_kind_keeps_the_other(tmp_path, shard):
+def test_drop_one_kind_keeps_the_other(tmp_path, task):
     ch = channel_dir(tmp_path, "ds", "pr", "image")
     for kind in (WRITTEN, VERIFIED):
-        write_marker(shard_dir(ch, kind, 0, shard), shard.blocks[0], {})
+        write_marker(task_dir(ch, kind, 0, task), task.blocks[0], {})
     drop(ch, VERIFIED)
-    assert count_marked(ch, VERIFIED, 0, [shard]) == 0
-    assert count_marked(ch, WRITTEN, 0, [shard]) == 1
+    assert count_marked(ch, VERIFIED, 0, [task]) == 0
+    assert count_marked(ch, WRITTEN, 0, [task]) == 1
 
 
-def test_drop_everything_forgets_the_channel(tmp_path, shard):
+def test_drop_everything_forgets_the_channel(tmp_path, task):
     ch = channel_dir(tmp_path, "ds", "pr", "image")
     other = channel_dir(tmp_path, "ds", "pr", "annotation")
     for c in (ch, other):
-        write_marker(shard_dir(c, WRITTEN, 0, shard), shard.blocks[0], {})
+        write_marker(task_dir(c, WRITTEN, 0, task), task.blocks[0], {})
     drop(ch)
     assert not ch.exists()
-    assert count_marked(other, WRITTEN, 0, [shard]) == 1
+    assert count_marked(other, WRITTEN, 0, [task]) == 1
 
 
 def test_drop_of_missing_markers_is_a_no_op(tmp_path):

@@ -1,5 +1,5 @@
 """The plan: how many levels a spec may ask for, which sources it accepts, and how each
-level is cut into shards (plan.py). Level and shard rules are pure; source checks open
+level is cut into tasks (plan.py). Level and task rules are pure; source checks open
 small HDF5 files in tmp_path."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ndingest.blocks import Box, Vec3
 from ndingest.downsample import level_extent
 from ndingest.errors import SourceError, SpecError
 from ndingest.plan import (
-    MAX_SHARDS_PER_CHANNEL, _shards_for, build_plan, check_source, max_levels, plan_levels, resolve_levels,
+    MAX_TASKS_PER_CHANNEL, _tasks_for, build_plan, check_source, max_levels, plan_levels, resolve_levels,
 )
 from ndingest.sources import open_source
 from ndingest.spec import ChannelSpec, load_spec, parse_spec
@@ -26,9 +26,9 @@ def levels(n, *, offset=(0, 0, 0), size=(70, 60, 10), option="zslices", resoluti
                           voxel_resolution_nm=resolution)
 
 
-def cut_spec(tmp_path: Path, *, block_chunks=(1, 1, 1), blocks_per_shard=1):
+def cut_spec(tmp_path: Path, *, block_chunks=(1, 1, 1), blocks_per_task=1):
     """A parsed spec with these ingest options (its source is never opened)."""
-    ingest = f"block_chunks = {list(block_chunks)}\nblocks_per_shard = {blocks_per_shard}"
+    ingest = f"block_chunks = {list(block_chunks)}\nblocks_per_task = {blocks_per_task}"
     return parse_spec(spec_text(image="never_read.h5", ingest=ingest), tmp_path / "spec.toml")
 
 
@@ -126,52 +126,52 @@ def test_auto_on_a_thin_volume_resolves_to_a_number_the_spec_may_give():
     assert levels("auto", size=size) <= max_levels(Box.from_shape(Vec3(0, 0, 0), Vec3(*size)), "zslices")
 
 
-# --- the shard cap ------------------------------------------------------------------
+# --- the task cap ------------------------------------------------------------------
 
-def test_a_channel_within_the_cap_keeps_the_spec_blocks_per_shard(tmp_path):
-    spec = cut_spec(tmp_path, blocks_per_shard=3)
-    shards = _shards_for(blocks_in_x(3 * MAX_SHARDS_PER_CHANNEL), CHUNK, spec, 1)
-    assert len(shards) == MAX_SHARDS_PER_CHANNEL
-    assert {len(s.blocks) for s in shards} == {3}
-
-
-def test_a_channel_past_the_cap_gets_bigger_shards_at_most_1000(tmp_path):
-    spec = cut_spec(tmp_path, blocks_per_shard=1)
-    shards = _shards_for(blocks_in_x(2001), CHUNK, spec, 1)
-    assert len(shards) <= MAX_SHARDS_PER_CHANNEL
-    assert len(shards[0].blocks) == 3  # ceil(2001 / 1000)
-    assert sum(len(s.blocks) for s in shards) == 2001
+def test_a_channel_within_the_cap_keeps_the_spec_blocks_per_task(tmp_path):
+    spec = cut_spec(tmp_path, blocks_per_task=3)
+    tasks = _tasks_for(blocks_in_x(3 * MAX_TASKS_PER_CHANNEL), CHUNK, spec, 1)
+    assert len(tasks) == MAX_TASKS_PER_CHANNEL
+    assert {len(s.blocks) for s in tasks} == {3}
 
 
-def test_bigger_shards_still_hold_every_block_once_in_plan_order(tmp_path):
-    spec = cut_spec(tmp_path, blocks_per_shard=1)
+def test_a_channel_past_the_cap_gets_bigger_tasks_at_most_1000(tmp_path):
+    spec = cut_spec(tmp_path, blocks_per_task=1)
+    tasks = _tasks_for(blocks_in_x(2001), CHUNK, spec, 1)
+    assert len(tasks) <= MAX_TASKS_PER_CHANNEL
+    assert len(tasks[0].blocks) == 3  # ceil(2001 / 1000)
+    assert sum(len(s.blocks) for s in tasks) == 2001
+
+
+def test_bigger_tasks_still_hold_every_block_once_in_plan_order(tmp_path):
+    spec = cut_spec(tmp_path, blocks_per_task=1)
     extent = blocks_in_x(2500)
-    shards = _shards_for(extent, CHUNK, spec, 1)
-    flat = [b for s in shards for b in s.blocks]
+    tasks = _tasks_for(extent, CHUNK, spec, 1)
+    flat = [b for s in tasks for b in s.blocks]
     assert flat == sorted(flat, key=lambda b: b.begin.x) and len(set(flat)) == 2500
-    assert [s.index for s in shards] == list(range(len(shards)))
+    assert [s.index for s in tasks] == list(range(len(tasks)))
 
 
 def test_the_cap_applies_to_each_level_on_its_own(tmp_path):
-    spec = cut_spec(tmp_path, blocks_per_shard=1)
+    spec = cut_spec(tmp_path, blocks_per_task=1)
     lv0, lv1 = plan_levels(blocks_in_x(2001), spec, levels=1, time_points=1)
-    assert (lv0.total_blocks, len(lv0.shards)) == (2001, 667)
-    # level 1 is half as wide in x and y: 1001 blocks of the (same) 128-wide chunk, 2 per shard
-    assert (lv1.total_blocks, len(lv1.shards)) == (1001, 501)
+    assert (lv0.total_blocks, len(lv0.tasks)) == (2001, 667)
+    # level 1 is half as wide in x and y: 1001 blocks of the (same) 128-wide chunk, 2 per task
+    assert (lv1.total_blocks, len(lv1.tasks)) == (1001, 501)
     assert lv1.extent == level_extent(lv0.extent, 1, "zslices")
 
 
 def test_time_points_count_towards_the_cap(tmp_path):
-    spec = cut_spec(tmp_path, blocks_per_shard=1)
-    shards = _shards_for(blocks_in_x(10), CHUNK, spec, 200)  # 2000 blocks in all
-    assert len(shards) <= MAX_SHARDS_PER_CHANNEL
-    assert len(shards) == 1000 and all(len(s.blocks) == 2 for s in shards)
+    spec = cut_spec(tmp_path, blocks_per_task=1)
+    tasks = _tasks_for(blocks_in_x(10), CHUNK, spec, 200)  # 2000 blocks in all
+    assert len(tasks) <= MAX_TASKS_PER_CHANNEL
+    assert len(tasks) == 1000 and all(len(s.blocks) == 2 for s in tasks)
 
 
 def test_time_points_whose_blocks_do_not_divide_evenly_stay_within_the_cap(tmp_path):
-    spec = cut_spec(tmp_path, blocks_per_shard=1)
-    shards = _shards_for(blocks_in_x(3), CHUNK, spec, 600)
-    assert len(shards) <= MAX_SHARDS_PER_CHANNEL
+    spec = cut_spec(tmp_path, blocks_per_task=1)
+    tasks = _tasks_for(blocks_in_x(3), CHUNK, spec, 600)
+    assert len(tasks) <= MAX_TASKS_PER_CHANNEL
 
 
 # --- check_source -------------------------------------------------------------------

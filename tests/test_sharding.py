@@ -139,7 +139,7 @@ def test_block_chunks_with_sharding_is_refused_naming_both_keys(tmp_path):
         spec(tmp_path, ingest="[ingest]\nblock_chunks = [2, 2, 4]")
     assert "ingest.block_chunks" in str(err.value) and "store.sharding" in str(err.value)
     assert "\n" not in str(err.value)
-    assert spec(tmp_path, ingest="[ingest]\nblocks_per_shard = 3").ingest.blocks_per_shard == 3
+    assert spec(tmp_path, ingest="[ingest]\nblocks_per_task = 3").ingest.blocks_per_task == 3
     unsharded = spec(tmp_path, store='path = "store"\nsharding = false', ingest="[ingest]\nblock_chunks = [1, 1, 1]")
     assert unsharded.ingest.block_chunks == Vec3(1, 1, 1)
 
@@ -158,7 +158,7 @@ def test_with_sharding_each_levels_block_is_that_levels_shard_cuboid(tmp_path):
     for lv in levels:
         grid = chunk_grid(lv.extent.shape, lv.chunk)
         assert lv.block_chunks == shard_cuboid(grid) == level_block_chunks(lv.extent, lv.chunk, spec(tmp_path))
-        blocks = [b for s in lv.shards for b in s.blocks]
+        blocks = [b for s in lv.tasks for b in s.blocks]
         assert blocks == plan_blocks(lv.extent, lv.chunk, shard_cuboid(grid))
         names = {shard_file_name(Vec3(*((b - o) // c for b, o, c in zip(box.begin, lv.extent.begin, lv.chunk))), grid)
                  for box in blocks}

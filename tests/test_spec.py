@@ -140,8 +140,16 @@ def test_isotropic_scaling_option_is_accepted(tmp_path):
 
 
 def test_ingest_table_sets_block_options(tmp_path):
-    spec = parse(BASE + "\n[ingest]\nblock_chunks = [1, 2, 3]\nblocks_per_shard = 7\n", tmp_path)
-    assert spec.ingest == IngestOptions(block_chunks=Vec3(1, 2, 3), blocks_per_shard=7)
+    spec = parse(BASE + "\n[ingest]\nblock_chunks = [1, 2, 3]\nblocks_per_task = 7\n", tmp_path)
+    assert spec.ingest == IngestOptions(block_chunks=Vec3(1, 2, 3), blocks_per_task=7)
+
+
+def test_the_old_name_blocks_per_shard_is_read_as_blocks_per_task_and_both_are_refused(tmp_path, caplog):
+    spec = parse(BASE + "\n[ingest]\nblocks_per_shard = 7\n", tmp_path)
+    assert spec.ingest.blocks_per_task == 7
+    assert "ingest.blocks_per_shard is now called ingest.blocks_per_task" in caplog.text
+    message = spec_error(BASE + "\n[ingest]\nblocks_per_shard = 7\nblocks_per_task = 8\n", tmp_path)
+    assert "ingest.blocks_per_shard and ingest.blocks_per_task both given" in message
 
 
 def test_spec_error_is_also_a_value_error():

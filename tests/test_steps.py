@@ -14,13 +14,13 @@ from conftest import spec_text
 from ndingest import markers, steps
 from ndingest.blocks import Box
 from ndingest.errors import CatalogConflict, SourceChanged, SpecError
-from ndingest.ingest import write_shard
+from ndingest.ingest import write_task
 from ndingest.plan import Plan, build_plan
 from ndingest.spec import load_spec
 
 DS, PR = "neurostorm_kat11_scale3", "kat11_scale3"
 SHAPE = (20, 150, 140)  # z, y, x: 2 x 2 x 2 one-chunk blocks at 128 x 128 x 16
-CUT = "block_chunks = [1, 1, 1]\nblocks_per_shard = 2"
+CUT = "block_chunks = [1, 1, 1]\nblocks_per_task = 2"
 
 
 def voxels(seed: int, dtype=np.uint8, shape=SHAPE) -> np.ndarray:
@@ -59,13 +59,13 @@ def inspected(plan: Plan) -> dict:
     return summaries
 
 
-def ingest_first_shards(plan: Plan) -> None:
-    """Inspect, every catalog row, the channels' volumes, and shard 0 of each channel written."""
+def ingest_first_tasks(plan: Plan) -> None:
+    """Inspect, every catalog row, the channels' volumes, and task 0 of each channel written."""
     summaries = inspected(plan)
     steps.add_to_catalog(plan, steps.catalog_entries(plan, summaries).all)
     steps.create_channels(plan)
     for cp in plan.channels.values():
-        write_shard(plan, cp, cp.shards[0], commit_seconds=3600.0)
+        write_task(plan, cp, cp.tasks[0], commit_seconds=3600.0)
 
 
 def channel_rows(plan: Plan) -> dict[str, dict]:
@@ -194,14 +194,14 @@ def test_preflight_does_not_exempt_the_restarted_channel_from_the_size_check(tmp
 
 
 def test_preflight_stops_on_a_source_modified_since_its_blocks_were_written(tmp_path, data):
-    ingest_first_shards(plan_for(tmp_path, image=data[0], annotation=data[1]))
+    ingest_first_tasks(plan_for(tmp_path, image=data[0], annotation=data[1]))
     write_source(data[0], voxels(7))
     with pytest.raises(SourceChanged, match=f"{data[0]}: source changed since blocks of channel image"):
         steps.preflight(plan_for(tmp_path, image=data[0], annotation=data[1]))
 
 
 def test_preflight_exempts_the_restarted_channel_from_the_manifest_check_only(tmp_path, data):
-    ingest_first_shards(plan_for(tmp_path, image=data[0], annotation=data[1]))
+    ingest_first_tasks(plan_for(tmp_path, image=data[0], annotation=data[1]))
     write_source(data[0], voxels(7))
     plan = plan_for(tmp_path, image=data[0], annotation=data[1])
     steps.preflight(plan, skip_channel="image")
@@ -210,7 +210,7 @@ def test_preflight_exempts_the_restarted_channel_from_the_manifest_check_only(tm
 
 
 def test_preflight_spot_check_catches_new_content_with_the_same_size_and_mtime(tmp_path, data):
-    ingest_first_shards(plan_for(tmp_path, image=data[0], annotation=data[1]))
+    ingest_first_tasks(plan_for(tmp_path, image=data[0], annotation=data[1]))
     before = data[0].stat()
     write_source(data[0], voxels(7))
     os.utime(data[0], ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -299,11 +299,11 @@ def test_channels_are_ready_only_once_inspected_in_the_catalog_and_with_info(tmp
 
 def test_restart_forgets_the_channel_and_leaves_the_other_one(tmp_path, data):
     plan = plan_for(tmp_path, image=data[0], annotation=data[1])
-    ingest_first_shards(plan)
+    ingest_first_tasks(plan)
     image, labels = plan.channel("image"), plan.channel("annotation")
     steps.restart_channel(plan, "image")
     assert not image.markers_dir.exists()
-    assert markers.count_marked(labels.markers_dir, markers.WRITTEN, 0, labels.shards) == 2
+    assert markers.count_marked(labels.markers_dir, markers.WRITTEN, 0, labels.tasks) == 2
     assert list(channel_rows(plan)) == ["annotation"]
     assert plan.store.info(image.ref(0)) is None and plan.store.info(labels.ref(0)) is not None
     assert list(markers.read_json(steps.inspect_path(plan))) == ["annotation"]
@@ -326,13 +326,13 @@ def test_restarting_before_anything_was_written_creates_nothing(tmp_path, data):
 def test_channel_status_counts_markers_per_level_and_kind(tmp_path, data):
     plan = plan_for(tmp_path, image=data[0], annotation=data[1], levels=1)
     cp = plan.channel("image")
-    shard = cp.shards[0]
-    for box in shard.blocks:
-        markers.write_marker(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard), box, {})
-    markers.write_marker(markers.shard_dir(cp.markers_dir, markers.VERIFIED, 0, shard), shard.blocks[0], {})
+    task = cp.tasks[0]
+    for box in task.blocks:
+        markers.write_marker(markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task), box, {})
+    markers.write_marker(markers.task_dir(cp.markers_dir, markers.VERIFIED, 0, task), task.blocks[0], {})
     status = steps.channel_status(plan)
-    assert {k: status["image"][k] for k in ("done", "verified", "total", "shards")} == {
-        "done": 2, "verified": 1, "total": 10, "shards": 5}
+    assert {k: status["image"][k] for k in ("done", "verified", "total", "tasks")} == {
+        "done": 2, "verified": 1, "total": 10, "tasks": 5}
     assert status["image"]["levels"] == {"0": {"done": 2, "verified": 1, "total": 8},
                                          "1": {"done": 0, "verified": 0, "total": 2}}
     assert (status["annotation"]["done"], status["annotation"]["datatype"]) == (0, "uint32")
@@ -341,11 +341,11 @@ def test_channel_status_counts_markers_per_level_and_kind(tmp_path, data):
 def test_channel_status_counts_only_blocks_of_the_current_plan(tmp_path, data):
     plan = plan_for(tmp_path, image=data[0])
     cp = plan.channel("image")
-    shard0, shard1 = cp.shards[0], cp.shards[1]
-    dir0 = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard0)
-    markers.write_marker(dir0, shard0.blocks[0], {})
+    task0, task1 = cp.tasks[0], cp.tasks[1]
+    dir0 = markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task0)
+    markers.write_marker(dir0, task0.blocks[0], {})
     markers.write_marker(dir0, Box.from_key("1000-1256_2000-2256_1000-1064"), {})  # an old plan's block
-    dir1 = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard1)
+    dir1 = markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task1)
     markers.write_json(markers.sealed_path(dir1), {"blocks": 2, "plan": "crc32:00000000"})  # another plan's seal
     assert steps.channel_status(plan)["image"]["done"] == 1
 

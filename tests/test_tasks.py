@@ -30,7 +30,7 @@ def build(task: luigi.Task) -> str:
 @pytest.fixture
 def spec(tmp_path, tutorial_data):
     return str(write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE,
-                          ingest="block_chunks = [2, 2, 4]\nblocks_per_shard = 3"))
+                          ingest="block_chunks = [2, 2, 4]\nblocks_per_task = 3"))
 
 
 def table(store, name: str) -> list[dict]:
@@ -65,7 +65,7 @@ def test_inspect_reads_no_voxel(tmp_path):
         f.write(b"\xff" * info.size)
     spec = str(write_spec(tmp_path, image=path))
     assert build(tasks.Inspect(spec=spec)) == "SUCCESS"
-    assert build(tasks.IngestBlock(spec=spec, channel="image", shard=0)) == "FAILED"
+    assert build(tasks.IngestBlock(spec=spec, channel="image", index=0)) == "FAILED"
 
 
 def test_verify_records_the_window_range_reduced_from_the_blocks(spec, tmp_path, tutorial_data):
@@ -103,18 +103,18 @@ def test_create_channels_adds_rows_and_precomputed_info(spec, tmp_path):
     assert not list((tmp_path / f"store/{DS}/{PR}/image").glob("32_32_40/*")), "no voxels yet"
 
 
-def test_one_ingest_shard_writes_only_its_blocks(spec, tmp_path):
+def test_one_ingest_task_writes_only_its_blocks(spec, tmp_path):
     plan = load_plan(spec)
-    shards = plan.channel("image").shards
-    assert len(shards) == 3  # 8 blocks, 3 per shard
-    assert build(tasks.IngestBlock(spec=spec, channel="image", shard=1)) == "SUCCESS"
-    assert tasks.IngestBlock(spec=spec, channel="image", shard=1).complete()
-    assert not tasks.IngestBlock(spec=spec, channel="image", shard=0).complete()
+    planned = plan.channel("image").tasks
+    assert len(planned) == 3  # 8 blocks, 3 per task
+    assert build(tasks.IngestBlock(spec=spec, channel="image", index=1)) == "SUCCESS"
+    assert tasks.IngestBlock(spec=spec, channel="image", index=1).complete()
+    assert not tasks.IngestBlock(spec=spec, channel="image", index=0).complete()
     marked = sorted(p.stem for p in (tmp_path / f"store/_markers/{DS}/{PR}/image").rglob("written/level0/*/*.json"))
-    assert marked == sorted(b.to_key() for b in shards[1].blocks)
+    assert marked == sorted(b.to_key() for b in planned[1].blocks)
 
 
-def test_verify_needs_every_shard_and_writes_the_report(spec, tmp_path):
+def test_verify_needs_every_task_and_writes_the_report(spec, tmp_path):
     assert not tasks.Verify(spec=spec).complete()
     assert build(tasks.Verify(spec=spec)) == "SUCCESS"
     assert tasks.Verify(spec=spec).complete()
@@ -134,17 +134,17 @@ def test_a_failing_task_records_its_error_for_the_cli(spec, tmp_path, tutorial_d
 # --- the write loop's commits: markers follow flushed data, in batches ----------------
 
 def _markers_seen_during(spec, commit_seconds: float) -> tuple[list[int], int]:
-    """Marker counts in the shard folder as each block of shard 0 finishes, and at the end."""
+    """Marker counts in the task folder as each block of task 0 finishes, and at the end."""
     from ndingest import markers
-    from ndingest.ingest import write_shard
+    from ndingest.ingest import write_task
 
     assert build(tasks.CreateChannels(spec=spec)) == "SUCCESS"
     plan = load_plan(spec)
     cp = plan.channel("image")
-    shard = cp.shards[0]
-    directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard)
+    task = cp.tasks[0]
+    directory = markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task)
     seen = []
-    write_shard(plan, cp, shard, commit_seconds=commit_seconds,
+    write_task(plan, cp, task, commit_seconds=commit_seconds,
                 progress=lambda done, total: seen.append(len(markers.marked_boxes(directory))))
     assert markers.sealed_path(directory).exists()
     return seen, len(markers.marked_boxes(directory))
@@ -163,19 +163,19 @@ def test_a_batch_is_marked_only_once_it_is_committed(spec):
 def test_spot_check_picks_the_first_and_last_marked_blocks_then_random_ones(spec):
     import random
 
-    from ndingest.ingest import spot_check_blocks, spot_check_source, write_shard
+    from ndingest.ingest import spot_check_blocks, spot_check_source, write_task
 
     assert build(tasks.CreateChannels(spec=spec)) == "SUCCESS"
     plan = load_plan(spec)
     cp = plan.channel("image")
     assert spot_check_blocks(cp, random.Random(0)) == []  # nothing marked yet: nothing to read
-    first, last = cp.shards[0], cp.shards[-1]
+    first, last = cp.tasks[0], cp.tasks[-1]
     assert first != last
-    write_shard(plan, cp, first)
+    write_task(plan, cp, first)
     picked = spot_check_blocks(cp, random.Random(0))
-    assert picked[0] == (first, first.blocks[0])  # the last shard has no marker yet
-    assert all(shard == first and box in first.blocks for shard, box in picked)
-    write_shard(plan, cp, last)
+    assert picked[0] == (first, first.blocks[0])  # the last task has no marker yet
+    assert all(task == first and box in first.blocks for task, box in picked)
+    write_task(plan, cp, last)
     picked = spot_check_blocks(cp, random.Random(0))
     assert picked[:2] == [(first, first.blocks[0]), (last, last.blocks[-1])]
     draws = {tuple(spot_check_blocks(cp, random.Random(seed))[2:]) for seed in range(20)}
@@ -197,8 +197,8 @@ def test_tasks_are_known_by_the_specs_content_and_store_never_by_its_path(tmp_pa
     shared = str(tmp_path / "store")
     one, other = at("host1", shared), at("host2", shared)
     assert Verify(spec=one).task_id == Verify(spec=other).task_id
-    assert IngestBlock(spec=one, channel="image", shard=3).task_id == \
-        IngestBlock(spec=other, channel="image", shard=3).task_id
+    assert IngestBlock(spec=one, channel="image", index=3).task_id == \
+        IngestBlock(spec=other, channel="image", index=3).task_id
     assert str(tmp_path) not in Verify(spec=one).task_id
     assert Verify(spec=at("apart", "store")).task_id != Verify(spec=one).task_id  # its own store, beside it
     assert Verify(spec=at("changed", shared, resolution=(8.0, 8.0, 40.0))).task_id != Verify(spec=one).task_id

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli, write_h5, write_spec
 from ndingest import markers
 from ndingest.plan import load_plan
-from ndingest.verify import OK, OK_EARLIER, nested_children, verify_plan, verify_shard
+from ndingest.verify import OK, OK_EARLIER, nested_children, verify_plan, verify_task
 
 SHAPE_ZYX = (40, 520, 600)  # level 0: 5 x 5 x 3 blocks of 128x128x16, level 1: 3 x 3 x 3
 
@@ -32,9 +32,9 @@ def ingested(tmp_path, offset=(0, 0, 0), levels: int = 2):
 
 
 def level_by_level(plan) -> list[dict]:
-    """The rows of verifying each shard of each level on its own (the unfused way)."""
-    return [row for cp in plan.channels.values() for lv in cp.levels for s in lv.shards
-            for row in verify_shard(plan, cp, s, level=lv.level, resume=False)]
+    """The rows of verifying each task of each level on its own (the unfused way)."""
+    return [row for cp in plan.channels.values() for lv in cp.levels for s in lv.tasks
+            for row in verify_task(plan, cp, s, level=lv.level, resume=False)]
 
 
 def strip(rows: list[dict]) -> list[tuple]:
@@ -46,7 +46,7 @@ def test_each_level_1_block_has_the_level_0_blocks_that_tile_its_children(tmp_pa
     cp = plan.channel("image")
     children = nested_children(plan, cp)
     assert children is not None and len(children) == 27
-    level0 = [b for s in cp.levels[0].shards for b in s.blocks]
+    level0 = [b for s in cp.levels[0].tasks for b in s.blocks]
     assert sorted(b.to_key() for kids in children.values() for b in kids) == sorted(b.to_key() for b in level0)
     assert all(len(kids) in (1, 2, 4) for kids in children.values())
 
@@ -90,10 +90,10 @@ def test_a_resumed_verify_checks_only_the_blocks_not_marked_and_marks_them(tmp_p
     assert all(r["status"] == OK_EARLIER for r in first)
     forgotten = []
     for level in (0, 1):
-        shard = cp.levels[level].shards[0]
-        directory = markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)
+        task = cp.levels[level].tasks[0]
+        directory = markers.task_dir(cp.markers_dir, markers.VERIFIED, level, task)
         markers.sealed_path(directory).unlink()
-        for box in shard.blocks[:3]:
+        for box in task.blocks[:3]:
             (directory / f"{box.to_key()}{markers.SUFFIX}").unlink()
             forgotten.append((level, box.to_key()))
     again, _ = verify_plan(plan, resume=True)
@@ -102,6 +102,6 @@ def test_a_resumed_verify_checks_only_the_blocks_not_marked_and_marks_them(tmp_p
     assert all(r["status"] == OK_EARLIER for r in again if (r["level"], r["block"]) not in redone
                or r["channel"] != "image")
     for level in (0, 1):
-        for shard in cp.levels[level].shards:
-            assert markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard), shard)
-            assert markers.sealed_path(markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)).exists()
+        for task in cp.levels[level].tasks:
+            assert markers.task_complete(markers.task_dir(cp.markers_dir, markers.VERIFIED, level, task), task)
+            assert markers.sealed_path(markers.task_dir(cp.markers_dir, markers.VERIFIED, level, task)).exists()

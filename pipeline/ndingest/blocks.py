@@ -1,4 +1,4 @@
-"""Geometry as values: `Vec3`, `Box`, the chunk grid and the shard plan.
+"""Geometry as values: `Vec3`, `Box`, the chunk grid and the task plan.
 
 Everything here is pure: no I/O, integer arithmetic only, same answer every time.
 Boxes are half-open and in absolute voxels (the dataset offset included), because
@@ -134,7 +134,7 @@ def block_shape(chunk: Vec3, block_chunks: Vec3) -> Vec3:
 
 
 @dataclass(frozen=True, slots=True)
-class Shard:
+class BlockTask:
     """One Luigi task's worth of blocks: `index` within its channel, time point `t`."""
 
     index: int
@@ -158,25 +158,25 @@ def plan_blocks(extent: Box, chunk: Vec3, block_chunks: Vec3) -> list[Box]:
     return list(extent.chunks(block_shape(chunk, block_chunks), within=extent))
 
 
-def plan_shards(
+def plan_tasks(
     extent: Box,
     chunk: Vec3,
     *,
     block_chunks: Vec3,
-    blocks_per_shard: int,
+    blocks_per_task: int,
     time_points: int = 1,
-) -> list[Shard]:
-    """Group the blocks of `extent` (per time point) into shards, in plan order."""
+) -> list[BlockTask]:
+    """Group the blocks of `extent` (per time point) into tasks, in plan order."""
     blocks = plan_blocks(extent, chunk, block_chunks)
-    shards: list[Shard] = []
+    tasks: list[BlockTask] = []
     for t in range(time_points):
-        for start in range(0, len(blocks), blocks_per_shard):
-            shards.append(Shard(len(shards), t, tuple(blocks[start : start + blocks_per_shard])))
-    return shards
+        for start in range(0, len(blocks), blocks_per_task):
+            tasks.append(BlockTask(len(tasks), t, tuple(blocks[start : start + blocks_per_task])))
+    return tasks
 
 
 # --- precomputed shard files (neuroglancer_uint64_sharded_v1) ---------------------------------
-# Not the Luigi `Shard` above: these are the files a sharded precomputed scale stores its
+# Not the Luigi `BlockTask` above: these are the files a sharded precomputed scale stores its
 # chunks in. Each holds the chunks whose compressed Morton codes agree above the low
 # PRESHIFT_BITS bits, so a block that is exactly one such cuboid is exactly one file.
 PRESHIFT_BITS = 6  # 64 chunks per shard file: 4x4x4 chunks where the grid allows

@@ -113,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, s in status.items():
         pct = 100 * s["done"] / max(s["total"], 1)
         print(f"{name}: {s['done']}/{s['total']} blocks written ({pct:.0f} %), {s['verified']} verified, "
-              f"{s['shards']} shard{'s' if s['shards'] != 1 else ''}")
+              f"{s['tasks']} task{'s' if s['tasks'] != 1 else ''}")
     return 0
 
 

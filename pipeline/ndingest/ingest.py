@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import markers
-from .blocks import Box, Shard, Vec3
+from .blocks import Box, BlockTask, Vec3
 from .downsample import child_box, factors, reduce_box
 from .errors import SourceChanged, SpecError
 from .plan import ChannelPlan, Plan
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SPOT_CHECKS = 3  # marked blocks per channel re-read from the source on every run (first, last, random)
 COMMIT_SECONDS = 2.0  # a kill loses at most this much written-but-unmarked work per worker
-Progress = Callable[[int, int], None]  # (blocks done in this shard, blocks in this shard)
+Progress = Callable[[int, int], None]  # (blocks done in this task, blocks in this task)
 
 
 def manifest_for(cp: ChannelPlan, plan: Plan) -> dict:
@@ -40,13 +40,15 @@ def manifest_for(cp: ChannelPlan, plan: Plan) -> dict:
         "block_chunks": list(cp.levels[0].block_chunks),  # a shard file's cuboid with sharding
         "extent": cp.extent.to_key(),
         "datatype": cp.datatype,
-        "blocks_per_shard": len(cp.shards[0].blocks) if cp.shards else 0,
+        "blocks_per_task": len(cp.tasks[0].blocks) if cp.tasks else 0,
     }
 
 
 def _has_markers(cp: ChannelPlan) -> bool:
     """Any block marked yet (stops at the first marker found)."""
-    return any(True for _ in (cp.markers_dir / markers.WRITTEN).glob(f"level*/shard*/*{markers.SUFFIX}"))
+    written = cp.markers_dir / markers.WRITTEN
+    return any(True for prefix in ("task", markers.LEGACY_TASK_PREFIX)
+               for _ in written.glob(f"level*/{prefix}*/*{markers.SUFFIX}"))
 
 
 def size_changed(plan: Plan, source: str, was: Vec3, now: Vec3) -> SourceChanged:
@@ -86,7 +88,8 @@ def check_manifest(cp: ChannelPlan, plan: Plan) -> dict:
             f"{cp.source.description}: source files changed since blocks of channel {cp.name} were written; "
             f"rerun with --restart {cp.name}"
         )
-    for key in ("block_chunks", "extent", "datatype", "blocks_per_shard"):
+    stored.setdefault("blocks_per_task", stored.get("blocks_per_shard"))  # its name in older manifests
+    for key in ("block_chunks", "extent", "datatype", "blocks_per_task"):
         if stored.get(key) != current[key]:
             raise SpecError(
                 f"{plan.spec.path}: channel {cp.name}: {key} is {current[key]!r}, but its blocks were "
@@ -95,23 +98,23 @@ def check_manifest(cp: ChannelPlan, plan: Plan) -> dict:
     return current
 
 
-def spot_check_blocks(cp: ChannelPlan, rng: random.Random, count: int = SPOT_CHECKS) -> list[tuple[Shard, Box]]:
+def spot_check_blocks(cp: ChannelPlan, rng: random.Random, count: int = SPOT_CHECKS) -> list[tuple[BlockTask, Box]]:
     """Which marked level-0 blocks to re-read: the first and last of the plan, then random
     ones (a new draw each run, so reruns cover more of the source). At most `count`
-    shards are looked at, each with one stat or listing."""
-    shards = cp.shards
-    if not shards:
+    tasks are looked at, each with one stat or listing."""
+    tasks = cp.tasks
+    if not tasks:
         return []
-    picks = [shards[0], shards[-1]] + [rng.choice(shards) for _ in range(max(0, count - 2))]
-    chosen: dict[Box, Shard] = {}
-    for i, shard in enumerate(picks[:count]):
-        directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard)
-        in_shard = markers.marked_in_shard(directory, shard)
-        marked = [box for box in shard.blocks if box in in_shard]  # plan order
+    picks = [tasks[0], tasks[-1]] + [rng.choice(tasks) for _ in range(max(0, count - 2))]
+    chosen: dict[Box, BlockTask] = {}
+    for i, task in enumerate(picks[:count]):
+        directory = markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task)
+        in_task = markers.marked_in_task(directory, task)
+        marked = [box for box in task.blocks if box in in_task]  # plan order
         if marked:
             box = marked[0] if i == 0 else marked[-1] if i == 1 else rng.choice(marked)
-            chosen.setdefault(box, shard)
-    return [(shard, box) for box, shard in chosen.items()]
+            chosen.setdefault(box, task)
+    return [(task, box) for box, task in chosen.items()]
 
 
 def spot_check_source(plan: Plan, cp: ChannelPlan, rng: random.Random | None = None) -> int:
@@ -120,15 +123,15 @@ def spot_check_source(plan: Plan, cp: ChannelPlan, rng: random.Random | None = N
     miss a change that keeps both; this catches it in the blocks it reads, at the cost of
     `SPOT_CHECKS` block reads per channel and run. `ndingest verify` reads every block."""
     checked = 0
-    for shard, box in spot_check_blocks(cp, rng or random.Random()):
-        record = markers.read_marker(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard), box)
+    for task, box in spot_check_blocks(cp, rng or random.Random()):
+        record = markers.read_marker(markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task), box)
         if record is None or "checksum" not in record:
             continue
-        now = markers.checksum(level_block(plan, cp, plan.store, level=0, box=box, t=shard.t))
+        now = markers.checksum(level_block(plan, cp, plan.store, level=0, box=box, t=task.t))
         if now != record["checksum"]:
             raise SourceChanged(
                 f"{cp.source.description}: content changed since blocks of channel {cp.name} were written "
-                f"(block {box.to_key()} t={shard.t} now reads {now}, written as {record['checksum']}); "
+                f"(block {box.to_key()} t={task.t} now reads {now}, written as {record['checksum']}); "
                 f"rerun with --restart {cp.name} to ingest it again"
             )
         checked += 1
@@ -144,7 +147,7 @@ def ensure_manifest(cp: ChannelPlan, plan: Plan) -> None:
 
 
 @dataclass
-class ShardResult:
+class TaskResult:
     written: int
     skipped: int
     bytes: int
@@ -185,19 +188,19 @@ def block_facts(voxels: np.ndarray, level: int) -> dict:
 def block_ranges(plan: Plan, cp: ChannelPlan) -> Iterator[tuple[float, float] | None]:
     """The value range of every level-0 block of `cp`, as its marker recorded it; a block
     marked by a version that recorded none is read back from the store instead."""
-    for shard in cp.shards:
-        directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard)
-        for box in shard.blocks:
+    for task in cp.tasks:
+        directory = markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task)
+        for box in task.blocks:
             record = markers.read_marker(directory, box) or {}
             if "range" in record:
                 yield tuple(record["range"]) if record["range"] is not None else None
             else:
-                yield value_range(plan.store.read(cp.ref(shard.t), 0, box))
+                yield value_range(plan.store.read(cp.ref(task.t), 0, box))
 
 
-def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
-                progress: Progress | None = None, commit_seconds: float = COMMIT_SECONDS) -> ShardResult:
-    """Write every unmarked block of `shard` at `level`, each marked once durable.
+def write_task(plan: Plan, cp: ChannelPlan, task: BlockTask, *, level: int = 0,
+                progress: Progress | None = None, commit_seconds: float = COMMIT_SECONDS) -> TaskResult:
+    """Write every unmarked block of `task` at `level`, each marked once durable.
 
     Up to `store.max_in_flight` writes are under way while the next block is read (one for
     tensorstore, a few POSTs for a server), so memory is a few blocks per worker whatever
@@ -208,11 +211,11 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
     per batch instead of one per chunk file and marker.
     """
     ensure_manifest(cp, plan)
-    directory = markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard)
-    todo = markers.pending_blocks(shard, markers.marked_in_shard(directory, shard))
-    ref = cp.ref(shard.t)
+    directory = markers.task_dir(cp.markers_dir, markers.WRITTEN, level, task)
+    todo = markers.pending_blocks(task, markers.marked_in_task(directory, task))
+    ref = cp.ref(task.t)
     started, nbytes = time.monotonic(), 0
-    skipped = len(shard.blocks) - len(todo)
+    skipped = len(task.blocks) - len(todo)
     batch: list[tuple[Box, dict, Future]] = []
     last_commit = started
     in_flight: deque[Pending] = deque()  # writes the store finishes while the next block is read
@@ -229,21 +232,21 @@ def write_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0,
 
     with ThreadPoolExecutor(1) as pool:  # checksums beside the reads; per call, as Luigi forks workers
         for i, box in enumerate(todo, start=1):
-            voxels = level_block(plan, cp, plan.store, level=level, box=box, t=shard.t)
+            voxels = level_block(plan, cp, plan.store, level=level, box=box, t=task.t)
             while len(in_flight) >= plan.store.max_in_flight:
                 in_flight.popleft().wait()
             if batch:
                 batch[-1][2].result()  # one checksum at a time, so blocks never pile up in memory
             in_flight.append(plan.store.start_write(ref, level, box, voxels))
-            batch.append((box, {"t": shard.t, "level": level, "dtype": voxels.dtype.name, "pid": os.getpid()},
+            batch.append((box, {"t": task.t, "level": level, "dtype": voxels.dtype.name, "pid": os.getpid()},
                           pool.submit(block_facts, voxels, level)))
             nbytes += voxels.nbytes
             if time.monotonic() - last_commit >= commit_seconds:
                 commit()
                 last_commit = time.monotonic()
             if progress:
-                progress(skipped + i, len(shard.blocks))
+                progress(skipped + i, len(task.blocks))
         if batch:
             commit()
-    markers.seal_shard(directory, shard)
-    return ShardResult(len(todo), skipped, nbytes, time.monotonic() - started)
+    markers.seal_task(directory, task)
+    return TaskResult(len(todo), skipped, nbytes, time.monotonic() - started)

@@ -9,16 +9,16 @@ Layout, under the store it describes (for a server, `[store] url`, under
         _failures/TASK.json                      why a task failed, for the CLI
     STORE/_markers/DATASET/PROJECT/CHANNEL/
         manifest.json                            source fingerprint + block plan
-        written/level{r}/shard{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
-        written/level{r}/shard{NNNNN}.done       every block of the shard is marked
-        verified/level{r}/shard{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
-        verified/level{r}/shard{NNNNN}.done
+        written/level{r}/task{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
+        written/level{r}/task{NNNNN}.done       every block of the task is marked
+        verified/level{r}/task{NNNNN}/{x0-x1_y0-y1_z0-z1}.json
+        verified/level{r}/task{NNNNN}.done
         levels_built.json                        a server built levels >= 1 (none are written)
 
-One folder per shard, so a shard costs one listing; once all its blocks are marked, the
-writer seals it with a `.done` file naming its blocks, so a finished shard costs one small
-read (Luigi calls `complete()` for every shard while it schedules, and 10^5 blocks are
-10^3 shards).
+One folder per task, so a task costs one listing; once all its blocks are marked, the
+writer seals it with a `.done` file naming its blocks, so a finished task costs one small
+read (Luigi calls `complete()` for every task while it schedules, and 10^5 blocks are
+10^3 tasks).
 Writing is I/O; deciding what is left (`pending_blocks`) is a pure function.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .blocks import Box, Shard
+from .blocks import Box, BlockTask
 from .errors import StoreError
 from .kvpath import KvPath
 
@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 WRITTEN, VERIFIED = "written", "verified"
 SUFFIX = ".json"
 LEVELS_BUILT = "levels_built.json"
+LEGACY_TASK_PREFIX = "shard"  # task folders' name in stores written before they were called tasks
 
 
 def checksum(array: np.ndarray) -> str:
@@ -64,12 +65,20 @@ def channel_dir(store: Path, dataset: str, project: str, channel: str) -> Path:
     return project_dir(store, dataset, project) / channel
 
 
-def shard_dir(channel_markers: Path, kind: str, level: int, shard: Shard) -> Path:
-    return channel_markers / kind / f"level{level}" / f"shard{shard.index:05d}"
+def task_dir(channel_markers: Place, kind: str, level: int, task: BlockTask) -> Place:
+    """One task's markers. A folder written before tasks had this name (`shard{N}`, before
+    "shard" came to mean a precomputed shard file) is used where it exists and the new one
+    does not, so a store's markers keep counting across the upgrade (a bucket never had one)."""
+    here = channel_markers / kind / f"level{level}" / f"task{task.index:05d}"
+    if isinstance(here, Path) and not here.exists():
+        legacy = here.with_name(f"{LEGACY_TASK_PREFIX}{task.index:05d}")
+        if legacy.exists() or sealed_path(legacy).exists():
+            return legacy
+    return here
 
 
 def marked_boxes(directory: Path) -> set[Box]:
-    """The boxes marked in one shard folder, from one listing."""
+    """The boxes marked in one task folder, from one listing."""
     try:
         names = listdir(directory)
     except FileNotFoundError:
@@ -82,54 +91,54 @@ def listdir(directory: Place) -> list[str]:
     return directory.names() if isinstance(directory, KvPath) else os.listdir(directory)
 
 
-def pending_blocks(shard: Shard, marked: set[Box]) -> list[Box]:
+def pending_blocks(task: BlockTask, marked: set[Box]) -> list[Box]:
     """Blocks left to do, in plan order; a marker exists only after its data."""
-    return [box for box in shard.blocks if box not in marked]
+    return [box for box in task.blocks if box not in marked]
 
 
 def sealed_path(directory: Path) -> Path:
     return directory.parent / f"{directory.name}.done"
 
 
-def plan_signature(shard: Shard) -> str:
-    """crc32 of the shard's block keys: which blocks a seal stands for. A source whose size
-    changed cuts shard N into other blocks, and the old seal must not count them."""
-    keys = "\n".join(box.to_key() for box in shard.blocks)
+def plan_signature(task: BlockTask) -> str:
+    """crc32 of the task's block keys: which blocks a seal stands for. A source whose size
+    changed cuts task N into other blocks, and the old seal must not count them."""
+    keys = "\n".join(box.to_key() for box in task.blocks)
     return f"crc32:{zlib.crc32(keys.encode()) & 0xFFFFFFFF:08x}"
 
 
-def _sealed_for(directory: Path, shard: Shard) -> bool:
-    """The shard's seal exists and was written for these very blocks (one small read)."""
+def _sealed_for(directory: Path, task: BlockTask) -> bool:
+    """The task's seal exists and was written for these very blocks (one small read)."""
     seal = read_json(sealed_path(directory))
-    return seal is not None and seal.get("plan") == plan_signature(shard)
+    return seal is not None and seal.get("plan") == plan_signature(task)
 
 
-def marked_in_shard(directory: Path, shard: Shard) -> set[Box]:
-    """The blocks of `shard` marked in `directory`: all of them if it is sealed for this
-    shard's blocks, else those its listing holds. What every reader of markers asks."""
-    if _sealed_for(directory, shard):
-        return set(shard.blocks)
-    return set(shard.blocks) & marked_boxes(directory)
+def marked_in_task(directory: Path, task: BlockTask) -> set[Box]:
+    """The blocks of `task` marked in `directory`: all of them if it is sealed for this
+    task's blocks, else those its listing holds. What every reader of markers asks."""
+    if _sealed_for(directory, task):
+        return set(task.blocks)
+    return set(task.blocks) & marked_boxes(directory)
 
 
-def shard_complete(directory: Path, shard: Shard) -> bool:
-    """Every block of `shard` is marked in `directory` (reads only)."""
-    return not pending_blocks(shard, marked_in_shard(directory, shard))
+def task_complete(directory: Path, task: BlockTask) -> bool:
+    """Every block of `task` is marked in `directory` (reads only)."""
+    return not pending_blocks(task, marked_in_task(directory, task))
 
 
-def seal_shard(directory: Path, shard: Shard) -> bool:
-    """Write the shard's `.done` if every block is marked; True if it is sealed.
+def seal_task(directory: Path, task: BlockTask) -> bool:
+    """Write the task's `.done` if every block is marked; True if it is sealed.
 
     Its markers are flushed first, whoever wrote them (a run killed before its own flush
     leaves them in the page cache only), so a seal never outlives the markers it stands
-    for. A shard sealed for these blocks is left as it is; a seal of another plan's
+    for. A task sealed for these blocks is left as it is; a seal of another plan's
     blocks (written before a spec or source change) is replaced once these are marked."""
-    if _sealed_for(directory, shard):
+    if _sealed_for(directory, task):
         return True
-    if pending_blocks(shard, marked_boxes(directory)):
+    if pending_blocks(task, marked_boxes(directory)):
         return False
     flush_filesystem(directory)
-    write_json(sealed_path(directory), {"blocks": len(shard.blocks), "plan": plan_signature(shard)})
+    write_json(sealed_path(directory), {"blocks": len(task.blocks), "plan": plan_signature(task)})
     return True
 
 
@@ -247,9 +256,9 @@ def levels_built_path(channel_markers: Path) -> Path:
     return channel_markers / LEVELS_BUILT
 
 
-def count_marked(channel_markers: Path, kind: str, level: int, shards: Iterable[Shard]) -> int:
-    """Blocks of `shards` that carry a `kind` marker (a stat per sealed shard, else a listing)."""
-    return sum(len(marked_in_shard(shard_dir(channel_markers, kind, level, s), s)) for s in shards)
+def count_marked(channel_markers: Path, kind: str, level: int, tasks: Iterable[BlockTask]) -> int:
+    """Blocks of `tasks` that carry a `kind` marker (a stat per sealed task, else a listing)."""
+    return sum(len(marked_in_task(task_dir(channel_markers, kind, level, s), s)) for s in tasks)
 
 
 def drop(channel_markers: Path, kind: str | None = None) -> None:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .blocks import Box, Shard, Vec3, ceil_div, chunk_grid, chunk_shape, plan_shards, shard_cuboid
+from .blocks import Box, BlockTask, Vec3, ceil_div, chunk_grid, chunk_shape, plan_tasks, shard_cuboid
 from .downsample import factors, level_extent
 from .errors import SourceError, SpecError
 from .markers import channel_dir, project_dir
@@ -23,7 +23,7 @@ from .targets import LocalStore, Scale, Target, VolumeRef
 
 logger = logging.getLogger(__name__)
 
-MAX_SHARDS_PER_CHANNEL = 1000  # Luigi's scheduler is quadratic in its task count
+MAX_TASKS_PER_CHANNEL = 1000  # Luigi's scheduler is quadratic in its task count
 
 
 def max_levels(extent: Box, scaling_option: str) -> int:
@@ -64,18 +64,18 @@ def resolve_levels(scaling_levels: int | str, *, extent: Box, scaling_option: st
 
 @dataclass(frozen=True)
 class LevelPlan:
-    """One level of a channel: its absolute extent, chunk (ndstore's cuboid), shards, and
+    """One level of a channel: its absolute extent, chunk (ndstore's cuboid), tasks, and
     chunks per block (`level_block_chunks`)."""
 
     level: int
     extent: Box
     chunk: Vec3
-    shards: list[Shard] = field(hash=False)
+    tasks: list[BlockTask] = field(hash=False)
     block_chunks: Vec3
 
     @property
     def total_blocks(self) -> int:
-        return sum(len(s.blocks) for s in self.shards)
+        return sum(len(s.blocks) for s in self.tasks)
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,9 @@ class ChannelPlan:
         return self.levels[0].chunk
 
     @property
-    def shards(self) -> list[Shard]:
-        """Level 0's shards, written from the source."""
-        return self.levels[0].shards
+    def tasks(self) -> list[BlockTask]:
+        """Level 0's tasks, written from the source."""
+        return self.levels[0].tasks
 
     @property
     def datatype(self) -> str:
@@ -189,36 +189,36 @@ def level_block_chunks(extent: Box, chunk: Vec3, spec: Spec) -> Vec3:
     return spec.ingest.block_chunks
 
 
-def _shards_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int, *,
-                block_chunks: Vec3 | None = None) -> list[Shard]:
-    """Shards of `blocks_per_shard` blocks of `block_chunks` (default: the spec's), made
-    bigger where a channel would have more than `MAX_SHARDS_PER_CHANNEL` per level. A shard
+def _tasks_for(extent: Box, chunk: Vec3, spec: Spec, time_points: int, *,
+                block_chunks: Vec3 | None = None) -> list[BlockTask]:
+    """Tasks of `blocks_per_task` blocks of `block_chunks` (default: the spec's), made
+    bigger where a channel would have more than `MAX_TASKS_PER_CHANNEL` per level. A task
     holds blocks of one time point, so the cap is shared out per time point (past 1,000
-    time points: one shard each)."""
+    time points: one task each)."""
     block_chunks = block_chunks or spec.ingest.block_chunks
     grid = [ceil_div(s, c * b) for s, c, b in zip(extent.shape, chunk, block_chunks)]
-    shards_per_time_point = max(1, MAX_SHARDS_PER_CHANNEL // time_points)
-    per_shard = max(spec.ingest.blocks_per_shard, ceil_div(grid[0] * grid[1] * grid[2], shards_per_time_point))
-    return plan_shards(extent, chunk, block_chunks=block_chunks, blocks_per_shard=per_shard,
+    tasks_per_time_point = max(1, MAX_TASKS_PER_CHANNEL // time_points)
+    per_task = max(spec.ingest.blocks_per_task, ceil_div(grid[0] * grid[1] * grid[2], tasks_per_time_point))
+    return plan_tasks(extent, chunk, block_chunks=block_chunks, blocks_per_task=per_task,
                        time_points=time_points)
 
 
 def plan_levels(extent: Box, spec: Spec, *, levels: int, time_points: int) -> list[LevelPlan]:
-    """Level 0 .. `levels`, each with its own extent, cuboid and shards."""
+    """Level 0 .. `levels`, each with its own extent, cuboid and tasks."""
     ds = spec.dataset
     out = []
     for level in range(levels + 1):
         lv_extent = level_extent(extent, level, ds.scaling_option)
         chunk = chunk_shape(ds.scaling_option, ds.voxel_resolution_nm, level)
         block_chunks = level_block_chunks(lv_extent, chunk, spec)
-        out.append(LevelPlan(level, lv_extent, chunk, _shards_for(lv_extent, chunk, spec, time_points,
+        out.append(LevelPlan(level, lv_extent, chunk, _tasks_for(lv_extent, chunk, spec, time_points,
                                                                   block_chunks=block_chunks),
                              block_chunks=block_chunks))
     return out
 
 
 def build_plan(spec: Spec) -> Plan:
-    """Open every source (shape and dtype only) and cut each channel into shards."""
+    """Open every source (shape and dtype only) and cut each channel into tasks."""
     ds = spec.dataset
     sources = {name: open_source(ch.source, ch.axes) for name, ch in spec.channels.items()}
     for name, ch in spec.channels.items():

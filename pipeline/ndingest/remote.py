@@ -88,7 +88,7 @@ class Client:
     Luigi's fork; pickling drops them, and the key stays out of `repr`).
 
     Once a request has run out of retries on a server it cannot reach, every request of
-    this process fails at once for `UNREACHABLE_SECONDS`: Luigi runs the shards left after
+    this process fails at once for `UNREACHABLE_SECONDS`: Luigi runs the tasks left after
     a failed one, and each would otherwise spend its own retries on a server that is down.
     """
 

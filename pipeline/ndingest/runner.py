@@ -52,7 +52,7 @@ def luigi_run_settings(scheduler_url: str | None) -> None:
     from .scheduler import IDLE_RESCHEDULE
 
     _set("core", "no_configure_logging", "true", keep_configured=False)  # ours is set; luigi's prints tracebacks
-    if not scheduler_url:  # alone, a failed shard must end the run, not wait for Luigi's retry
+    if not scheduler_url:  # alone, a failed task must end the run, not wait for Luigi's retry
         _set("worker", "keep_alive", "false", keep_configured=False)
     else:  # idle this long under luigid: leave Luigi's loop, release dead runs' tasks, schedule again
         _set("worker", "max_keep_alive_idle_duration", IDLE_RESCHEDULE, keep_configured=True)
@@ -94,7 +94,7 @@ def run_luigi(plan: Plan, *, workers: int, scheduler_url: str | None, debug: boo
         # luigid gave the rest to other runs (Luigi calls that success, or "not granted run
         # permission" when they finished in between): wait, and take over what they leave.
         if not waited:
-            say("other runs on the scheduler hold the remaining shards; waiting for them")
+            say("other runs on the scheduler hold the remaining tasks; waiting for them")
             waited = True
         time.sleep(OTHERS_POLL_SECONDS)
     failures = recorded_failures(plan, since=started)

@@ -10,7 +10,7 @@ from .errors import RemoteError
 logger = logging.getLogger(__name__)
 
 PROBE_SECONDS = 10.0
-# A run waiting on shards other runs hold leaves Luigi's worker loop after this long idle,
+# A run waiting on tasks other runs hold leaves Luigi's worker loop after this long idle,
 # so the CLI schedules again and releases what a run that died in between left behind.
 IDLE_RESCHEDULE = "60 seconds"
 

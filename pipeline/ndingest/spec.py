@@ -31,7 +31,7 @@ SCALING_OPTIONS = ("zslices", "isotropic")
 AXES_RE = re.compile(r"^t?[xyz]{3}$|^[xyz]{3}t$")
 
 DEFAULT_BLOCK_CHUNKS = (2, 2, 4)
-DEFAULT_BLOCKS_PER_SHARD = 64
+DEFAULT_BLOCKS_PER_TASK = 64
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class IngestOptions:
     """How blocks are cut and grouped; does not change what is stored."""
 
     block_chunks: Vec3 = Vec3(*DEFAULT_BLOCK_CHUNKS)
-    blocks_per_shard: int = DEFAULT_BLOCKS_PER_SHARD
+    blocks_per_task: int = DEFAULT_BLOCKS_PER_TASK
 
 
 @dataclass(frozen=True)
@@ -273,14 +273,23 @@ def _server_url(value: Any, path: Path) -> str:
     return value.rstrip("/")
 
 
+LEGACY_INGEST_KEYS = {"blocks_per_shard": "blocks_per_task"}  # old name: new name
+
+
 def _ingest(table: dict, path: Path) -> IngestOptions:
-    _check_keys(table, {"block_chunks", "blocks_per_shard"}, "ingest", path)
+    for old, new in LEGACY_INGEST_KEYS.items():
+        if old in table:
+            if new in table:
+                raise SpecError(f"{path}: ingest.{old} and ingest.{new} both given; {old} is {new}'s old name")
+            logger.warning("%s: ingest.%s is now called ingest.%s (read as such)", path, old, new)
+            table = {**{k: v for k, v in table.items() if k != old}, new: table[old]}
+    _check_keys(table, {"block_chunks", "blocks_per_task"}, "ingest", path)
     chunks = _triple(table.get("block_chunks", list(DEFAULT_BLOCK_CHUNKS)), "ingest.block_chunks", path,
                      kind=int, minimum=1)
-    per_shard = table.get("blocks_per_shard", DEFAULT_BLOCKS_PER_SHARD)
-    if not isinstance(per_shard, int) or isinstance(per_shard, bool) or per_shard < 1:
-        raise SpecError(f"{path}: ingest.blocks_per_shard = {per_shard!r} must be an integer >= 1")
-    return IngestOptions(block_chunks=Vec3(*chunks), blocks_per_shard=per_shard)
+    per_task = table.get("blocks_per_task", DEFAULT_BLOCKS_PER_TASK)
+    if not isinstance(per_task, int) or isinstance(per_task, bool) or per_task < 1:
+        raise SpecError(f"{path}: ingest.blocks_per_task = {per_task!r} must be an integer >= 1")
+    return IngestOptions(block_chunks=Vec3(*chunks), blocks_per_task=per_task)
 
 
 def _check_sharding_blocks(doc: dict, path: Path) -> None:

@@ -1,7 +1,7 @@
 """What each pipeline step does, as plain functions over a `Plan` (tasks only call these).
 
 Order: inspect -> create dataset -> create project (+token) -> create channels -> write
-shards -> verify. `preflight` runs every check that needs no write, so bad input stops
+tasks -> verify. `preflight` runs every check that needs no write, so bad input stops
 the run before anything lands in the store.
 """
 from __future__ import annotations
@@ -288,12 +288,12 @@ def channel_status(plan: Plan) -> dict[str, dict]:
     out = {}
     for name, cp in plan.channels.items():
         built = plan.store.builds_levels and built_record_path(cp).exists() and all(
-            markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, s), s) for s in cp.shards)
+            markers.task_complete(markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, s), s) for s in cp.tasks)
         levels = {
             str(lv.level): {
                 "done": lv.total_blocks if lv.level > 0 and built else
-                markers.count_marked(cp.markers_dir, markers.WRITTEN, lv.level, lv.shards),
-                "verified": markers.count_marked(cp.markers_dir, markers.VERIFIED, lv.level, lv.shards),
+                markers.count_marked(cp.markers_dir, markers.WRITTEN, lv.level, lv.tasks),
+                "verified": markers.count_marked(cp.markers_dir, markers.VERIFIED, lv.level, lv.tasks),
                 "total": lv.total_blocks,
             }
             for lv in cp.levels
@@ -303,7 +303,7 @@ def channel_status(plan: Plan) -> dict[str, dict]:
             "total": cp.total_blocks,
             "verified": sum(lv["verified"] for lv in levels.values()),
             "levels": levels,
-            "shards": sum(len(lv.shards) for lv in cp.levels),
+            "tasks": sum(len(lv.tasks) for lv in cp.levels),
             "time_points": cp.source.time_points,
             "datatype": cp.datatype,
             "volume": plan.store.location(VolumeRef(cp.dataset, cp.project, cp.name)),  # t{t}/ below it

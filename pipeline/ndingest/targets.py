@@ -182,7 +182,7 @@ class Target(Protocol):
     tests/contract/test_target_contract.py.
 
     `builds_levels`: the target builds levels >= 1 itself (a server's setPropagate/1/),
-    so the pipeline writes level 0 only. `max_in_flight`: writes `ingest.write_shard`
+    so the pipeline writes level 0 only. `max_in_flight`: writes `ingest.write_task`
     keeps under way at once."""
 
     builds_levels: bool

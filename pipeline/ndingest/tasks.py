@@ -1,7 +1,7 @@
 """The Luigi DAG, as thin declarations over `steps`, `ingest` and `verify`.
 
-    Inspect -> CreateDataset -> CreateProject -> CreateChannels -> IngestBlock(shard)*
-        -> Downsample(level, shard)* -> Verify          (a local store)
+    Inspect -> CreateDataset -> CreateProject -> CreateChannels -> IngestBlock(task)*
+        -> Downsample(level, task)* -> Verify          (a local store)
         -> Propagate(channel)* -> Verify                (a server builds the levels itself)
 
 Parameters are the spec path and small integers, so any process or host rebuilds the
@@ -26,7 +26,7 @@ import luigi
 
 from . import markers, steps
 from .errors import NdingestError
-from .ingest import ShardResult, write_shard
+from .ingest import TaskResult, write_task
 from .plan import Plan, load_plan
 from .spec import load_spec
 from .runner import luigi_defaults
@@ -89,8 +89,8 @@ class SpecTask(luigi.Task):
         except Exception:  # the spec itself may be what failed; luigi still reports it
             logger.debug("could not record failure of %s", self.task_id, exc_info=True)
 
-    def _report(self, result: ShardResult) -> None:
-        """One log line per shard: what this process wrote (a rerun of a shard writes 0)."""
+    def _report(self, result: TaskResult) -> None:
+        """One log line per task: what this process wrote (a rerun of a task writes 0)."""
         logger.info("%s: wrote %d blocks (%d already marked), %.1f MB in %.1f s", self.task_id, result.written,
                     result.skipped, result.bytes / 1e6, result.seconds)
 
@@ -167,60 +167,60 @@ class CreateChannels(SpecTask):
 
 
 class IngestBlock(SpecTask):
-    """One shard of blocks of one channel (the design card's name: never one block per
+    """One task of blocks of one channel (the design card's name: never one block per
     task, since Luigi's scheduler is quadratic in the task count)."""
 
     channel = luigi.Parameter()
-    shard = luigi.IntParameter()
+    index = luigi.IntParameter(description="the task's number within its channel's level")
 
     def requires(self):
         return CreateChannels(spec=self.spec)
 
-    def _shard(self):
+    def _task(self):
         cp = self.plan.channel(self.channel)
-        return cp, cp.shards[self.shard]
+        return cp, cp.tasks[self.index]
 
     def complete(self) -> bool:
-        cp, shard = self._shard()
-        return markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, shard), shard)
+        cp, task = self._task()
+        return markers.task_complete(markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, task), task)
 
     def run(self) -> None:
-        cp, shard = self._shard()
-        self._report(write_shard(self.plan, cp, shard, progress=lambda d, n: self._progress(d, n, "blocks written")))
+        cp, task = self._task()
+        self._report(write_task(self.plan, cp, task, progress=lambda d, n: self._progress(d, n, "blocks written")))
 
 
 class Downsample(SpecTask):
-    """One shard of blocks of `level` >= 1, each reduced from the level below (ndstore's
-    "propagate"): needs every shard of that level first."""
+    """One task of blocks of `level` >= 1, each reduced from the level below (ndstore's
+    "propagate"): needs every task of that level first."""
 
     channel = luigi.Parameter()
     level = luigi.IntParameter()
-    shard = luigi.IntParameter()
+    index = luigi.IntParameter(description="the task's number within its channel's level")
 
     def requires(self):
         below = self.plan.channel(self.channel).levels[self.level - 1]
         if self.level == 1:
-            return [IngestBlock(spec=self.spec, channel=self.channel, shard=s.index) for s in below.shards]
-        return [Downsample(spec=self.spec, channel=self.channel, level=self.level - 1, shard=s.index)
-                for s in below.shards]
+            return [IngestBlock(spec=self.spec, channel=self.channel, index=s.index) for s in below.tasks]
+        return [Downsample(spec=self.spec, channel=self.channel, level=self.level - 1, index=s.index)
+                for s in below.tasks]
 
-    def _shard(self):
+    def _task(self):
         cp = self.plan.channel(self.channel)
-        return cp, cp.levels[self.level].shards[self.shard]
+        return cp, cp.levels[self.level].tasks[self.index]
 
     def complete(self) -> bool:
-        cp, shard = self._shard()
-        return markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, self.level, shard), shard)
+        cp, task = self._task()
+        return markers.task_complete(markers.task_dir(cp.markers_dir, markers.WRITTEN, self.level, task), task)
 
     def run(self) -> None:
-        cp, shard = self._shard()
+        cp, task = self._task()
         steps.mark_propagating(self.plan, self.channel)
-        self._report(write_shard(self.plan, cp, shard, level=self.level,
+        self._report(write_task(self.plan, cp, task, level=self.level,
                                  progress=lambda d, n: self._progress(d, n, f"level {self.level} blocks written")))
 
 
 class Propagate(SpecTask):
-    """A server's levels of one channel (ndstore's propagate): once every level-0 shard is
+    """A server's levels of one channel (ndstore's propagate): once every level-0 task is
     written, setPropagate/1/ and wait for getPropagate 2. Replaces Downsample for targets
     that build levels themselves; runs with no level above 0 too, so the server's channel
     says propagated (2) as a local ingest's catalog does."""
@@ -228,13 +228,13 @@ class Propagate(SpecTask):
     channel = luigi.Parameter()
 
     def requires(self):
-        return [IngestBlock(spec=self.spec, channel=self.channel, shard=s.index)
-                for s in self.plan.channel(self.channel).shards]
+        return [IngestBlock(spec=self.spec, channel=self.channel, index=s.index)
+                for s in self.plan.channel(self.channel).tasks]
 
     def complete(self) -> bool:
         cp = self.plan.channel(self.channel)
-        written = all(markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.WRITTEN, 0, s), s)
-                      for s in cp.shards)
+        written = all(markers.task_complete(markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, s), s)
+                      for s in cp.tasks)
         return written and steps.levels_built(self.plan, self.channel)
 
     def run(self) -> None:
@@ -243,7 +243,7 @@ class Propagate(SpecTask):
 
 
 def top_level_tasks(spec: str, plan: Plan) -> list[luigi.Task]:
-    """The shards of each channel's highest level (level 0 when there is no hierarchy), or
+    """The tasks of each channel's highest level (level 0 when there is no hierarchy), or
     each channel's Propagate when the target builds the levels."""
     if plan.store.builds_levels:
         return [Propagate(spec=spec, channel=name) for name in plan.channels]
@@ -251,9 +251,9 @@ def top_level_tasks(spec: str, plan: Plan) -> list[luigi.Task]:
     for name, cp in plan.channels.items():
         top = cp.levels[-1]
         if top.level == 0:
-            tasks += [IngestBlock(spec=spec, channel=name, shard=s.index) for s in top.shards]
+            tasks += [IngestBlock(spec=spec, channel=name, index=s.index) for s in top.tasks]
         else:
-            tasks += [Downsample(spec=spec, channel=name, level=top.level, shard=s.index) for s in top.shards]
+            tasks += [Downsample(spec=spec, channel=name, level=top.level, index=s.index) for s in top.tasks]
     return tasks
 
 
@@ -267,8 +267,8 @@ class Verify(SpecTask):
 
     def complete(self) -> bool:
         plan = self.plan
-        done = all(markers.shard_complete(markers.shard_dir(cp.markers_dir, markers.VERIFIED, lv.level, s), s)
-                   for cp in plan.channels.values() for lv in cp.levels for s in lv.shards)
+        done = all(markers.task_complete(markers.task_dir(cp.markers_dir, markers.VERIFIED, lv.level, s), s)
+                   for cp in plan.channels.values() for lv in cp.levels for s in lv.tasks)
         return done and (report_dir(plan) / "verify.csv").exists() and steps.all_propagated(plan)
 
     def run(self) -> None:

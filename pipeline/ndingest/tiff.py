@@ -220,7 +220,7 @@ class Segment:
 class PageReader:
     """Regions of the pages of `files`, for one process: open files (least recently used
     closed past MAX_OPEN_FILES) and decoded segments (byte-bounded, least recently used
-    dropped). Blocks run x fastest inside a shard, so the next block reads the strips the
+    dropped). Blocks run x fastest inside a task, so the next block reads the strips the
     last one decoded: 64 pages of 256-row deflate strips 1024 wide is 16 MiB."""
 
     def __init__(self, files: list[Path], *, cache_bytes: int = SEGMENT_CACHE_BYTES):

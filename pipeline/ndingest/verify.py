@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import markers
-from .blocks import Box, Shard, Vec3, block_shape
+from .blocks import Box, BlockTask, Vec3, block_shape
 from .downsample import factors
 from .edits import Edit, made_after
 from .errors import NdingestError, VerifyMismatch
@@ -57,8 +57,8 @@ def report_dir(plan: Plan) -> Path:
     return plan.state_dir / "_reports" / plan.spec.dataset.name / plan.spec.project.name
 
 
-def _row(cp: ChannelPlan, shard: Shard, level: int, box: Box, status: str = OK) -> dict:
-    return {"channel": cp.name, "t": shard.t, "level": level, "block": box.to_key(), "status": status,
+def _row(cp: ChannelPlan, task: BlockTask, level: int, box: Box, status: str = OK) -> dict:
+    return {"channel": cp.name, "t": task.t, "level": level, "block": box.to_key(), "status": status,
             "detail": "", "voxels_differing": 0, "checksum_marker": "", "checksum_store": ""}
 
 
@@ -74,16 +74,16 @@ class _Inline(Executor):
 _INLINE = _Inline()
 
 
-def verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box: Box, *, level: int = 0,
+def verify_block(plan: Plan, cp: ChannelPlan, store: Target, task: BlockTask, box: Box, *, level: int = 0,
                  pool: Executor | None = None, edits: list[Edit] | None = None) -> dict:
     """One report row: `status` is "ok" or names what is wrong with this block (or that a
     POST edited it). Level 0 is compared with the source; level r with the level below,
     reduced again. The store is read while the source is, and the checksum (on `pool`)
     runs beside the compare."""
-    return _verify_block(plan, cp, store, shard, box, level=level, pool=pool, edits=edits)[0]
+    return _verify_block(plan, cp, store, task, box, level=level, pool=pool, edits=edits)[0]
 
 
-def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box: Box, *, level: int,
+def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, task: BlockTask, box: Box, *, level: int,
                   pool: Executor | None, children: np.ndarray | None = None,
                   edits: list[Edit] | None = None, reading: Pending | None = None) -> tuple[dict, np.ndarray | None]:
     """`verify_block`'s row, and the voxels the store holds (None if unreadable). A level
@@ -91,17 +91,17 @@ def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box:
     is expected to equal their reduction instead of reading them again. A block that
     differs where one of `edits` (cutout POSTs to `ndingest serve`) touched it is
     reported as edited, with when and by which key, not as a mismatch."""
-    row = _row(cp, shard, level, box)
-    written = markers.shard_dir(cp.markers_dir, markers.WRITTEN, level, shard)
+    row = _row(cp, task, level, box)
+    written = markers.task_dir(cp.markers_dir, markers.WRITTEN, level, task)
     marker = markers.read_marker(written, box)
     built_by_target = level > 0 and store.builds_levels  # a server's rebuild: no marker, no checksum
     if marker is None and not built_by_target:
         return {**row, "status": "not written", "detail": "no marker: the block was never written"}, None
     row["checksum_marker"] = marker["checksum"] if marker is not None else ""
     try:
-        reading = reading or store.start_read(cp.ref(shard.t), level, box)  # unless read ahead
+        reading = reading or store.start_read(cp.ref(task.t), level, box)  # unless read ahead
         if children is None:
-            expected = level_block(plan, cp, store, level=level, box=box, t=shard.t)
+            expected = level_block(plan, cp, store, level=level, box=box, t=task.t)
         else:
             expected = reduce_children(plan, cp, children, level=level, box=box)
         stored = reading.wait()
@@ -116,7 +116,7 @@ def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, shard: Shard, box:
             _written_at(markers.read_json(markers.levels_built_path(cp.markers_dir)),
                         markers.levels_built_path(cp.markers_dir), key="built_at")
         edit = next((e for e in made_after(edits, since) if e.touches(box, level=level, factors=factors(
-            plan.spec.dataset.scaling_option), t=shard.t if cp.spec.type == "timeseries" else None)), None)
+            plan.spec.dataset.scaling_option), t=task.t if cp.spec.type == "timeseries" else None)), None)
         if edit is not None:
             when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(edit.when))
             return {**row, "status": EDITED, "detail": f"changed by a cutout POST at {when} by key "
@@ -142,56 +142,56 @@ def _written_at(record: dict | None, path: Path, *, key: str = "written_at") -> 
 
 
 def _mark_verified(directory: Path, box: Box, row: dict) -> None:
-    """A verified block's marker (made durable once for its shard, by the caller)."""
+    """A verified block's marker (made durable once for its task, by the caller)."""
     markers.write_marker(directory, box, {"checksum": row["checksum_store"], "verified_at": time.time()},
                          durable=False)
 
 
-def _seal(directory: Path, shard: Shard, marked: int) -> None:
-    if not markers.seal_shard(directory, shard) and marked:  # sealing flushes the markers itself
+def _seal(directory: Path, task: BlockTask, marked: int) -> None:
+    if not markers.seal_task(directory, task) and marked:  # sealing flushes the markers itself
         markers.flush_filesystem(directory)
 
 
-def verify_shard(plan: Plan, cp: ChannelPlan, shard: Shard, *, level: int = 0, resume: bool,
+def verify_task(plan: Plan, cp: ChannelPlan, task: BlockTask, *, level: int = 0, resume: bool,
                  store: Target | None = None, progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Rows for every block of `shard`; with `resume`, blocks verified before are skipped
+    """Rows for every block of `task`; with `resume`, blocks verified before are skipped
     and newly verified ones are marked."""
     store = store or plan.store.reopened()  # a fresh reader, not the writer's handles
-    directory = markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)
-    done = markers.marked_in_shard(directory, shard) if resume else set()
+    directory = markers.task_dir(cp.markers_dir, markers.VERIFIED, level, task)
+    done = markers.marked_in_task(directory, task) if resume else set()
     edits = store.edits(cp.channel_ref)
     rows, marked = [], 0
-    todo = [box for box in shard.blocks if box not in done]
+    todo = [box for box in task.blocks if box not in done]
     ahead: dict[Box, Pending] = {}
     checked = 0  # blocks of `todo` begun
     with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork
-        for i, box in enumerate(shard.blocks, start=1):
+        for i, box in enumerate(task.blocks, start=1):
             if box in done:
-                rows.append(_row(cp, shard, level, box, OK_EARLIER))
+                rows.append(_row(cp, task, level, box, OK_EARLIER))
             else:
                 checked += 1
-                read_ahead(store, cp, shard, level, todo[checked:checked + store.max_in_flight], ahead)
-                row = _verify_block(plan, cp, store, shard, box, level=level, pool=pool, edits=edits,
+                read_ahead(store, cp, task, level, todo[checked:checked + store.max_in_flight], ahead)
+                row = _verify_block(plan, cp, store, task, box, level=level, pool=pool, edits=edits,
                                     reading=ahead.pop(box, None))[0]
                 rows.append(row)
                 if resume and row["status"] in (OK, EDITED):
                     _mark_verified(directory, box, row)
                     marked += 1
             if progress:
-                progress(i, len(shard.blocks))
+                progress(i, len(task.blocks))
     if resume:
-        _seal(directory, shard, marked)
+        _seal(directory, task, marked)
     return rows
 
 
-def read_ahead(store: Target, cp: ChannelPlan, shard: Shard, level: int, upcoming: list[Box],
+def read_ahead(store: Target, cp: ChannelPlan, task: BlockTask, level: int, upcoming: list[Box],
                started: dict[Box, Pending]) -> None:
     """Start reading the next `store.max_in_flight - 1` blocks while this one is checked: a
     server answers several GETs at once, and one at a time leaves it idle between them
     (a local store reads one block ahead of none, as before)."""
     for box in upcoming[: store.max_in_flight - 1]:
         if box not in started:
-            started[box] = store.start_read(cp.ref(shard.t), level, box)
+            started[box] = store.start_read(cp.ref(task.t), level, box)
 
 
 def nested_children(plan: Plan, cp: ChannelPlan) -> dict[Box, list[Box]] | None:
@@ -202,9 +202,9 @@ def nested_children(plan: Plan, cp: ChannelPlan) -> dict[Box, list[Box]] | None:
     f = factors(plan.spec.dataset.scaling_option)
     size1 = block_shape(lv1.chunk, plan.spec.ingest.block_chunks)
     origin = lv1.extent.begin
-    parents = {b.begin: b for s in lv1.shards if s.t == 0 for b in s.blocks}
+    parents = {b.begin: b for s in lv1.tasks if s.t == 0 for b in s.blocks}
     children: dict[Box, list[Box]] = {b: [] for b in parents.values()}
-    for s in lv0.shards:
+    for s in lv0.tasks:
         if s.t != 0:
             continue
         for b in s.blocks:
@@ -225,41 +225,41 @@ def verify_levels_0_and_1(plan: Plan, cp: ChannelPlan, children: dict[Box, list[
     blocks, each of those read once from the store, compared with the source, and put in
     place in the children the level-1 block is then checked against (built from the very
     voxels just verified). Without it verify reads level 0 twice, its costliest part of a
-    pyramid. Rows in `verify_shard`'s order, level 0 first."""
+    pyramid. Rows in `verify_task`'s order, level 0 first."""
     lv0, lv1 = cp.levels[0], cp.levels[1]
-    shard_of = {(s.t, b): s for s in lv0.shards for b in s.blocks}
+    task_of = {(s.t, b): s for s in lv0.tasks for b in s.blocks}
     edits = store.edits(cp.channel_ref)
     done: dict[tuple[int, int], set[Box]] = {}
     marked: dict[tuple[int, int], int] = {}
     rows: dict[tuple[int, int, Box], dict] = {}
 
-    def directory(level: int, shard: Shard):
-        return markers.shard_dir(cp.markers_dir, markers.VERIFIED, level, shard)
+    def directory(level: int, task: BlockTask):
+        return markers.task_dir(cp.markers_dir, markers.VERIFIED, level, task)
 
-    def earlier(level: int, shard: Shard, box: Box) -> bool:
+    def earlier(level: int, task: BlockTask, box: Box) -> bool:
         if not resume:
             return False
-        if (level, shard.index) not in done:
-            done[(level, shard.index)] = markers.marked_in_shard(directory(level, shard), shard)
-        return box in done[(level, shard.index)]
+        if (level, task.index) not in done:
+            done[(level, task.index)] = markers.marked_in_task(directory(level, task), task)
+        return box in done[(level, task.index)]
 
-    def record(level: int, shard: Shard, box: Box, row: dict) -> None:
-        rows[(level, shard.index, box)] = row
+    def record(level: int, task: BlockTask, box: Box, row: dict) -> None:
+        rows[(level, task.index, box)] = row
         if resume and row["status"] in (OK, EDITED):
-            _mark_verified(directory(level, shard), box, row)
-            marked[(level, shard.index)] = marked.get((level, shard.index), 0) + 1
+            _mark_verified(directory(level, task), box, row)
+            marked[(level, task.index)] = marked.get((level, task.index), 0) + 1
         if progress:
             progress(1)
 
     with ThreadPoolExecutor(1) as pool:  # per call: Luigi forks workers, and pools do not survive a fork
-        for s1 in lv1.shards:
+        for s1 in lv1.tasks:
             for box1 in s1.blocks:
                 parent_earlier = earlier(1, s1, box1)
                 have = children_box(plan, cp, 1, box1)
                 complete = not parent_earlier  # the children can still be put together
                 voxels: np.ndarray | None = None
                 for box0 in children[box1]:
-                    s0 = shard_of[(s1.t, box0)]
+                    s0 = task_of[(s1.t, box0)]
                     if earlier(0, s0, box0):
                         record(0, s0, box0, _row(cp, s0, 0, box0, OK_EARLIER))
                         stored = _read_or_none(store, cp, s0.t, box0) if complete else None
@@ -281,9 +281,9 @@ def verify_levels_0_and_1(plan: Plan, cp: ChannelPlan, children: dict[Box, list[
                 del voxels
     if resume:
         for lv in (lv0, lv1):
-            for s in lv.shards:
+            for s in lv.tasks:
                 _seal(directory(lv.level, s), s, marked.get((lv.level, s.index), 0))
-    return [rows[(lv.level, s.index, b)] for lv in (lv0, lv1) for s in lv.shards for b in s.blocks]
+    return [rows[(lv.level, s.index, b)] for lv in (lv0, lv1) for s in lv.tasks for b in s.blocks]
 
 
 def _read_or_none(store: Target, cp: ChannelPlan, t: int, box: Box) -> np.ndarray | None:
@@ -325,9 +325,9 @@ def verify_plan(plan: Plan, *, resume: bool, progress: Callable[[int], None] | N
         if children is not None:
             rows += verify_levels_0_and_1(plan, cp, children, resume=resume, store=store, progress=progress)
         for lv in cp.levels[2 if children is not None else 0:]:
-            for shard in lv.shards:
+            for task in lv.tasks:
                 before = len(rows)
-                rows += verify_shard(plan, cp, shard, level=lv.level, resume=resume, store=store)
+                rows += verify_task(plan, cp, task, level=lv.level, resume=resume, store=store)
                 if progress:
                     progress(len(rows) - before)
     report = write_report(plan, rows)

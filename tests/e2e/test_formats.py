@@ -63,11 +63,11 @@ def test_a_4d_source_declared_image_is_refused(tmp_path, volume):
 
 def test_two_workers_write_every_block_once(tmp_path, volume):
     source = write_h5(tmp_path / "v.h5", volume)
-    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 2")
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 2")
     result = run_cli("ingest", str(spec), "--workers", "2")
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(read_volume(tmp_path, "image"), volume)
     status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]["image"]
     assert status["done"] == status["total"] == status["verified"] == 2 * 2 * 3
     writers = {json.loads(m.read_text())["pid"] for m in (tmp_path / "store/_markers").rglob("written/**/*.json")}
-    assert len(writers) > 1  # worker processes (Luigi forks one per running shard), not threads of one
+    assert len(writers) > 1  # worker processes (Luigi forks one per running task), not threads of one

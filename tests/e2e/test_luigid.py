@@ -1,4 +1,4 @@
-"""A real luigid on 127.0.0.1: the ingest runs through it and reports per-shard progress."""
+"""A real luigid on 127.0.0.1: the ingest runs through it and reports per-task progress."""
 from __future__ import annotations
 
 import json
@@ -58,19 +58,19 @@ def task_list(url: str, status: str) -> dict:
     return requests.get(f"{url}/api/task_list", params={"data": data}, timeout=5).json()["response"]
 
 
-def test_ingest_through_luigid_reports_progress_and_status_per_shard(tmp_path, tutorial_data, luigid):
+def test_ingest_through_luigid_reports_progress_and_status_per_task(tmp_path, tutorial_data, luigid):
     spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE, annotation=tutorial_data / ANNOTATION_FILE,
-                      ingest="block_chunks = [1, 1, 4]\nblocks_per_shard = 5")
+                      ingest="block_chunks = [1, 1, 4]\nblocks_per_task = 5")
     result = run_cli("ingest", str(spec), "--scheduler-url", luigid)
     assert result.returncode == 0, result.stderr
     done = task_list(luigid, "DONE")
     families = sorted({t["name"] for t in done.values()})
     assert families == ["CreateChannels", "CreateDataset", "CreateProject", "IngestBlock", "Inspect", "Verify"]
-    shards = [t for t in done.values() if t["name"] == "IngestBlock"]
-    assert len(shards) == 2 * 5  # 3 x 2 x 4 = 24 blocks of 128x128x64 per channel, 5 per shard
-    for shard in shards:
-        assert shard["progress_percentage"] == 100
-        assert shard["status_message"].endswith("blocks written")
+    tasks = [t for t in done.values() if t["name"] == "IngestBlock"]
+    assert len(tasks) == 2 * 5  # 3 x 2 x 4 = 24 blocks of 128x128x64 per channel, 5 per task
+    for task in tasks:
+        assert task["progress_percentage"] == 100
+        assert task["status_message"].endswith("blocks written")
     verify = next(t for t in done.values() if t["name"] == "Verify")
     assert verify["status_message"] == "48/48 blocks verified"
 
@@ -80,16 +80,16 @@ def blocks_written(log: str, family: str) -> list[int]:
     return [int(n) for n in re.findall(rf"{family}_\S+: wrote (\d+) blocks", log)]
 
 
-def test_concurrent_runs_share_the_shards_and_write_each_block_once(tmp_path, luigid):
+def test_concurrent_runs_share_the_tasks_and_write_each_block_once(tmp_path, luigid):
     """Three runs, two of them "other hosts" with their own copy of the spec in a folder of
     their own (tasks are known by the spec's content and store, not its path)."""
-    # 1024 x 1024 x 96 uint8 in 128 x 128 x 16 blocks: 384 blocks in 96 shards, some seconds of work for
+    # 1024 x 1024 x 96 uint8 in 128 x 128 x 16 blocks: 384 blocks in 96 tasks, some seconds of work for
     # one run, so the others (started at the same time, polling luigid every 1-2 s) join in
     source = write_h5(tmp_path / "big.h5", np.random.default_rng(0).integers(0, 256, (96, 1024, 1024), dtype=np.uint8))
-    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4",
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 4",
                       store=str(tmp_path / "store"))
     copies = [write_spec(tmp_path / f"host{i}", name=f"copy{i}.toml", image=source, store=str(tmp_path / "store"),
-                         ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4") for i in (1, 2)]
+                         ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 4") for i in (1, 2)]
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(REPO / "configs/luigi.cfg")}
     runs = []
     for i, (path, extra) in enumerate(((spec, []), (copies[0], ["--workers", "2"]), (copies[1], []))):
@@ -102,21 +102,21 @@ def test_concurrent_runs_share_the_shards_and_write_each_block_once(tmp_path, lu
         out, err = (f.seek(0) or f.read() for f in (out_file, err_file))
         out_file.close(), err_file.close()
         assert run.returncode == 0, err[-3000:]
-        # each returns only once the whole ingest is verified, not when it ran out of shards to take
+        # each returns only once the whole ingest is verified, not when it ran out of tasks to take
         assert "verified" in out and "done in" in out, out
         logs.append(err)
     status = json.loads(subprocess.run([NDINGEST, "status", str(spec), "--json"], capture_output=True,
                                        text=True, check=True).stdout)["channels"]
     for channel in status.values():
         assert channel["done"] == channel["total"] == channel["verified"] > 0
-    # Luigi may hand a finished shard out again (a run that saw it pending re-adds it), but
+    # Luigi may hand a finished task out again (a run that saw it pending re-adds it), but
     # that run finds every block marked: each block is written exactly once, by some run.
     written = [blocks_written(log, "IngestBlock") for log in logs]
     assert sum(map(sum, written)) == 384, written
     assert sum(1 for w in written if sum(w) > 0) > 1, written  # shared, not run by one alone
     writers = {json.loads(m.read_text())["pid"] for m in (tmp_path / "store/_markers").rglob("written/**/*.json")}
     assert len(writers) > 1
-    done = task_list(luigid, "DONE")  # one task per shard in luigid, whichever copy of the spec added it
+    done = task_list(luigid, "DONE")  # one task per task in luigid, whichever copy of the spec added it
     assert sum(1 for name in done if name.startswith("IngestBlock_")) == 96, sorted(done)[:5]
     assert sum(1 for name in done if name.startswith("Verify_")) == 1
 
@@ -165,16 +165,16 @@ def test_luigid_with_task_history_records_every_task_of_an_ingest(tmp_path, tuto
 
 
 def test_after_a_crash_of_run_and_luigid_the_rerun_finishes_within_a_minute(tmp_path):
-    """The reboot story under luigid: the run is killed mid-shard, luigid stops (its state
-    file still shows that shard running), luigid comes back, the same command finishes."""
+    """The reboot story under luigid: the run is killed mid-task, luigid stops (its state
+    file still shows that task running), luigid comes back, the same command finishes."""
     source = write_h5(tmp_path / "big.h5", np.random.default_rng(1).integers(0, 256, (128, 1024, 1024), dtype=np.uint8))
-    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 64")
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 64")
     luigid_bin, config = Path(sys.executable).parent / "luigid", REPO / "configs/luigi.cfg"
     proc, url = start_luigid(luigid_bin, config, tmp_path)
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
     run = subprocess.Popen([NDINGEST, "ingest", str(spec), "--scheduler-url", url], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_markers(tmp_path, run, at_least=70)  # past the first shard of 64
+    wait_for_markers(tmp_path, run, at_least=70)  # past the first task of 64
     run.kill()
     run.wait()
     proc.terminate()  # luigid writes its state file on the way down
@@ -193,14 +193,14 @@ def test_after_a_crash_of_run_and_luigid_the_rerun_finishes_within_a_minute(tmp_
         proc.wait(timeout=10)
     assert result.returncode == 0, result.stderr
     assert "512/512 verified" in result.stdout
-    # the shard the dead run held is released after worker_disconnect_delay + retry_delay
+    # the task the dead run held is released after worker_disconnect_delay + retry_delay
     # (20 s + 20 s in configs/luigi.cfg), not at luigid's prune ticks (about 3 minutes)
     assert took < 120, f"the rerun took {took:.0f} s"
 
 
-def test_a_finished_shard_luigid_still_shows_running_for_a_dead_run_is_released(tmp_path, tutorial_data, luigid):
-    """A reboot between a shard's last marker and the run telling luigid: luigid (or its
-    state file) keeps the finished shard RUNNING under a dead worker, and ignores a new
+def test_a_finished_task_luigid_still_shows_running_for_a_dead_run_is_released(tmp_path, tutorial_data, luigid):
+    """A reboot between a task's last marker and the run telling luigid: luigid (or its
+    state file) keeps the finished task RUNNING under a dead worker, and ignores a new
     run's DONE for it. Luigi would fail it after the worker is pruned, then leave it pending
     with nobody to run it: the rerun waited for ever (CI, stop 12). It must finish at once."""
     from luigi.rpc import RemoteScheduler
@@ -211,17 +211,17 @@ def test_a_finished_shard_luigid_still_shows_running_for_a_dead_run_is_released(
     spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE)
     assert run_cli("ingest", str(spec)).returncode == 0
     (report_dir(load_plan(spec)) / "verify.csv").unlink()  # the run died before Verify
-    shard = IngestBlock(spec=str(spec), channel="image", shard=0)
-    assert shard.complete()
-    # what the dead run's worker last told luigid, word for word: it started the shard
-    RemoteScheduler(luigid).add_task(worker="Worker(salt=0, host=rebooted, pid=1)", task_id=shard.task_id,
-                                     status="RUNNING", family=shard.task_family, params=shard.to_str_params())
+    task = IngestBlock(spec=str(spec), channel="image", task=0)
+    assert task.complete()
+    # what the dead run's worker last told luigid, word for word: it started the task
+    RemoteScheduler(luigid).add_task(worker="Worker(salt=0, host=rebooted, pid=1)", task_id=task.task_id,
+                                     status="RUNNING", family=task.task_family, params=task.to_str_params())
     started = time.monotonic()
     result = run_cli("ingest", str(spec), "--scheduler-url", luigid, timeout=120,
                      env={"LUIGI_CONFIG_PATH": str(REPO / "configs/luigi.cfg")})  # keep_alive, as the README says
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert f"marked done: {shard.task_id}" in result.stderr
+    assert f"marked done: {task.task_id}" in result.stderr
     status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]["image"]
     assert status["done"] == status["verified"] == status["total"] > 0, status
     assert (report_dir(load_plan(spec)) / "verify.csv").exists()
@@ -243,7 +243,7 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_8_at_once(tmp_path, tutor
 
 def test_losing_luigid_mid_run_is_exit_8_and_a_rerun_alone_finishes(tmp_path):
     source = write_h5(tmp_path / "big.h5", np.random.default_rng(2).integers(0, 256, (128, 1024, 1024), dtype=np.uint8))
-    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 16")
+    spec = write_spec(tmp_path, image=source, ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 16")
     config = tmp_path / "luigi.cfg"  # the shipped settings, with Luigi's RPC retries cut to seconds
     config.write_text((REPO / "configs/luigi.cfg").read_text().replace("[core]\n", "[core]\nrpc-retry-attempts = 2\n"
                                                                         "rpc-retry-wait = 1\n", 1))

@@ -27,7 +27,7 @@ SHAPE = (32, 512, 1024)  # z, y, x: 64 blocks of one 128 x 128 x 16 chunk, 16 ta
 
 def host_spec(folder: Path, image: Path, bucket: str, catalog: str) -> Path:
     text = spec_text(image=image, store=f"s3://{bucket}/lab/vol", offset=(0, 0, 0),
-                     ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4")
+                     ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 4")
     text = text.replace(f'path = "s3://{bucket}/lab/vol"', f'path = "s3://{bucket}/lab/vol"\ncatalog = "{catalog}"')
     folder.mkdir(parents=True)
     (folder / "spec.toml").write_text(text)

@@ -211,7 +211,7 @@ def test_verify_of_a_server_names_blocks_posted_since_as_edited_and_still_finds_
 
 
 # --- a server killed mid-ingest --------------------------------------------------------------------
-SHAPE = (64, 512, 1024)  # z, y, x: 128 blocks of one 128 x 128 x 16 chunk each, 8 per shard
+SHAPE = (64, 512, 1024)  # z, y, x: 128 blocks of one 128 x 128 x 16 chunk each, 8 per task
 
 
 def big_spec(folder: Path, url: str) -> tuple[Path, np.ndarray]:
@@ -238,7 +238,7 @@ url = "{url}/nd"
 
 [ingest]
 block_chunks = [1, 1, 1]
-blocks_per_shard = 8
+blocks_per_task = 8
 """)
     return spec, data
 

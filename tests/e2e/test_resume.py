@@ -19,7 +19,7 @@ from conftest import (NDINGEST, read_cutout, run_cli, run_in_terminal, wait_for_
                       write_spec, written_markers)
 
 SHAPE_ZYX = (256, 512, 512)  # 256 one-chunk blocks per channel: slow enough to kill mid-run
-ONE_CHUNK_BLOCKS = "block_chunks = [1, 1, 1]\nblocks_per_shard = 16"
+ONE_CHUNK_BLOCKS = "block_chunks = [1, 1, 1]\nblocks_per_task = 16"
 VOLUME = "store/neurostorm_kat11_scale3/kat11_scale3"
 
 
@@ -41,9 +41,9 @@ def live_children(pid: int) -> list[int]:
     return sorted(int(child) for child, stat in zip(*[iter(listed.stdout.split())] * 2) if not stat.startswith("Z"))
 
 
-def unsealed_shards(folder: Path) -> list[Path]:
-    """Level-0 shard folders with some block markers but no `.done` seal: being written."""
-    return [d for d in (folder / "store/_markers").glob("*/*/*/written/level0/shard*")
+def unsealed_tasks(folder: Path) -> list[Path]:
+    """Level-0 task folders with some block markers but no `.done` seal: being written."""
+    return [d for d in (folder / "store/_markers").glob("*/*/*/written/level0/task*")
             if d.is_dir() and not d.with_name(d.name + ".done").exists() and any(d.glob("*.json"))]
 
 
@@ -248,24 +248,24 @@ def test_disk_full_exits_7_naming_the_store_and_a_rerun_with_room_finishes(tmp_p
 
 
 def test_a_killed_worker_process_is_named_and_a_rerun_finishes(tmp_path, big_sources):
-    image, labels = big_sources  # shards of 64 one-chunk blocks: each task's process lives a while
-    spec = write_spec(tmp_path, image=image, annotation=labels, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 64")
+    image, labels = big_sources  # tasks of 64 one-chunk blocks: each task's process lives a while
+    spec = write_spec(tmp_path, image=image, annotation=labels, ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 64")
     proc = subprocess.Popen([NDINGEST, "ingest", str(spec), "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     wait_for_markers(tmp_path, proc, at_least=3)
-    # Kill task processes (Luigi forks one per task) that are surely mid-shard: one that has
+    # Kill task processes (Luigi forks one per task) that are surely mid-task: one that has
     # just finished may already have told its parent DONE, and then nothing died. So freeze
-    # them all, and kill them only while some shard has markers but no seal yet.
+    # them all, and kill them only while some task has markers but no seal yet.
     deadline = time.monotonic() + 60
     while True:
         live = live_children(proc.pid)
         for pid in live:
             os.kill(pid, signal.SIGSTOP)
-        if live and unsealed_shards(tmp_path) and live_children(proc.pid) == live:
+        if live and unsealed_tasks(tmp_path) and live_children(proc.pid) == live:
             break
         for pid in live:
             os.kill(pid, signal.SIGCONT)
-        assert proc.poll() is None and time.monotonic() < deadline, "no worker process caught mid-shard"
+        assert proc.poll() is None and time.monotonic() < deadline, "no worker process caught mid-task"
         time.sleep(0.005)
     for pid in live:
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
@@ -331,3 +331,36 @@ def test_a_source_whose_size_changed_is_exit_3_naming_both_sizes_and_the_remedy_
     vol = ts.open({"driver": "neuroglancer_precomputed",
                    "kvstore": {"driver": "file", "path": str(tmp_path / "store/kat11_grown/kat11_grown_p/image")}}).result()
     np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0), grown)
+
+
+def test_a_store_whose_markers_predate_the_name_tasks_resumes_without_rewriting(tmp_path, big_sources):
+    """Markers written before Luigi's groups of blocks were called tasks (`shard{N}`
+    folders and seals, `blocks_per_shard` in the manifest and in the spec): after a kill,
+    the upgraded ndingest counts them, and its rerun writes only the unmarked blocks."""
+    image, labels = big_sources
+    spec = write_spec(tmp_path, image=image, ingest=ONE_CHUNK_BLOCKS)
+    proc = start_ingest(spec)
+    wait_for_markers(tmp_path, proc, at_least=40)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    channel = tmp_path / "store/_markers/neurostorm_kat11_scale3/kat11_scale3/image"
+    for folder in sorted((channel / "written/level0").iterdir()):  # as the older version named them
+        folder.rename(folder.with_name(folder.name.replace("task", "shard")))
+    manifest = json.loads((channel / "manifest.json").read_text())
+    manifest["blocks_per_shard"] = manifest.pop("blocks_per_task")
+    (channel / "manifest.json").write_text(json.dumps(manifest))
+    spec.write_text(spec.read_text().replace("blocks_per_task", "blocks_per_shard"))
+    assert list((channel / "written/level0").glob("shard*.done")), "a sealed task, to be counted from its seal"
+
+    status = json.loads(run_cli("status", str(spec), "--json").stdout)["channels"]["image"]
+    assert 40 <= status["done"] < status["total"] == 256, status
+    marked = {m.stem for m in (channel / "written/level0").glob("shard*/*.json")}
+    assert len(marked) == status["done"]
+    before = {key: chunk_path(tmp_path, "image", key).stat().st_mtime_ns for key in marked}
+    result = run_cli("ingest", str(spec))
+    assert result.returncode == 0, result.stderr
+    assert "ingest.blocks_per_shard is now called ingest.blocks_per_task" in result.stderr
+    assert {key: chunk_path(tmp_path, "image", key).stat().st_mtime_ns for key in marked} == before
+    vol = ts.open({"driver": "neuroglancer_precomputed",
+                   "kvstore": {"driver": "file", "path": str(tmp_path / VOLUME / "image")}}).result()
+    np.testing.assert_array_equal(vol[..., 0].read().result().transpose(2, 1, 0), read_cutout(image))

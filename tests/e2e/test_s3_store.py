@@ -120,7 +120,7 @@ def test_workers_in_processes_and_a_run_killed_mid_ingest_resumes_rewriting_noth
     source = np.random.default_rng(5).integers(0, 256, (32, 512, 1024), dtype=np.uint8)
     image = write_h5(tmp_path / "big.h5", source)
     text = spec_text(image=image, store=f"s3://{bucket}/lab/vol", offset=(0, 0, 0),
-                     ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 4")
+                     ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 4")
     text = text.replace(f'path = "s3://{bucket}/lab/vol"', f'path = "s3://{bucket}/lab/vol"\ncatalog = "{catalog}"')
     spec = tmp_path / "spec.toml"
     spec.write_text(text)

@@ -82,7 +82,7 @@ def expected_shard_files(spec: Path, level: int) -> list[str]:
     lv = load_plan(spec).channel("image").levels[level]
     grid = chunk_grid(lv.extent.shape, lv.chunk)
     return sorted(shard_file_name(Vec3(*((b - o) // c for b, o, c in zip(box.begin, lv.extent.begin, lv.chunk))), grid)
-                  for s in lv.shards for box in s.blocks)
+                  for s in lv.tasks for box in s.blocks)
 
 
 def test_every_level_is_stored_as_one_shard_file_per_block(ingested):
@@ -108,7 +108,7 @@ def test_verify_passes_and_a_damaged_shard_file_fails_it_with_exit_5_naming_the_
     shutil.copytree(ingested["sharded"].parent, tmp_path / "copy")
     spec = tmp_path / "copy/spec.toml"
     lv0 = load_plan(spec).channel("image").levels[0]
-    first = lv0.shards[0].blocks[0]  # the full 4x4x4-chunk block in 0.shard
+    first = lv0.tasks[0].blocks[0]  # the full 4x4x4-chunk block in 0.shard
     shard_file = volume(spec) / SCALES[0] / "0.shard"
     raw = bytearray(shard_file.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # a voxel in the middle of the file, not the index
@@ -119,7 +119,7 @@ def test_verify_passes_and_a_damaged_shard_file_fails_it_with_exit_5_naming_the_
 
 
 def test_an_ingest_killed_mid_way_resumes_bit_exact(ingested, tmp_path):
-    spec = write_specs(tmp_path, ingested["source"], sharding=True, ingest="blocks_per_shard = 1")
+    spec = write_specs(tmp_path, ingested["source"], sharding=True, ingest="blocks_per_task = 1")
     proc = subprocess.Popen([NDINGEST, "ingest", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_markers(tmp_path, proc, at_least=1)
     proc.send_signal(signal.SIGKILL)

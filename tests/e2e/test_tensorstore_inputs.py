@@ -58,7 +58,7 @@ def test_n5_is_stored_as_the_transpose_of_what_tensorstore_reads(tmp_path, volum
     source = write_n5(tmp_path / "v.n5", volume)
     assert read_n5(source).shape == (70, 60, 40)  # N5 dimensions [x, y, z], kept by tensorstore
     # two worker processes, forked after the CLI read the source: each opens its own handle
-    ingest(write_spec(tmp_path, image="v.n5", ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 2"),
+    ingest(write_spec(tmp_path, image="v.n5", ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 2"),
            "--workers", "2")
     writers = {json.loads(m.read_text())["pid"] for m in (tmp_path / "store/_markers").rglob("written/**/*.json")}
     assert len(writers) > 1

@@ -49,7 +49,7 @@ def test_ingest_and_verify_off_a_terminal_print_plain_progress_per_channel(tmp_p
     rng = np.random.default_rng(14)
     image = write_h5(tmp_path / "img.h5", rng.integers(0, 256, (96, 512, 512), dtype=np.uint8))
     labels = write_h5(tmp_path / "lab.h5", rng.integers(0, 4, (96, 512, 512), dtype=np.uint8), "annotation/CUTOUT")
-    spec = write_spec(tmp_path, image=image, annotation=labels, ingest="block_chunks = [1, 1, 1]\nblocks_per_shard = 1")
+    spec = write_spec(tmp_path, image=image, annotation=labels, ingest="block_chunks = [1, 1, 1]\nblocks_per_task = 1")
     result = run_cli("ingest", str(spec))
     assert result.returncode == 0, result.stderr
     for text in (result.stdout, result.stderr):
