@@ -104,7 +104,8 @@ class Box:
 
     def to_key(self) -> str:
         """Precomputed's chunk name, `x0-x1_y0-y1_z0-z1`."""
-        return "_".join(f"{b}-{e}" for b, e in zip(self.begin, self.end))
+        b, e = self.begin, self.end  # spelled out: `status` of 10^6 blocks makes this key 2 x 10^6 times
+        return f"{b.x}-{e.x}_{b.y}-{e.y}_{b.z}-{e.z}"
 
     @classmethod
     def from_key(cls, key: str) -> "Box":

@@ -24,6 +24,7 @@ Writing is I/O; deciding what is left (`pending_blocks`) is a pure function.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -100,9 +101,11 @@ def sealed_path(directory: Path) -> Path:
     return directory.parent / f"{directory.name}.done"
 
 
+@functools.lru_cache(maxsize=8192)
 def plan_signature(task: BlockTask) -> str:
     """crc32 of the task's block keys: which blocks a seal stands for. A source whose size
-    changed cuts task N into other blocks, and the old seal must not count them."""
+    changed cuts task N into other blocks, and the old seal must not count them. Kept per
+    task, since `status` asks it of each task once per kind of marker."""
     keys = "\n".join(box.to_key() for box in task.blocks)
     return f"crc32:{zlib.crc32(keys.encode()) & 0xFFFFFFFF:08x}"
 
