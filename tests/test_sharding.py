@@ -17,30 +17,12 @@ from ndingest.errors import SpecError
 from ndingest.plan import level_block_chunks, plan_levels
 from ndingest.spec import parse_spec
 from ndingest.targets import LocalStore, Scale, VolumeRef, precomputed_info
-
-SPEC = """\
-[dataset]
-name = "ds"
-offset = [1, 2, 3]
-voxel_resolution = [4.0, 4.0, 40.0]
-scaling_option = "zslices"
-scaling_levels = 2
-
-[project]
-name = "pr"
-
-[channels.image]
-type = "image"
-source = "img.h5"
-
-[store]
-{store}
-{ingest}
-"""
+from test_spec import BASE
 
 
 def spec(tmp_path: Path, store: str = 'path = "store"\nsharding = true', ingest: str = ""):
-    return parse_spec(SPEC.format(store=store, ingest=ingest), tmp_path / "spec.toml")
+    """test_spec's base spec (two levels above 0), with this `[store]` and `ingest` table."""
+    return parse_spec(BASE.replace('path = "store"\n', store + "\n") + ingest, tmp_path / "spec.toml")
 
 
 def grids() -> list[Vec3]:
