@@ -206,7 +206,13 @@ class LocalStore:
     (`s3://bucket/prefix`, a `KvPath`) laid out alike, whose catalog is a database."""
 
     builds_levels = False  # the pipeline's Downsample tasks write every level
-    max_in_flight = 1  # tensorstore finishes one write while the next block is read
+    IN_FLIGHT_IN_A_BUCKET = 4  # an object store answers each PUT after a round trip: keep several under way
+
+    @property
+    def max_in_flight(self) -> int:
+        """Writes under way at once: on a local disk tensorstore finishes one while the next
+        block is read; in a bucket several, so round trips overlap (and verify reads ahead)."""
+        return self.IN_FLIGHT_IN_A_BUCKET if isinstance(self.path, KvPath) else 1
 
     def __init__(self, path: Path | KvPath):
         self.path = path if isinstance(path, KvPath) else Path(path)
