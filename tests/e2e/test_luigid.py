@@ -211,7 +211,7 @@ def test_a_finished_task_luigid_still_shows_running_for_a_dead_run_is_released(t
     spec = write_spec(tmp_path, image=tutorial_data / IMAGE_FILE)
     assert run_cli("ingest", str(spec)).returncode == 0
     (report_dir(load_plan(spec)) / "verify.csv").unlink()  # the run died before Verify
-    task = IngestBlock(spec=str(spec), channel="image", task=0)
+    task = IngestBlock(spec=str(spec), channel="image", index=0)
     assert task.complete()
     # what the dead run's worker last told luigid, word for word: it started the task
     RemoteScheduler(luigid).add_task(worker="Worker(salt=0, host=rebooted, pid=1)", task_id=task.task_id,
