@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
+import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +38,54 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run", "--disable-sync", "--disable-dev-shm-usage", "--force-device-scale-factor=1"]
 
 
+RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
 class CorsFiles(http.server.SimpleHTTPRequestHandler):
-    """Static files anyone may fetch (`Access-Control-Allow-Origin: *`), quietly."""
+    """Static files anyone may fetch (`Access-Control-Allow-Origin: *`), quietly, answering a
+    single byte range with 206: neuroglancer reads a sharded volume's shard files by range
+    (and without it draws nothing). A range it cannot parse gets the whole file (200), as
+    HTTP allows; one past the end, 416."""
 
     def end_headers(self) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges")
         super().end_headers()
+
+    def do_OPTIONS(self) -> None:
+        """A CORS preflight, which a `Range` header may cause."""
+        self.send_response(204)
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "Range")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def send_head(self):
+        wanted = RANGE_RE.fullmatch((self.headers.get("Range") or "").strip())
+        path = self.translate_path(self.path)
+        if wanted is None or not os.path.isfile(path):
+            return super().send_head()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            first, last = wanted.groups()
+            if first == "":  # the last N bytes
+                start, end = max(0, size - int(last or 0)), size - 1
+            else:
+                start, end = int(first), min(int(last), size - 1) if last else size - 1
+            if start >= size or start > end:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
 
     def log_message(self, *args) -> None:
         pass

@@ -9,6 +9,8 @@ shard files of at most 4x4x4 chunks, three of them cut by the volume's edges; le
 """
 from __future__ import annotations
 
+import contextlib
+
 import io
 import json
 import shutil
@@ -222,8 +224,26 @@ def test_concurrent_posts_to_chunks_of_one_shard_file_all_land_and_levels_rebuil
         assert all(p.suffix == ".shard" for p in (store / PROJECT / "image" / key).iterdir())
 
 
-def test_neuroglancer_draws_a_sharded_channel_served_by_ndingest_serve(ingested):
-    """neuroglancer reads shard files by byte range (`/precomputed/` answers 206): an xy
+@contextlib.contextmanager
+def precomputed_url(how: str, store: Path):
+    """The store's sharded channel as neuroglancer fetches it: from `ndingest serve`'s
+    `/precomputed/` route, or from the file server of `ndingest view`."""
+    if how == "serve":
+        with serving(store) as server:
+            yield f"{server.url}/precomputed/{PROJECT}/image"
+        return
+    from ndingest.view import StoreServer
+
+    server = StoreServer(store)
+    try:
+        yield f"{server.url}/{PROJECT}/image"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("how", ["serve", "view"])
+def test_neuroglancer_draws_a_sharded_channel_served_by_ndingest(ingested, how):
+    """neuroglancer reads shard files by byte range (both servers answer 206): an xy
     screenshot at one voxel per pixel (test_neuroglancer.py's browser and view) shows the
     source's slice z = 1100."""
     pytest.importorskip("neuroglancer", reason="the view extra: pip install 'ndingest[view]'")
@@ -231,16 +251,16 @@ def test_neuroglancer_draws_a_sharded_channel_served_by_ndingest_serve(ingested)
     import neuroglancer
     import test_neuroglancer as ng  # skips here, as there, without chromium
 
-    with serving(ingested["sharded"].parent / "store") as server, pytest.MonkeyPatch.context() as mp:
+    with precomputed_url(how, ingested["sharded"].parent / "store") as url, pytest.MonkeyPatch.context() as mp:
         mp.setenv("SE_OFFLINE", "true")
         mp.setenv("SE_CHROMEDRIVER", str(ng.CHROMEDRIVER))
         browser = ng.Browser()
         try:
-            source = f"precomputed://{server.url}/precomputed/{PROJECT}/image"
             browser.show("image", neuroglancer.ImageLayer(
-                source=source, opacity=1.0, shader="void main() { emitGrayscale(toNormalized(getDataValue())); }"),
+                source=f"precomputed://{url}", opacity=1.0,
+                shader="void main() { emitGrayscale(toNormalized(getDataValue())); }"),
                 ng.IMAGE_BACKGROUND)
-            assert browser.wait_for_sources("image") == ["ok"], server.log()
+            assert browser.wait_for_sources("image") == ["ok"]
             pixels = browser.screenshot()
             assert not browser.errors, browser.errors
         finally:

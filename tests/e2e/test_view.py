@@ -105,3 +105,36 @@ def test_view_before_ingest_is_one_clear_line(tmp_path, tutorial_data):
     result = run_cli("view", str(spec))
     assert result.returncode == 2 and "Traceback" not in result.stderr  # a usage error, not store I/O
     assert "not in the catalog; run ingest first" in result.stderr.strip().splitlines()[-1]
+
+
+def test_views_file_server_answers_byte_ranges_with_206_and_allows_them_across_origins(tmp_path):
+    """Sharded volumes are read by range: the store server of `ndingest view` answers one
+    byte range with 206 and its bytes, a suffix range too, a range past the end with 416,
+    and a CORS preflight that asks for `Range` is allowed."""
+    import requests
+
+    from ndingest.view import StoreServer
+
+    data = bytes(range(256)) * 40
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "vol" / "0.shard").write_bytes(data)
+    server = StoreServer(tmp_path)
+    try:
+        url = f"{server.url}/vol/0.shard"
+        reply = requests.get(url, headers={"Range": "bytes=100-299"}, timeout=10)
+        assert reply.status_code == 206 and reply.content == data[100:300]
+        assert reply.headers["Content-Range"] == f"bytes 100-299/{len(data)}"
+        assert "Content-Range" in reply.headers["Access-Control-Expose-Headers"]
+        tail = requests.get(url, headers={"Range": "bytes=-16"}, timeout=10)
+        assert tail.status_code == 206 and tail.content == data[-16:]
+        open_ended = requests.get(url, headers={"Range": f"bytes={len(data) - 5}-"}, timeout=10)
+        assert open_ended.status_code == 206 and open_ended.content == data[-5:]
+        assert requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10).status_code == 416
+        whole = requests.get(url, timeout=10)
+        assert whole.status_code == 200 and whole.content == data
+        preflight = requests.options(url, headers={"Origin": "http://elsewhere", "Access-Control-Request-Method": "GET",
+                                                   "Access-Control-Request-Headers": "range"}, timeout=10)
+        assert preflight.status_code == 204 and "Range" in preflight.headers["Access-Control-Allow-Headers"]
+        assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        server.close()
