@@ -117,6 +117,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .errors import StoreError
+    from .plan import load_plan
+    from .planning import human_bytes, plan_report, report_lines, warning_lines
+
+    report = plan_report(load_plan(args.spec))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print("\n".join(report_lines(report)))
+    sys.stdout.flush()
+    if args.strict and not report.fits:
+        raise StoreError(report.unwritable or f"{human_bytes(report.left_bytes)} to write but "
+                         f"{human_bytes(report.free_bytes or 0)} free in {report.free_where} (--strict)")
+    for line in warning_lines(report):
+        _say(line)
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from .plan import load_plan
     from .progress import verify_bar
@@ -228,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("plan", parents=[common],
+                       help="what an ingest will cost (blocks, bytes, files, free space, time); writes nothing")
+    p.add_argument("spec")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 7 when what is left to write does not fit")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("verify", parents=[common], help="re-read every block and compare with the source")
     p.add_argument("spec")
