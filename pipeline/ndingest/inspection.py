@@ -41,9 +41,11 @@ class SourceSummary:
 def summarize(source: Source, *, window: tuple[float, float] | None = None, scan: bool = True,
               progress: Callable[[int], None] | None = None) -> SourceSummary:
     """Sizes, time range, dtype (from headers), and the window range: `window` if given,
-    else scanned box by box, or None without `scan` (an ingest takes it from the blocks
-    it writes, so the source is not read once more just for it)."""
+    else the one the source knows (a server's channel info), else scanned box by box, or
+    None without `scan` (an ingest takes it from the blocks it writes, so the source is
+    not read once more just for it)."""
     t, z, y, x = source.shape_tzyx
+    window = window if window is not None else source.known_window_range
     if window is None and scan:
         window = window_range(source, progress)
     return SourceSummary(x_size=x, y_size=y, z_size=z, time_range=(0, t - 1), datatype=source.dtype.name,

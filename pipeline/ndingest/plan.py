@@ -180,6 +180,19 @@ def check_source(channel: ChannelSpec, source: Source) -> None:
         )
 
 
+def check_placement(spec: Spec, channel: ChannelSpec, source: Source) -> None:
+    """A source that knows where its voxels lie (an ndstore project: its offset and
+    resolution) must lie where the spec's dataset says; other sources take the spec's word."""
+    offset = getattr(source, "offset_xyz", None)
+    if offset is not None and tuple(offset) != tuple(spec.dataset.offset_xyz):
+        raise SpecError(f"dataset.offset = {list(spec.dataset.offset_xyz)} but {source.description} (channel "
+                        f"{channel.name}) starts at {list(offset)}; set dataset.offset to it")
+    resolution = getattr(getattr(source, "info", None), "voxel_resolution_nm", None)
+    if resolution is not None and tuple(map(float, resolution)) != tuple(map(float, spec.dataset.voxel_resolution_nm)):
+        raise SpecError(f"dataset.voxel_resolution = {list(spec.dataset.voxel_resolution_nm)} but "
+                        f"{source.description} (channel {channel.name}) has {list(resolution)}")
+
+
 def level_block_chunks(extent: Box, chunk: Vec3, spec: Spec) -> Vec3:
     """Chunks per block of a level: `ingest.block_chunks`, or with `store.sharding` one
     precomputed shard file's cuboid of the level's grid, so no two blocks (no two writers)
@@ -223,6 +236,7 @@ def build_plan(spec: Spec) -> Plan:
     sources = {name: open_source(ch.source, ch.axes) for name, ch in spec.channels.items()}
     for name, ch in spec.channels.items():
         check_source(ch, sources[name])
+        check_placement(spec, ch, sources[name])
     sizes = {name: src.size_xyz for name, src in sources.items()}
     first = next(iter(sizes))
     for name, size in sizes.items():

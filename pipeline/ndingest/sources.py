@@ -72,6 +72,11 @@ class Source(ABC):
         return f"{len(files)}: {files[0].name} ... {files[-1].name}"
 
     @property
+    def known_window_range(self) -> tuple[float, float] | None:
+        """A window range known without reading voxels (a server's channel info), or None."""
+        return None
+
+    @property
     def size_xyz(self) -> Vec3:
         _, z, y, x = self.shape_tzyx
         return Vec3(x, y, z)
@@ -405,8 +410,13 @@ class TensorstoreSource(ArraySource):
 
 def open_source(source: str, axes: str | None = None) -> Source:
     """Open `source`: an HDF5 file (optionally `file.h5:/dataset`), a TIFF file, a glob
-    of TIFF pages, or a zarr/N5/precomputed folder or URL (`zarr://file:///abs`, ...).
+    of TIFF pages, a zarr/N5/precomputed folder or URL (`zarr://file:///abs`, ...), or
+    an ndstore server's channel (`ndstore://host:port/TOKEN/CHANNEL`, `http://…/nd/sd/…`).
     Raises SourceError naming the file when it cannot."""
+    from .ndstore import NdstoreSource, names_a_server
+
+    if names_a_server(source):
+        return NdstoreSource(source, axes)
     if names_an_array_folder(source):
         return TensorstoreSource(locate_array(source), axes)
     file_part, sep, inner = source.partition(":/")
