@@ -84,8 +84,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from .steps import channel_status
     from .verify import report_dir
 
-    plan = load_plan(args.spec)
     started = time.monotonic()
+    plan = load_plan(_ingest_spec(args))
     ingest(plan, workers=args.workers, scheduler_url=args.scheduler_url, restart=args.restart, debug=args.debug,
            say=_say, monitor=ProgressMonitor)
     status = channel_status(plan)
@@ -101,11 +101,47 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest_spec(args: argparse.Namespace) -> str:
+    """The spec `ingest` runs: SPEC itself, or for ND.json (ndstore's auto-ingest body) the
+    spec written to STORE/_jobs/TOKEN.toml once its sources are fetched under STORE/_jobs/TOKEN/."""
+    from .errors import SpecError, StoreError
+    from .ndjson import is_nd_json, parse_job, prepare_job
+
+    if not is_nd_json(args.spec):
+        if args.store is not None:
+            raise SpecError(f"--store {args.store}: a TOML spec names its store itself ([store] path); "
+                            f"--store is for ND.json only")
+        return args.spec
+    if args.store is None:
+        raise SpecError(f"{args.spec}: an ND.json (auto-ingest body) needs --store DIR")
+    try:
+        raw = Path(args.spec).read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{args.spec}: cannot read it: {exc.strerror or exc}") from None
+    job = parse_job(raw, where=str(args.spec))
+    store = Path(args.store)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"--store {store}: cannot make it: {exc.strerror or exc}") from None
+    spec = prepare_job(store, job, say=_say)
+    _say(f"spec: {spec}")
+    return str(spec)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from .errors import SourceError
+    from .ndjson import fetching_note
     from .plan import load_plan
     from .steps import channel_status
 
-    plan = load_plan(args.spec)
+    try:
+        plan = load_plan(args.spec)
+    except SourceError as exc:  # an auto-ingest job's spec before its sources are all fetched
+        note = fetching_note(Path(args.spec))
+        if note is None:
+            raise
+        raise SourceError(f"{exc} ({note})") from None
     status = channel_status(plan)
     if args.json:
         print(json.dumps({"channels": status}, indent=1))
@@ -237,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("ingest", parents=[common], help="run the DAG through Verify (resumable)")
-    p.add_argument("spec")
+    p.add_argument("spec", metavar="SPEC|ND.json")
+    p.add_argument("--store", metavar="DIR",
+                   help="for ND.json (ndstore's auto-ingest body): the local store; its spec goes to DIR/_jobs/TOKEN.toml")
     p.add_argument("--workers", type=int, default=1, metavar="N")
     p.add_argument("--scheduler-url", metavar="URL", help="a luigid to share the work through")
     p.add_argument("--restart", metavar="CHANNEL", help="drop CHANNEL's markers and write it again")

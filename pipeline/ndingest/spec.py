@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 # Names the store (its folders) or the REST API (its routes) use; refused in any case,
 # since a case-insensitive file system would make `_Markers` the markers folder.
-RESERVED_NAMES = ("_markers", "_reports", "info", "createChannel", "deleteChannel", "public_tokens",
+RESERVED_NAMES = ("_markers", "_reports", "_jobs", "info", "createChannel", "deleteChannel", "public_tokens",
                   "public_datasets", "autoIngest", "resource", "ocp", "nd")
 CHANNEL_TYPES = ("image", "annotation", "timeseries")
 DATATYPES = ("uint8", "uint16", "uint32", "uint64", "float32")

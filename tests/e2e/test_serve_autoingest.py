@@ -141,7 +141,7 @@ def body(dataset: str, project: str, channels: dict, *, size=(SHAPE[2], SHAPE[1]
             "metadata": "", "channels": channels}
 
 
-def test_ndio_autoingest_of_a_tiff_stack_over_http(url, files):
+def test_ndio_autoingest_of_a_tiff_stack_over_http(url, files, store):
     base, folder = files
     data = tiff_stack(folder, "ai_tiff", "em", seed=1)
     nd = ndio_ingest(url)
@@ -156,6 +156,9 @@ def test_ndio_autoingest_of_a_tiff_stack_over_http(url, files):
     info = requests.get(f"{url}/nd/sd/ai_tiff/info/", timeout=30).json()
     assert info["dataset"]["imagesize"]["0"] == [SHAPE[2], SHAPE[1], SHAPE[0]]
     assert info["dataset"]["offset"]["0"] == list(OFFSET)
+    job = store / "_jobs"  # the spec at _jobs/TOKEN.toml, the job's files beside it
+    assert (job / "ai_tiff.toml").exists() and state["spec"] == str(job / "ai_tiff.toml")
+    assert {"ingest.log", "nd.json", "sources", "status.json"} <= {p.name for p in (job / "ai_tiff").iterdir()}
 
 
 def test_autoingest_of_an_hdf5_file_url_into_an_annotation_channel(url, tmp_path):
@@ -192,7 +195,7 @@ GOOD_CHANNEL = {"channel_name": "em", "channel_type": "image", "datatype": "uint
     pytest.param({"data_url": "ftp://127.0.0.1/stack/"}, id="ftp-url"),
     pytest.param({"data_url": "file://elsewhere/stack/"}, id="file-url-with-host"),
     pytest.param({"file_format": "CATMAID"}, id="catmaid"),
-    pytest.param({"channel_type": "timeseries"}, id="timeseries"),
+    pytest.param({"channel_type": "timeseries"}, id="timeseries-without-timerange"),
     pytest.param({"datatype": "int7"}, id="datatype"),
     pytest.param({"channel_name": "../x"}, id="channel-name"),
 ])
@@ -236,3 +239,13 @@ def test_one_job_per_project_at_a_time_and_a_channel_is_not_ingested_twice(url, 
 
 def test_the_state_of_an_unknown_project_is_404(url):
     assert status(url, "no_such_project").status_code == 404
+
+
+def test_a_token_whose_job_is_another_projects_is_409(url):
+    first = body("ai_tok_ds", "ai_tok_a", {"em": {**GOOD_CHANNEL, "data_url": f"http://{HOST}:{free_port()}"}})
+    first["project"]["token_name"] = "ai_tok_shared"
+    assert requests.post(f"{url}/nd/sd/autoIngest/", json=first, timeout=30).status_code == 200
+    assert wait_until_finished(url, "ai_tok_a")["state"] == "failed"  # nothing listens there
+    second = {**first, "project": {"project_name": "ai_tok_b", "token_name": "ai_tok_shared", "public": 1}}
+    reply = requests.post(f"{url}/nd/sd/autoIngest/", json=second, timeout=30)
+    assert reply.status_code == 409 and "ai_tok_a" in reply.text, reply.text
