@@ -159,3 +159,17 @@ def test_status_of_a_job_spec_before_its_sources_are_fetched_says_so(tmp_path, c
     assert main(["status", str(spec)]) == 3
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "still being fetched" in err and "0 files" in err, err
+
+
+def test_status_of_a_running_job_still_fetching_is_its_progress_not_an_error(tmp_path, capsys):
+    store = tmp_path / "store"
+    spec = write_spec(store, parse_job(json.dumps(body())))
+    (spec.parent / spec.stem).mkdir(parents=True, exist_ok=True)
+    (spec.parent / spec.stem / "status.json").write_text(json.dumps({"state": "running", "message": "fetching"}))
+    assert main(["status", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fetching: ") and "0 files" in out, out
+    assert main(["status", str(spec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["channels"] == {}
+    (spec.parent / spec.stem / "status.json").write_text(json.dumps({"state": "failed", "message": "404"}))
+    assert main(["status", str(spec)]) == 3  # a failed fetch stays an error

@@ -131,7 +131,7 @@ def _ingest_spec(args: argparse.Namespace) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .errors import SourceError
-    from .ndjson import fetching_note
+    from .ndjson import fetching_note, job_running
     from .plan import load_plan
     from .steps import channel_status
 
@@ -141,7 +141,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         note = fetching_note(Path(args.spec))
         if note is None:
             raise
-        raise SourceError(f"{exc} ({note})") from None
+        if not job_running(Path(args.spec)):
+            raise SourceError(f"{exc} ({note})") from None
+        if args.json:  # a running job that is still fetching: progress, not an error
+            print(json.dumps({"channels": {}, "fetching": note}, indent=1))
+        else:
+            print(f"fetching: {note}")
+        return 0
     status = channel_status(plan)
     if args.json:
         print(json.dumps({"channels": status}, indent=1))

@@ -470,6 +470,16 @@ def write_spec(store: Path, job: Job) -> Path:
     return path
 
 
+def job_running(spec: Path) -> bool:
+    """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running (the
+    server's `status.json`): then sources still missing are being fetched, not lost."""
+    spec = Path(spec).resolve()
+    try:
+        return json.loads((spec.parent / spec.stem / "status.json").read_text()).get("state") == "running"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def fetching_note(spec: Path) -> str | None:
     """For a job's spec (STORE/_jobs/TOKEN.toml) whose sources cannot be opened: how many
     files are fetched so far, and where the job says more; None for any other spec."""
