@@ -81,3 +81,25 @@ def test_a_path_pickles_and_works_in_a_worker_process_after_use(root):
     assert queue.get(timeout=30) == "from a forked child"
     proc.join(30)
     assert proc.exitcode == 0 and (root / "child.txt").read_text() == "from a forked child"
+
+
+def test_a_server_that_is_down_fails_after_the_bounded_retries_naming_the_object(monkeypatch):
+    """Retries are bounded (`Bucket.retries`; ~40 s by default, not tensorstore's minutes):
+    here three quick ones against a port where nothing listens, then one StoreError line."""
+    import socket
+    import time
+
+    from ndingest.errors import StoreError
+    from ndingest.kvpath import RETRIES, Bucket
+
+    assert RETRIES[0] >= 3  # a throttled server still gets several tries
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # keys from the environment: no instance-metadata probe
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bucket = Bucket("down-bucket", f"http://127.0.0.1:{port}", "us-east-1", retries=(3, "0.1s", "0.2s"))
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"s3://down-bucket/pre/marker.json: cannot read: .*retry attempts failed"):
+        KvPath(bucket, "pre/marker.json").read_bytes()
+    assert time.monotonic() - started < 30

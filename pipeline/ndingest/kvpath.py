@@ -26,6 +26,10 @@ from .errors import SpecError, StoreError
 
 SCHEMES = ("s3",)
 DEFAULT_REGION = "us-east-1"
+# A throttled or briefly lost server is retried with backoff, for about 40 s in all; an
+# endpoint that is down fails in that time with one line, not after tensorstore's default
+# (32 retries up to 32 s apart: many minutes of silence).
+RETRIES = (8, "0.5s", "8s")  # max_retries, initial_delay, max_delay
 
 
 def is_url(text: str | os.PathLike) -> bool:
@@ -40,6 +44,7 @@ class Bucket:
     bucket: str
     endpoint: str | None
     region: str
+    retries: tuple[int, str, str] = RETRIES  # max_retries, initial_delay, max_delay
     _opened: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
@@ -48,7 +53,8 @@ class Bucket:
                    os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION)
 
     def __getstate__(self) -> dict:
-        return {"bucket": self.bucket, "endpoint": self.endpoint, "region": self.region, "_opened": {}}
+        return {"bucket": self.bucket, "endpoint": self.endpoint, "region": self.region, "retries": self.retries,
+                "_opened": {}}
 
     def __setstate__(self, state: dict) -> None:
         for name, value in state.items():
@@ -58,7 +64,9 @@ class Bucket:
         """tensorstore's s3 kvstore at `key` (a folder key ends with "/"). Credentials from
         the environment when it has a key id, so no profile file or instance metadata is
         looked for; else the AWS SDK's usual chain."""
-        spec = {"driver": "s3", "bucket": self.bucket, "path": key, "aws_region": self.region}
+        spec = {"driver": "s3", "bucket": self.bucket, "path": key, "aws_region": self.region,
+                "context": {"s3_request_retries": dict(zip(("max_retries", "initial_delay", "max_delay"),
+                                                           self.retries))}}
         if self.endpoint:
             spec["endpoint"] = self.endpoint
         if os.environ.get("AWS_ACCESS_KEY_ID"):
