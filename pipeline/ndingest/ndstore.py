@@ -29,6 +29,7 @@ import numpy as np
 from .blocks import Box, Vec3
 from .errors import SourceError
 from .sources import Source
+from .spec import DATATYPES
 
 if TYPE_CHECKING:
     import requests
@@ -40,7 +41,6 @@ SCHEME = "ndstore://"
 NDSTORE_RE = re.compile(r"^ndstore://(?P<host>[^/\s?#]+)/(?P<token>\w+)/(?P<channel>\w+)/?$")
 # http(s)://host:port[/prefix]/nd/sd/TOKEN/CHANNEL[/]  (or ndstore's older /ocp/ca/)
 HTTP_RE = re.compile(r"^(?P<root>https?://[^/\s?#]+(/[^\s?#]*?)?)/(?P<api>nd/sd|ocp/ca)/(?P<token>\w+)/(?P<channel>\w+)/?$")
-DATATYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
 PIECE_BYTES = 1 << 20  # a box is fetched as z-slabs of about this size, up to IN_FLIGHT at once
 SOURCE_4XX = (400, 401, 403, 404, 405, 410, 413, 414, 422)  # answers that mean "no such source" or "bad box"
 
@@ -63,9 +63,9 @@ class ChannelAddress:
 
     def cutout_url(self, box: Box, t: int | None) -> str:
         """Level 0's blosc cutout of `box` (absolute), at time point `t` for a time series."""
-        b, e = box.begin, box.end
-        url = f"{self.channel_url}blosc/0/{b.x},{e.x}/{b.y},{e.y}/{b.z},{e.z}/"
-        return url + (f"{t},{t + 1}/" if t is not None else "")
+        from .remote import cutout_path
+
+        return self.channel_url + cutout_path("blosc", 0, box, t)
 
 
 def names_a_server(source: str) -> bool:
@@ -170,12 +170,9 @@ class NdstoreSource(Source):
             raise SourceError(f"{url}: the answer is not JSON (is this an ndstore server?)") from exc
 
     def _pool(self) -> ThreadPoolExecutor:
-        from .remote import IN_FLIGHT
+        from .remote import process_pool
 
-        pid = os.getpid()
-        if pid not in self._pools:
-            self._pools = {pid: ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="ndingest-ndstore")}
-        return self._pools[pid]
+        return process_pool(self._pools, "ndingest-ndstore")
 
     @property
     def is_timeseries(self) -> bool:

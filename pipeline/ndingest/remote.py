@@ -174,7 +174,24 @@ class Client:
             raise RemoteError(f"GET {url}: the answer is not JSON: {_one_line(reply.text, 120)}") from exc
 
 
+def process_pool(pools: dict[int, ThreadPoolExecutor], name: str) -> ThreadPoolExecutor:
+    """This process's pool of IN_FLIGHT request threads in `pools` (an object's own dict,
+    emptied when it is pickled), made on first use: threads do not survive Luigi's fork."""
+    pid = os.getpid()
+    if pid not in pools:
+        pools.clear()
+        pools[pid] = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix=name)
+    return pools[pid]
+
+
 # --- cutouts ---------------------------------------------------------------------------------------
+def cutout_path(fmt: str, level: int, box: Box, t: int | None) -> str:
+    """ndstore's cutout path after a channel's URL, `fmt/level/x0,x1/y0,y1/z0,z1/` (absolute
+    voxels), with `t,t+1/` for one time point of a time series: what every client here asks."""
+    b, e = box.begin, box.end
+    return f"{fmt}/{level}/{b.x},{e.x}/{b.y},{e.y}/{b.z},{e.z}/" + (f"{t},{t + 1}/" if t is not None else "")
+
+
 def encode_cutout(fmt: str, array: np.ndarray) -> bytes:
     """A POST body: (1, [t,] z, y, x), as ndstore's clients send it."""
     array = np.ascontiguousarray(array)[np.newaxis]
@@ -278,15 +295,10 @@ class RemoteStore:
         """Nothing to do: the server flushes a POST's voxels before it answers 200."""
 
     def _pool(self) -> ThreadPoolExecutor:
-        pid = os.getpid()  # per process: threads do not survive Luigi's fork
-        if pid not in self._pools:
-            self._pools = {pid: ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="ndingest-remote")}
-        return self._pools[pid]
+        return process_pool(self._pools, "ndingest-remote")
 
     def cutout_url(self, ref: VolumeRef, level: int, box: Box) -> str:
-        b, e = box.begin, box.end
-        url = f"{self.client.url}/sd/{self.token}/{ref.channel}/{self.fmt}/{level}/{b.x},{e.x}/{b.y},{e.y}/{b.z},{e.z}/"
-        return url + (f"{ref.t},{ref.t + 1}/" if ref.t is not None else "")
+        return f"{self.client.url}/sd/{self.token}/{ref.channel}/{cutout_path(self.fmt, level, box, ref.t)}"
 
     def write(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None:
         self.start_write(ref, level, box, array).wait()
