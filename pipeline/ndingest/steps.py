@@ -19,7 +19,7 @@ from .edits import read_edits
 from .errors import SpecError
 from .ingest import block_ranges, check_manifest, ensure_manifest, size_changed, spot_check_source
 from .inspection import SourceSummary, summarize
-from .plan import ChannelPlan, Plan
+from .plan import Plan
 from .sources import merge_ranges
 from .kvpath import KvPath
 from .targets import VolumeRef, precomputed_info
@@ -268,17 +268,11 @@ def levels_built(plan: Plan, channel: str) -> bool:
         catalog.PROPAGATE_DONE
 
 
-def built_record_path(cp: ChannelPlan) -> Path:
-    """Where a channel's markers note that the server built its levels, so `status` (and
-    the progress bars, which ask it every second) count them without asking the server."""
-    return markers.levels_built_path(cp.markers_dir)
-
-
 def build_levels(plan: Plan, channel: str) -> None:
     """Have the server build `channel`'s levels >= 1 from the level 0 just written, wait
     until they are (`remote.RestCatalog.build_levels`), and note it beside the markers."""
     plan.catalog.build_levels(channel)  # type: ignore[attr-defined]
-    markers.write_json(built_record_path(plan.channel(channel)), {"built_at": time.time()})
+    markers.write_json(markers.levels_built_path(plan.channel(channel).markers_dir), {"built_at": time.time()})
 
 
 def channel_status(plan: Plan) -> dict[str, dict]:
@@ -287,7 +281,7 @@ def channel_status(plan: Plan) -> dict[str, dict]:
     level-0 block is written)."""
     out = {}
     for name, cp in plan.channels.items():
-        built = plan.store.builds_levels and built_record_path(cp).exists() and all(
+        built = plan.store.builds_levels and markers.levels_built_path(cp.markers_dir).exists() and all(
             markers.task_complete(markers.task_dir(cp.markers_dir, markers.WRITTEN, 0, s), s) for s in cp.tasks)
         levels = {
             str(lv.level): {
