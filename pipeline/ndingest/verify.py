@@ -153,13 +153,15 @@ def _seal(directory: Path, task: BlockTask, marked: int) -> None:
 
 
 def verify_task(plan: Plan, cp: ChannelPlan, task: BlockTask, *, level: int = 0, resume: bool,
-                 store: Target | None = None, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+                 store: Target | None = None, progress: Callable[[int, int], None] | None = None,
+                 edits: list[Edit] | None = None) -> list[dict]:
     """Rows for every block of `task`; with `resume`, blocks verified before are skipped
-    and newly verified ones are marked."""
+    and newly verified ones are marked. `edits`: the channel's, if the caller read them
+    already (one read per channel, not per task: a server's are a request)."""
     store = store or plan.store.reopened()  # a fresh reader, not the writer's handles
     directory = markers.task_dir(cp.markers_dir, markers.VERIFIED, level, task)
     done = markers.marked_in_task(directory, task) if resume else set()
-    edits = store.edits(cp.channel_ref)
+    edits = store.edits(cp.channel_ref) if edits is None else edits
     rows, marked = [], 0
     todo = [box for box in task.blocks if box not in done]
     ahead: dict[Box, Pending] = {}
@@ -220,7 +222,8 @@ def nested_children(plan: Plan, cp: ChannelPlan) -> dict[Box, list[Box]] | None:
 
 
 def verify_levels_0_and_1(plan: Plan, cp: ChannelPlan, children: dict[Box, list[Box]], *, resume: bool,
-                          store: Target, progress: Callable[[int], None] | None = None) -> list[dict]:
+                          store: Target, progress: Callable[[int], None] | None = None,
+                          edits: list[Edit] | None = None) -> list[dict]:
     """Levels 0 and 1 in one pass over level 0: each level-1 block after its level-0
     blocks, each of those read once from the store, compared with the source, and put in
     place in the children the level-1 block is then checked against (built from the very
@@ -228,7 +231,7 @@ def verify_levels_0_and_1(plan: Plan, cp: ChannelPlan, children: dict[Box, list[
     pyramid. Rows in `verify_task`'s order, level 0 first."""
     lv0, lv1 = cp.levels[0], cp.levels[1]
     task_of = {(s.t, b): s for s in lv0.tasks for b in s.blocks}
-    edits = store.edits(cp.channel_ref)
+    edits = store.edits(cp.channel_ref) if edits is None else edits
     done: dict[tuple[int, int], set[Box]] = {}
     marked: dict[tuple[int, int], int] = {}
     rows: dict[tuple[int, int, Box], dict] = {}
@@ -321,13 +324,15 @@ def verify_plan(plan: Plan, *, resume: bool, progress: Callable[[int], None] | N
     rows: list[dict] = []
     store = plan.store.reopened()  # a fresh reader, not the writer's handles
     for cp in plan.channels.values():
+        edits = store.edits(cp.channel_ref)
         children = nested_children(plan, cp) if len(cp.levels) > 1 else None
         if children is not None:
-            rows += verify_levels_0_and_1(plan, cp, children, resume=resume, store=store, progress=progress)
+            rows += verify_levels_0_and_1(plan, cp, children, resume=resume, store=store, progress=progress,
+                                          edits=edits)
         for lv in cp.levels[2 if children is not None else 0:]:
             for task in lv.tasks:
                 before = len(rows)
-                rows += verify_task(plan, cp, task, level=lv.level, resume=resume, store=store)
+                rows += verify_task(plan, cp, task, level=lv.level, resume=resume, store=store, edits=edits)
                 if progress:
                     progress(len(rows) - before)
     report = write_report(plan, rows)
