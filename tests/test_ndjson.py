@@ -5,13 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import tensorstore as ts
 import tifffile
 from PIL import Image
 
 from ndingest.cli import main
 from ndingest.errors import RequestError, SpecError
-from ndingest.ndjson import (download, is_nd_json, job_dir, load_nd_json, pack_time_series, parse_job,
-                             prepare_job, source_files, spec_path, spec_text, write_spec)
+from ndingest.ndjson import (is_nd_json, job_dir, load_nd_json, parse_job, prepare_job, spec_path, spec_text,
+                             write_spec)
 from ndingest.spec import RESERVED_NAMES, parse_spec
 
 
@@ -63,13 +64,14 @@ def test_jobs_is_a_reserved_name_for_specs_too(tmp_path):
         parse_spec(text, tmp_path / "spec.toml")
 
 
-def test_slices_are_numbered_from_the_z_offset_and_png_is_kept_as_tiff():
-    job = parse_job(json.dumps(body()))
-    assert source_files(job, job.channels[0]) == [
-        (f"http://127.0.0.1:9/files/nd_tk/em/{z:04d}.tif", f"em/{z:04d}.tif") for z in (2, 3, 4)]
-    png = body({"em": {**body()["channels"]["em"], "file_type": "png"}})
-    job = parse_job(json.dumps(png))
-    assert source_files(job, job.channels[0])[0] == ("http://127.0.0.1:9/files/nd_tk/em/0002.png", "em/0002.tif")
+def test_slices_are_a_url_pattern_numbered_from_the_z_offset(tmp_path):
+    store = tmp_path / "store"
+    for ext in ("tif", "png"):
+        job = parse_job(json.dumps(body({"em": {**body()["channels"]["em"], "file_type": ext}})))
+        spec = parse_spec(spec_text(job, store), spec_path(store, job.token))
+        em = spec.channels["em"]
+        assert (em.source, em.z_range, em.t_range) == (f"http://127.0.0.1:9/files/nd_tk/em/{{z:04d}}.{ext}",
+                                                      (2, 5), None)
 
 
 def timeseries_body(timerange=(0, 1)):
@@ -78,27 +80,34 @@ def timeseries_body(timerange=(0, 1)):
     return body({"ts": channel}, timerange=list(timerange))
 
 
-def test_a_time_series_reads_time_folders_and_needs_a_timerange_from_zero():
+def test_a_time_series_reads_time_folders_and_needs_a_timerange_from_zero(tmp_path):
     job = parse_job(json.dumps(timeseries_body()))
-    files = source_files(job, job.channels[0])
-    assert job.time_points == 2 and len(files) == 6
-    assert files[3] == ("http://127.0.0.1:9/files/nd_tk/ts/time0001/0002.tif", "ts/time0001/0002.tif")
+    spec = parse_spec(spec_text(job, tmp_path / "store"), spec_path(tmp_path / "store", job.token))
+    ts = spec.channels["ts"]
+    assert job.time_points == 2
+    assert (ts.source, ts.z_range, ts.t_range) == ("http://127.0.0.1:9/files/nd_tk/ts/time{t:04d}/{z:04d}.tif",
+                                                   (2, 5), (0, 2))
     for bad in ({k: v for k, v in timeseries_body()["dataset"].items() if k != "timerange"},
                 timeseries_body((1, 2))["dataset"]):
         with pytest.raises(RequestError, match="dataset.timerange"):
             parse_job(json.dumps({**timeseries_body(), "dataset": bad}))
 
 
-def test_the_spec_names_the_fetched_sources_under_the_store(tmp_path):
+def hdf5_channel(url: str) -> dict:
+    return {"channel_name": "anno", "datatype": "uint32", "channel_type": "annotation", "data_url": url,
+            "file_format": "HDF5", "file_type": "h5"}
+
+
+def test_only_an_http_hdf5_source_is_fetched_under_the_store(tmp_path):
     store = tmp_path / "store"
-    job = parse_job(json.dumps(body()))
+    job = parse_job(json.dumps(body({"anno": hdf5_channel("http://127.0.0.1:9/a.h5")})))
     spec = parse_spec(spec_text(job, store), spec_path(store, job.token))
     assert spec_path(store, "nd_tk") == store / "_jobs" / "nd_tk.toml"
-    assert spec.channels["em"].source == str(store.resolve() / "_jobs" / "nd_tk" / "sources" / "em" / "*.tif")
+    assert spec.channels["anno"].source == str(store.resolve() / "_jobs" / "nd_tk" / "sources" / "anno.h5")
     assert str(spec.store.path) == str(store.resolve())
-    job = parse_job(json.dumps(timeseries_body()))
-    spec = parse_spec(spec_text(job, store), spec_path(store, job.token))
-    assert spec.channels["ts"].source.endswith("sources/ts.h5:/CUTOUT") and spec.channels["ts"].axes == "tzyx"
+    local = tmp_path / "here" / "a.h5"
+    job = parse_job(json.dumps(body({"anno": hdf5_channel(local.as_uri())})))
+    assert parse_spec(spec_text(job, store), spec_path(store, job.token)).channels["anno"].source == str(local)
 
 
 def test_is_nd_json_by_extension_or_by_content(tmp_path):
@@ -109,39 +118,36 @@ def test_is_nd_json_by_extension_or_by_content(tmp_path):
     assert [is_nd_json(tmp_path / n) for n in ("a.json", "nd.txt", "s.toml", "other")] == [True, True, False, False]
 
 
-def test_a_png_slice_is_fetched_as_a_tiff_page_and_a_time_series_packed_as_tzyx(tmp_path):
-    page = np.arange(48, dtype=np.uint8).reshape(6, 8)
-    Image.fromarray(page).save(tmp_path / "p.png")
-    download((tmp_path / "p.png").as_uri(), tmp_path / "got" / "p.tif")
-    assert np.array_equal(tifffile.imread(tmp_path / "got" / "p.tif"), page)
-
-    job = parse_job(json.dumps(timeseries_body()))
-    sources = tmp_path / "sources"
-    data = np.random.default_rng(0).integers(0, 65535, (2, 3, 6, 8), dtype=np.uint16)
-    for (_, local), pg in zip(source_files(job, job.channels[0]), data.reshape(6, 6, 8)):
-        (sources / local).parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(sources / local, pg)
-    pack_time_series(job, job.channels[0], sources)
-    import h5py
-
-    with h5py.File(sources / "ts.h5", "r") as f:
-        assert np.array_equal(f["CUTOUT"][()], data)
-
-
-def test_prepare_job_fetches_file_urls_and_refuses_another_size(tmp_path):
+def test_prepare_job_reads_file_url_slices_in_place_and_refuses_another_size(tmp_path):
     files = tmp_path / "files"
     data = np.random.default_rng(1).integers(0, 255, (3, 6, 8), dtype=np.uint8)
     for z, pg in zip((2, 3, 4), data):
         (files / "nd_tk" / "em").mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(files / "nd_tk" / "em" / f"{z:04d}.tif", pg)
-    channel = {**body()["channels"]["em"], "data_url": files.as_uri()}
+        Image.fromarray(pg).save(files / "nd_tk" / "em" / f"{z:04d}.png")
+    channel = {**body()["channels"]["em"], "data_url": files.as_uri(), "file_type": "png"}
     store = tmp_path / "store"
     spec = prepare_job(store, parse_job(json.dumps(body({"em": channel}))))
     assert spec == store / "_jobs" / "nd_tk.toml" and spec.exists()
-    assert sorted(p.name for p in (job_dir(store, "nd_tk") / "sources" / "em").iterdir()) == [
-        "0002.tif", "0003.tif", "0004.tif"]
+    assert not (job_dir(store, "nd_tk") / "sources").exists()  # nothing copied
+    assert main(["ingest", str(spec)]) == 0
+    volume = ts.open({"driver": "neuroglancer_precomputed", "scale_index": 0,
+                      "kvstore": {"driver": "file", "path": f"{store}/nd_ds/nd_pr/em/"}}).result()
+    assert np.array_equal(np.asarray(volume[..., 0].read().result()).transpose(2, 1, 0), data)
     with pytest.raises(RequestError, match="dataset.imagesize"):
         prepare_job(tmp_path / "store2", parse_job(json.dumps(body({"em": channel}, imagesize=[8, 7, 3]))))
+
+
+def test_a_slice_unlike_the_first_stops_the_ingest_naming_its_url(tmp_path, capsys):
+    files = tmp_path / "files" / "nd_tk" / "em"
+    files.mkdir(parents=True)
+    data = np.random.default_rng(2).integers(0, 255, (3, 6, 8), dtype=np.uint8)
+    for z, pg in zip((2, 3, 4), data):
+        tifffile.imwrite(files / f"{z:04d}.tif", pg if z != 4 else pg[:3, :4])
+    channel = {**body()["channels"]["em"], "data_url": (tmp_path / "files").as_uri()}
+    spec = prepare_job(tmp_path / "store", parse_job(json.dumps(body({"em": channel}))))  # reads the first only
+    assert main(["ingest", str(spec)]) == 3
+    err = capsys.readouterr().err
+    assert "0004.tif: page is y 3 x 4 uint8, the first" in err, err
 
 
 def test_ingest_wants_store_for_nd_json_and_refuses_it_for_a_toml_spec(tmp_path, capsys):
@@ -155,7 +161,7 @@ def test_ingest_wants_store_for_nd_json_and_refuses_it_for_a_toml_spec(tmp_path,
 
 def test_status_of_a_job_spec_before_its_sources_are_fetched_says_so(tmp_path, capsys):
     store = tmp_path / "store"
-    spec = write_spec(store, parse_job(json.dumps(body())))
+    spec = write_spec(store, parse_job(json.dumps(body({"anno": hdf5_channel("http://127.0.0.1:9/a.h5")}))))
     assert main(["status", str(spec)]) == 3
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "still being fetched" in err and "0 files" in err, err
@@ -163,7 +169,7 @@ def test_status_of_a_job_spec_before_its_sources_are_fetched_says_so(tmp_path, c
 
 def test_status_of_a_running_job_still_fetching_is_its_progress_not_an_error(tmp_path, capsys):
     store = tmp_path / "store"
-    spec = write_spec(store, parse_job(json.dumps(body())))
+    spec = write_spec(store, parse_job(json.dumps(body({"anno": hdf5_channel("http://127.0.0.1:9/a.h5")}))))
     (spec.parent / spec.stem).mkdir(parents=True, exist_ok=True)
     (spec.parent / spec.stem / "status.json").write_text(json.dumps({"state": "running", "message": "fetching"}))
     assert main(["status", str(spec)]) == 0
@@ -173,3 +179,14 @@ def test_status_of_a_running_job_still_fetching_is_its_progress_not_an_error(tmp
     assert json.loads(capsys.readouterr().out)["channels"] == {}
     (spec.parent / spec.stem / "status.json").write_text(json.dumps({"state": "failed", "message": "404"}))
     assert main(["status", str(spec)]) == 3  # a failed fetch stays an error
+
+
+def test_status_of_a_slice_job_whose_server_is_down_is_that_error_not_a_fetch(tmp_path, capsys):
+    store = tmp_path / "store"
+    spec = write_spec(store, parse_job(json.dumps(body())))  # slices at 127.0.0.1:9: nothing listens
+    (spec.parent / spec.stem).mkdir(parents=True, exist_ok=True)
+    (spec.parent / spec.stem / "status.json").write_text(json.dumps({"state": "running", "message": ""}))
+    assert main(["status", str(spec)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "http://127.0.0.1:9/files/nd_tk/em/0002.tif" in err, err
+    assert "still being fetched" not in err

@@ -103,7 +103,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _ingest_spec(args: argparse.Namespace) -> str:
     """The spec `ingest` runs: SPEC itself, or for ND.json (ndstore's auto-ingest body) the
-    spec written to STORE/_jobs/TOKEN.toml once its sources are fetched under STORE/_jobs/TOKEN/."""
+    spec written to STORE/_jobs/TOKEN.toml (an http(s) HDF5 source fetched under STORE/_jobs/TOKEN/
+    first; slices are read where they are)."""
     from .errors import SpecError, StoreError
     from .ndjson import is_nd_json, parse_job, prepare_job
 
@@ -137,8 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         plan = load_plan(args.spec)
-    except SourceError as exc:  # an auto-ingest job's spec before its sources are all fetched
-        note = fetching_note(Path(args.spec))
+    except SourceError as exc:  # an auto-ingest job's spec before its HDF5 source is fetched
+        note = fetching_note(Path(args.spec), exc)
         if note is None:
             raise
         if not job_running(Path(args.spec)):

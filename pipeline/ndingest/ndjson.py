@@ -19,11 +19,12 @@ The body (ndio's `nd_json`, ndstore's `extractDatasetDict`/`extractChannelDict`)
   hdf5: `data_url` is the file itself (its `CUTOUT`, else its only 3-D array). Only
   `http(s)://` and `file://` URLs.
 
-Everything is downloaded first into `STORE/_jobs/TOKEN/sources/` (a file already there is
-not fetched again, so a rerun resumes), so the ingest reads local files that cannot change
-under it: PNG slices are kept as TIFF pages, a time series as one HDF5 file (t, z, y, x).
-The spec, `STORE/_jobs/TOKEN.toml`, names those files; `_jobs` is a reserved name, so no
-dataset's folders can meet it. ndio's `output_json` writes a Python repr (single quotes),
+Slices are read where they are, block by block over HTTP (`webslices`: the spec's source
+is the URL pattern with `z_range`, and `t_range` for a time series), so a 2 TB stack needs
+no second 2 TB here. An HDF5 `data_url` is one file that h5py must open locally: a
+`file:///` one is read in place, an http(s) one downloaded first into `STORE/_jobs/TOKEN/sources/` (a file already there is not fetched
+again, so a rerun resumes). The spec, `STORE/_jobs/TOKEN.toml`, names those sources;
+`_jobs` is a reserved name, so no dataset's folders can meet it. ndio's `output_json` writes a Python repr (single quotes),
 not JSON: `load_nd_json` reads JSON and falls back to `ast.literal_eval`.
 """
 from __future__ import annotations
@@ -32,14 +33,11 @@ import ast
 import json
 import logging
 import os
-import shutil
 import tempfile
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from .errors import RequestError, SourceError
 from .markers import atomic_write
@@ -270,29 +268,32 @@ def job_dir(store: Path, token: str) -> Path:
     return jobs_dir(store) / token
 
 
-def source_files(job: Job, channel: ChannelJob) -> list[tuple[str, str]]:
-    """(URL, local file name under sources/) of every file the channel's source is made of;
-    PNG slices are kept as TIFF pages."""
-    if channel.file_format == "hdf5":
-        return [(channel.data_url, f"{channel.name}.{channel.file_type}")]
-    z0, ext = job.offset[2], channel.file_type
-    zs = range(z0, z0 + job.size[2])
-    local = "tif" if ext == "png" else ext
-    if channel.channel_type != "timeseries":
-        return [(f"{channel.data_url}/{job.token}/{channel.name}/{z:04d}.{ext}",
-                 f"{channel.name}/{z:04d}.{local}") for z in zs]
-    return [(f"{channel.data_url}/{job.token}/{channel.name}/time{t:04d}/{z:04d}.{ext}",
-             f"{channel.name}/time{t:04d}/{z:04d}.{local}") for t in range(job.time_points) for z in zs]
-
-
-def spec_source(job: Job, channel: ChannelJob, sources: Path) -> tuple[str, str | None]:
-    """(the spec's `source`, its `axes` or None) for the channel's downloaded files."""
-    if channel.file_format == "hdf5":
-        return str(sources / f"{channel.name}.{channel.file_type}"), None
+def slice_pattern(job: Job, channel: ChannelJob) -> str:
+    """ndstore's SLICE layout as a `webslices` URL pattern: `{data_url}/{token}/{channel}/
+    [time{t:04d}/]{z:04d}.{ext}`."""
+    folder = f"{channel.data_url}/{job.token}/{channel.name}"
     if channel.channel_type == "timeseries":
-        return f"{sources / channel.name}.h5:/CUTOUT", "tzyx"
-    local = "tif" if channel.file_type == "png" else channel.file_type
-    return str(sources / channel.name / f"*.{local}"), None
+        folder += "/time{t:04d}"
+    return folder + "/{z:04d}." + channel.file_type
+
+
+def hdf5_file(channel: ChannelJob, sources: Path) -> Path:
+    """Where an HDF5 source is read: a file:/// URL's own file, else its copy under sources/."""
+    parts = urllib.parse.urlsplit(channel.data_url)
+    if parts.scheme == "file":
+        return Path(urllib.parse.unquote(parts.path))
+    return sources / f"{channel.name}.{channel.file_type}"
+
+
+def spec_source(job: Job, channel: ChannelJob, sources: Path) -> dict:
+    """The spec's `source` (and `z_range`, `t_range`) of a channel: an HDF5 file fetched
+    under sources/, or the slices' URL pattern, z numbered from the dataset's z offset."""
+    if channel.file_format == "hdf5":
+        return {"source": str(hdf5_file(channel, sources))}
+    out = {"source": slice_pattern(job, channel), "z_range": [job.offset[2], job.offset[2] + job.size[2]]}
+    if channel.channel_type == "timeseries":
+        out["t_range"] = [0, job.time_points]
+    return out
 
 
 def spec_text(job: Job, store: Path) -> str:
@@ -307,11 +308,9 @@ def spec_text(job: Job, store: Path) -> str:
              "[project]", f'name = "{job.project}"', f'token = "{job.token}"',
              f"public = {'true' if job.public else 'false'}", ""]
     for c in job.channels:
-        source, axes = spec_source(job, c, sources)
-        lines += [f"[channels.{c.name}]", f'type = "{c.channel_type}"', f"source = {json.dumps(source)}",
+        lines += [f"[channels.{c.name}]", f'type = "{c.channel_type}"',
+                  *(f"{key} = {json.dumps(value)}" for key, value in spec_source(job, c, sources).items()),
                   f'datatype = "{c.datatype}"', f"readonly = {'true' if c.readonly else 'false'}"]
-        if axes is not None:
-            lines.append(f'axes = "{axes}"')
         if c.window is not None:
             lines.append(f"window_range = [{c.window[0]!r}, {c.window[1]!r}]")
         lines.append("")
@@ -322,16 +321,13 @@ def spec_text(job: Job, store: Path) -> str:
 # --- fetching the sources --------------------------------------------------------------------------
 def _fetch(url: str, part: Path) -> None:
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "file":
-        try:
-            shutil.copyfile(urllib.parse.unquote(parts.path), part)
-        except OSError as exc:
-            raise SourceError(f"{url}: cannot read it: {exc.strerror or exc}") from None
-        return
     import requests
 
+    from .remote import Client
+
+    client = Client(f"{parts.scheme}://{parts.netloc}", key=None)  # retries connection errors and 5xx
     try:
-        with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as reply:
+        with client.session().get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as reply:
             if reply.status_code != 200:
                 raise SourceError(f"{url}: answered {reply.status_code}")
             if urllib.parse.urlsplit(reply.url).scheme not in ("http", "https"):
@@ -344,15 +340,15 @@ def _fetch(url: str, part: Path) -> None:
 
 
 def download(url: str, target: Path) -> None:
-    """One file, to a temp name and then renamed (a PNG re-encoded as a TIFF page first);
-    a target already there is complete and kept. Only http(s) and file URLs."""
+    """One file by http(s), to a temp name and then renamed; a target already there is
+    complete and kept."""
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     part = _part(target)
     try:
         _fetch(url, part)
-        _finish(url, part, target)
+        os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)
 
@@ -364,102 +360,56 @@ def _part(target: Path) -> Path:
     return Path(name)
 
 
-def _finish(url: str, part: Path, target: Path) -> None:
-    if url.lower().endswith(".png") and target.suffix == ".tif":
-        import tifffile
-        from PIL import Image
-
-        try:
-            with Image.open(part) as image:
-                page = np.asarray(image)
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"{url}: not a readable PNG: {exc}") from None
-        tifffile.imwrite(part, page)
-    os.replace(part, target)
-
-
-def _page(path: Path) -> np.ndarray:
-    import tifffile
-
-    return tifffile.imread(path)
-
-
-def pack_time_series(job: Job, channel: ChannelJob, sources: Path) -> None:
-    """The channel's downloaded pages as one HDF5 array CUTOUT (t, z, y, x), written page by
-    page to a temp name and renamed; kept when already there."""
-    target = sources / f"{channel.name}.h5"
-    if target.exists():
-        return
-    files = [sources / local for _, local in source_files(job, channel)]
-    first = _page(files[0])
-    shape = (job.time_points, job.size[2], *first.shape[:2])
-    part = _part(target)
-    try:
-        _write_time_series(part, files, first, shape)
-        os.replace(part, target)
-    finally:
-        part.unlink(missing_ok=True)
-
-
-def _write_time_series(part: Path, files: list[Path], first: np.ndarray, shape: tuple) -> None:
+def hdf5_size(path: Path) -> tuple[int, int, int]:
+    """(x, y, z) of a fetched HDF5 source's array (its `CUTOUT`, else its only 3-D array)."""
     import h5py
 
-    with h5py.File(part, "w") as f:
-        data = f.create_dataset("CUTOUT", shape=shape, dtype=first.dtype, chunks=(1, 1, *shape[2:]))
-        for i, path in enumerate(files):
-            page = _page(path)
-            if page.shape != first.shape or page.dtype != first.dtype:
-                raise SourceError(f"{path}: page is {page.shape} {page.dtype}, the first was "
-                                  f"{first.shape} {first.dtype}")
-            data[divmod(i, shape[1])] = page
+    from .sources import find_hdf5_array
+
+    name = find_hdf5_array(path)
+    with h5py.File(path, "r") as f:
+        shape = f[name].shape
+    return (shape[-1], shape[-2], shape[-3])
 
 
-def source_size(path: Path, channel: ChannelJob, pages: int) -> tuple[int, int, int]:
-    """(x, y, z) of a downloaded source, from its header: the first TIFF page (of `pages`),
-    or the HDF5 file's array."""
+def source_size(job: Job, channel: ChannelJob, sources: Path) -> tuple[int, int, int]:
+    """(x, y, z) of a channel's source: the fetched HDF5 file's header, or the slices' count
+    and their first page (fetched)."""
     if channel.file_format == "hdf5":
-        import h5py
+        try:
+            return hdf5_size(hdf5_file(channel, sources))
+        except (OSError, ValueError, KeyError) as exc:
+            raise SourceError(f"channel {channel.name}: {channel.data_url} is not a readable HDF5 file: "
+                              f"{exc}") from None
+    from .webslices import WebSliceSource
 
-        from .sources import find_hdf5_array
-
-        name = find_hdf5_array(path)
-        with h5py.File(path, "r") as f:
-            shape = f[name].shape
-        return (shape[-1], shape[-2], shape[-3])
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        y, x = tif.pages[0].shape[:2]
-    return (x, y, pages)
+    found = spec_source(job, channel, sources)
+    source = WebSliceSource(found["source"], found["z_range"], found.get("t_range"))
+    return tuple(source.size_xyz)
 
 
 def check_sizes(job: Job, sources: Path) -> None:
     """Each channel's source is as large as the body's `imagesize`; a RequestError otherwise."""
     for c in job.channels:
-        files = source_files(job, c)
-        try:
-            size = source_size(sources / files[0][1], c, job.size[2] if c.file_format == "slice" else 0)
-        except (OSError, ValueError, IndexError, KeyError) as exc:  # tifffile's TiffFileError is a ValueError
-            raise SourceError(f"channel {c.name}: {files[0][0]} is not a readable "
-                              f"{c.file_format.upper()} file: {exc}") from None
+        size = source_size(job, c, sources)
         if size != job.size:
             raise RequestError(f"channel {c.name}: the source is x {size[0]}, y {size[1]}, z {size[2]}, but "
                                f"dataset.imagesize is {list(job.size)}")
 
 
 def prepare_job(store: Path, job: Job, *, say=None) -> Path:
-    """Fetch every source into STORE/_jobs/TOKEN/sources/, check their sizes, and write the
-    spec STORE/_jobs/TOKEN.toml; its path. A rerun fetches only what is missing."""
+    """Fetch the http(s) HDF5 sources into STORE/_jobs/TOKEN/sources/ (slices and local
+    files are read where they are),
+    check every source's size, and write the spec STORE/_jobs/TOKEN.toml; its path. A rerun
+    fetches only what is missing."""
     sources = job_dir(store, job.token) / "sources"
-    items = [item for c in job.channels for item in source_files(job, c)]
-    if say is not None:
-        say(f"fetching {len(items)} source files into {sources}")
+    items = [(c.data_url, hdf5_file(c, sources)) for c in job.channels
+             if c.file_format == "hdf5" and not c.data_url.startswith("file:")]
+    if items and say is not None:
+        say(f"fetching {len(items)} HDF5 source files into {sources}")
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
-        list(pool.map(lambda item: download(item[0], sources / item[1]), items))
+        list(pool.map(lambda item: download(*item), items))
     check_sizes(job, sources)
-    for c in job.channels:
-        if c.channel_type == "timeseries":
-            pack_time_series(job, c, sources)
     return write_spec(store, job)
 
 
@@ -472,7 +422,7 @@ def write_spec(store: Path, job: Job) -> Path:
 
 def job_running(spec: Path) -> bool:
     """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running (the
-    server's `status.json`): then sources still missing are being fetched, not lost."""
+    server's `status.json`): then a source still missing is being fetched, not lost."""
     spec = Path(spec).resolve()
     try:
         return json.loads((spec.parent / spec.stem / "status.json").read_text()).get("state") == "running"
@@ -480,13 +430,17 @@ def job_running(spec: Path) -> bool:
         return False
 
 
-def fetching_note(spec: Path) -> str | None:
-    """For a job's spec (STORE/_jobs/TOKEN.toml) whose sources cannot be opened: how many
-    files are fetched so far, and where the job says more; None for any other spec."""
+def fetching_note(spec: Path, error: Exception) -> str | None:
+    """For a job's spec (STORE/_jobs/TOKEN.toml) whose fetched HDF5 source cannot be opened
+    (`error` names a file under the job's sources/): how many files are fetched so far, and
+    where the job says more; None for any other spec or error (a slice server that cannot
+    be reached is its own error, not a fetch under way)."""
     spec = Path(spec).resolve()
     if spec.parent.name != JOBS or spec.suffix != ".toml":
         return None
     folder = spec.parent / spec.stem
+    if str(folder / "sources") not in str(error):
+        return None
     fetched = sum(1 for p in (folder / "sources").rglob("*") if p.is_file() and not p.name.endswith(".part"))
     log = folder / "ingest.log"
     more = f"; see {log}" if log.exists() else ""

@@ -209,12 +209,25 @@ class NdstoreSource(Source):
         return self.info.offset_xyz
 
     def fingerprint(self) -> list[dict]:
-        """The channel's URL with the info that decides its voxels: a project ingested
-        again with another size, offset, datatype or time range is noticed (exit 3)."""
+        """The channel's URL with the info that decides its voxels, and the server's edit
+        records of it: a project ingested again with another size, offset, datatype or time
+        range, or a cutout POSTed to it since, is noticed (exit 3). A server without
+        `edits/` (ndstore's own) leaves the second to `verify`."""
         info = self.info
         return [{"path": self.address.channel_url, "size": list(info.size_xyz), "offset": list(info.offset_xyz),
                  "datatype": info.datatype, "channel_type": info.channel_type,
-                 "time_range": list(info.time_range)}]
+                 "time_range": list(info.time_range), "edits": self._edits()}]
+
+    def _edits(self) -> list | None:
+        """(count, newest time) of the channel's level-0 edit records, or None when the
+        server keeps none it can show."""
+        reply = self.client.request("GET", self.address.channel_url + "edits/", expect=(200, *SOURCE_4XX))
+        try:
+            records = reply.json() if reply.status_code == 200 else None
+            level0 = [float(r["when"]) for r in records if r.get("level", 0) == 0] if records is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return None if level0 is None else [len(level0), max(level0, default=0.0)]
 
     def absolute_box(self, box: Box) -> Box:
         """`box` (source coordinates, from 0) in the server's absolute coordinates."""

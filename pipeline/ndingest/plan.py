@@ -233,7 +233,8 @@ def plan_levels(extent: Box, spec: Spec, *, levels: int, time_points: int) -> li
 def build_plan(spec: Spec) -> Plan:
     """Open every source (shape and dtype only) and cut each channel into tasks."""
     ds = spec.dataset
-    sources = {name: open_source(ch.source, ch.axes) for name, ch in spec.channels.items()}
+    sources = {name: open_source(ch.source, ch.axes, z_range=ch.z_range, t_range=ch.t_range)
+               for name, ch in spec.channels.items()}
     for name, ch in spec.channels.items():
         check_source(ch, sources[name])
         check_placement(spec, ch, sources[name])

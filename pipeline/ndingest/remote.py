@@ -121,7 +121,7 @@ class Client:
         if found is None:
             retry = Retry(total=self.retries, connect=self.retries, read=self.retries, status=self.retries,
                           other=0, backoff_factor=self.backoff, status_forcelist=RETRY_STATUSES,
-                          allowed_methods=frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"}),
+                          allowed_methods=frozenset({"HEAD", "GET", "POST", "PUT", "PATCH", "DELETE"}),
                           raise_on_status=False)
             adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=2 * IN_FLIGHT)
             found = requests.Session()

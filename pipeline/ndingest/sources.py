@@ -408,13 +408,20 @@ class TensorstoreSource(ArraySource):
         return self.to_zyx(array)
 
 
-def open_source(source: str, axes: str | None = None) -> Source:
+def open_source(source: str, axes: str | None = None, *, z_range: tuple[int, int] | None = None,
+                t_range: tuple[int, int] | None = None) -> Source:
     """Open `source`: an HDF5 file (optionally `file.h5:/dataset`), a TIFF file, a glob
-    of TIFF pages, a zarr/N5/precomputed folder or URL (`zarr://file:///abs`, ...), or
-    an ndstore server's channel (`ndstore://host:port/TOKEN/CHANNEL`, `http://…/nd/sd/…`).
+    of TIFF pages, a zarr/N5/precomputed folder or URL (`zarr://file:///abs`, ...), an
+    ndstore server's channel (`ndstore://host:port/TOKEN/CHANNEL`, `http://…/nd/sd/…`), or
+    slices by URL pattern (`http://…/{z:04d}.png` over `z_range`).
     Raises SourceError naming the file when it cannot."""
     from .ndstore import NdstoreSource, names_a_server
+    from .webslices import WebSliceSource, names_web_slices
 
+    if names_web_slices(source):
+        if z_range is None:
+            raise SourceError(f"{source}: a slice pattern needs z_range = [first, stop) (name it in a spec)")
+        return WebSliceSource(source, z_range, t_range, axes)
     if names_a_server(source):
         return NdstoreSource(source, axes)
     if names_an_array_folder(source):

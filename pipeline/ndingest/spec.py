@@ -60,6 +60,8 @@ class ChannelSpec:
     window_range: tuple[float, float] | None = None
     readonly: bool = False
     axes: str | None = None
+    z_range: tuple[int, int] | None = None  # a slice pattern's z numbers, [first, stop)
+    t_range: tuple[int, int] | None = None  # and its t numbers, for a time series
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ def _channel(name: str, table: Any, path: Path) -> ChannelSpec:
     _name(name, where, path)
     if not isinstance(table, dict):
         raise SpecError(f"{path}: {where} must be a table")
-    _check_keys(table, {"type", "source", "datatype", "window_range", "readonly", "axes"}, where, path)
+    _check_keys(table, {"type", "source", "datatype", "window_range", "readonly", "axes", "z_range", "t_range"},
+                where, path)
     ctype = _require(table, "type", where, path)
     if ctype not in CHANNEL_TYPES:
         raise SpecError(f"{path}: {where}.type = {ctype!r} must be one of {', '.join(CHANNEL_TYPES)}")
@@ -197,15 +200,41 @@ def _channel(name: str, table: Any, path: Path) -> ChannelSpec:
     axes = table.get("axes")
     if axes is not None and (not isinstance(axes, str) or not AXES_RE.fullmatch(axes) or len(set(axes)) != len(axes)):
         raise SpecError(f"{path}: {where}.axes = {axes!r} must name x, y, z (and t) once each, e.g. \"zyx\" or \"tzyx\"")
+    source = _resolve_source(_require(table, "source", where, path), f"{where}.source", path)
+    _check_slice_pattern(source, table, where, path)
     return ChannelSpec(
         name=name,
         type=ctype,
-        source=_resolve_source(_require(table, "source", where, path), f"{where}.source", path),
+        source=source,
         datatype=datatype,
         window_range=window,
         readonly=_bool(table.get("readonly", False), f"{where}.readonly", path),
         axes=axes,
+        z_range=_range(table.get("z_range"), f"{where}.z_range", path),
+        t_range=_range(table.get("t_range"), f"{where}.t_range", path),
     )
+
+
+def _check_slice_pattern(source: str, table: dict, where: str, path: Path) -> None:
+    """z_range goes with a slice pattern (`.../{z:04d}.png`) and only with one."""
+    from .webslices import names_web_slices
+
+    if names_web_slices(source) and "z_range" not in table:
+        raise SpecError(f"{path}: {where}.source is a slice pattern; {where}.z_range = [first, stop) names its "
+                        f"files")
+    for key in ("z_range", "t_range"):
+        if key in table and not names_web_slices(source):
+            raise SpecError(f"{path}: {where}.{key} applies to a slice pattern source (.../{{z:04d}}.png) only")
+
+
+def _range(value: Any, key: str, path: Path) -> tuple[int, int] | None:
+    """A slice pattern's numbers, [first, stop) like Python's range: [1000, 1100] is 100 files."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                for v in value) and 0 <= value[0] < value[1]):
+        raise SpecError(f"{path}: {key} = {value!r} must be [first, stop) integers with 0 <= first < stop")
+    return (value[0], value[1])
 
 
 def _store(table: dict, path: Path) -> StoreSpec:

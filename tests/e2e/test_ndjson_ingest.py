@@ -118,8 +118,31 @@ def test_ingest_of_ndios_output_json_reads_png_slices_over_http(ndio, files, tmp
     assert np.array_equal(read_store(store, "nd_cli_ds", "nd_cli", "em"), data)
     em = status_json(spec)["em"]
     assert em["done"] == em["total"] > 0
+    assert not (store / "_jobs" / "nd_cli" / "sources").exists()  # read over HTTP where they are, never copied
     again = run_cli("ingest", str(tmp_path / "ND.json"), "--store", str(store))  # resumes: nothing left
     assert again.returncode == 0, again.stderr
+
+
+def test_a_slice_changed_on_its_server_stops_the_rerun_and_restart_ingests_it_again(files, tmp_path):
+    base, folder = files
+    write_slices(folder, "nd_chg", "em", seed=4)
+    body = {"dataset": {"dataset_name": "nd_chg_ds", "imagesize": [SHAPE[2], SHAPE[1], SHAPE[0]],
+                        "voxelres": [4.0, 4.0, 40.0], "offset": list(OFFSET), "scalinglevels": 1, "scaling": 0},
+            "project": {"project_name": "nd_chg", "token_name": "nd_chg", "public": 1},
+            "channels": {"em": {"channel_name": "em", "datatype": "uint8", "channel_type": "image",
+                                "data_url": base, "file_format": "SLICE", "file_type": "tif"}}}
+    (tmp_path / "chg.json").write_text(json.dumps(body))
+    store = tmp_path / "store"
+    assert run_cli("ingest", str(tmp_path / "chg.json"), "--store", str(store)).returncode == 0
+    time.sleep(1.1)  # Last-Modified counts whole seconds
+    data = write_slices(folder, "nd_chg", "em", seed=5)  # every slice rewritten on the server
+    spec = store / "_jobs" / "nd_chg.toml"
+    changed = run_cli("ingest", str(spec))
+    assert changed.returncode == 3, changed.stderr
+    assert f"{base}/nd_chg/em/" in changed.stderr and "changed" in changed.stderr, changed.stderr
+    restarted = run_cli("ingest", str(spec), "--restart", "em")
+    assert restarted.returncode == 0, restarted.stderr
+    assert np.array_equal(read_store(store, "nd_chg_ds", "nd_chg", "em"), data)
 
 
 def test_ingest_of_a_time_series_reads_its_time_folders(files, tmp_path):

@@ -198,3 +198,32 @@ def test_a_spec_that_places_the_dataset_elsewhere_than_the_server_is_exit_2_nami
     assert result.returncode == 2, result.stderr
     assert "dataset.voxel_resolution" in one_line(result.stderr) and "32.0" in result.stderr
     assert not (tmp_path / "offset" / "store2").exists() and not (tmp_path / "resolution" / "store2").exists()
+
+
+def test_a_cutout_posted_to_the_source_after_ingest_stops_the_rerun_until_restart(tutorial_data, tmp_path):
+    import blosc
+
+    own = ingest_store(tmp_path / "own", tutorial_data)  # this test changes its server's voxels
+    with serving(own["store"]) as running:
+        spec = server_spec(tmp_path / "copy", image=f"ndstore://127.0.0.1:{running.port}/{TOKEN}/image", levels=0)
+        assert run_cli("ingest", str(spec)).returncode == 0
+        rerun = run_cli("ingest", str(spec))  # nothing changed: nothing to say
+        assert rerun.returncode == 0, rerun.stderr
+        patch = np.full((4, 8, 16), 7, np.uint8)  # z, y, x at the tutorial's absolute corner
+        url = f"{running.url}/nd/sd/{TOKEN}/image/blosc/0/1000,1016/2000,2008/1000,1004/"
+        assert requests.post(url, data=blosc.pack_array(patch[np.newaxis]), timeout=60).status_code == 200
+        changed = run_cli("ingest", str(spec))
+        assert changed.returncode == 3, changed.stderr
+        line = one_line(changed.stderr)
+        assert f"/nd/sd/{TOKEN}/image/" in line and "changed" in line and "--restart image" in line, line
+        restarted = run_cli("ingest", str(spec), "--restart", "image")
+        assert restarted.returncode == 0, restarted.stderr + running.log()
+        manifest = next((tmp_path / "copy" / "store2" / "_markers").rglob("image/manifest.json"))
+        older = json.loads(manifest.read_text())  # as the release before `edits` wrote it
+        del older["source"][0]["edits"]
+        manifest.write_text(json.dumps(older))
+        upgraded = run_cli("ingest", str(spec))
+        assert upgraded.returncode == 0, upgraded.stderr
+    want, _ = read_level(own["store"], "image", 0)
+    got, _ = read_level(tmp_path / "copy" / "store2", "image", 0)
+    assert np.array_equal(want[:4, :8, :16], patch) and np.array_equal(got, want)

@@ -158,7 +158,8 @@ def test_ndio_autoingest_of_a_tiff_stack_over_http(url, files, store):
     assert info["dataset"]["offset"]["0"] == list(OFFSET)
     job = store / "_jobs"  # the spec at _jobs/TOKEN.toml, the job's files beside it
     assert (job / "ai_tiff.toml").exists() and state["spec"] == str(job / "ai_tiff.toml")
-    assert {"ingest.log", "nd.json", "sources", "status.json"} <= {p.name for p in (job / "ai_tiff").iterdir()}
+    assert {"ingest.log", "nd.json", "status.json"} <= {p.name for p in (job / "ai_tiff").iterdir()}
+    assert not (job / "ai_tiff" / "sources").exists()  # the slices were read where they are, not copied
 
 
 def test_autoingest_of_an_hdf5_file_url_into_an_annotation_channel(url, tmp_path):

@@ -8,7 +8,8 @@ The body and how it becomes a spec: `ndingest.ndjson` (shared with `ndingest ing
 ND.json --store DIR`). The POST checks the body (400 naming the first bad field), writes the
 spec to `STORE/_jobs/TOKEN.toml` and the body to `STORE/_jobs/TOKEN/nd.json`, answers 200,
 and a thread runs `ndingest ingest STORE/_jobs/TOKEN/nd.json --store STORE` as a subprocess
-(it fetches the sources into `STORE/_jobs/TOKEN/sources/`, then runs the Luigi DAG), its
+(it fetches an http(s) HDF5 source into `STORE/_jobs/TOKEN/sources/`, reads slices where
+they are, and runs the Luigi DAG), its
 output in `STORE/_jobs/TOKEN/ingest.log`, its state in `STORE/_jobs/TOKEN/status.json`.
 `ndingest status STORE/_jobs/TOKEN.toml` and the channel's `getPropagate/` show its progress.
 
@@ -156,7 +157,7 @@ def start_job(ctx: ServerContext, job: Job, body: bytes) -> None:
                 "posted": time.time()}
         atomic_write(folder / "nd.json", body, durable=False)
         write_spec(store, job)
-        write_status(folder, RUNNING, "fetching the sources and ingesting; `ndingest status SPEC` for its blocks",
+        write_status(folder, RUNNING, "checking the sources and ingesting; `ndingest status SPEC` for its blocks",
                      **more)
         threading.Thread(target=run_job, args=(store, job, folder, fd, more), daemon=True,
                          name=f"autoingest-{job.project}").start()

@@ -1,0 +1,181 @@
+"""Slices read by URL pattern (`webslices`), from a real HTTP server on 127.0.0.1 that
+counts requests and can answer 503 a given number of times first; pages written by
+tifffile and PIL, the readers nobody here controls."""
+from __future__ import annotations
+
+import collections
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from ndingest import webslices
+from ndingest.blocks import Box, Vec3
+from ndingest.cli import main
+from ndingest.errors import SourceError, SpecError
+from ndingest.spec import parse_spec
+from ndingest.webslices import WebSliceSource
+
+HOST = "127.0.0.1"
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Files of `directory`; GETs counted per path; `fail[path]` 503s before the file."""
+
+    gets: collections.Counter
+    fail: dict
+
+    def do_GET(self):
+        self.gets[self.path] += 1
+        if self.fail.get(self.path, 0) > 0:
+            self.fail[self.path] -= 1
+            self.send_error(503, "busy")
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(base URL, folder, GET counter, fail table) of a threading HTTP server on 127.0.0.1."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    gets, fail = collections.Counter(), {}
+    handler = type("H", (Handler,), {"gets": gets, "fail": fail})
+    httpd = http.server.ThreadingHTTPServer((HOST, 0), functools.partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{HOST}:{httpd.server_address[1]}", folder, gets, fail
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def write_stack(folder: Path, data: np.ndarray, ext: str, first: int = 0, sub: str = "em") -> None:
+    (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i, page in enumerate(data):
+        path = folder / sub / f"{first + i:04d}.{ext}"
+        Image.fromarray(page).save(path) if ext == "png" else tifffile.imwrite(path, page)
+
+
+@pytest.mark.parametrize("ext, dtype", [("png", np.uint8), ("png", np.uint16), ("tif", np.uint16),
+                                        ("tif", np.float32)])
+def test_slices_over_http_read_as_the_pages_written(server, ext, dtype):
+    base, folder, _, _ = server
+    data = (np.random.default_rng(0).random((5, 33, 47)) * 60000).astype(dtype)
+    write_stack(folder, data, ext, first=100)
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.{ext}", (100, 105))
+    assert source.shape_tzyx == (1, 5, 33, 47) and source.dtype == np.dtype(dtype)
+    assert np.array_equal(source.read(source.extent), data)
+    box = Box(Vec3(3, 4, 1), Vec3(40, 30, 4))
+    assert np.array_equal(source.read(box), data[1:4, 4:30, 3:40])
+
+
+def test_blocks_of_one_slab_fetch_each_slice_once(server):
+    base, folder, gets, _ = server
+    data = np.random.default_rng(1).integers(0, 255, (4, 64, 64), dtype=np.uint8)
+    write_stack(folder, data, "png")
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 4))
+    for y in (0, 32):
+        for x in (0, 32):  # x fastest, as inside a task
+            box = Box(Vec3(x, y, 0), Vec3(x + 32, y + 32, 4))
+            assert np.array_equal(source.read(box), data[:, y:y + 32, x:x + 32])
+    assert {path: gets[path] for path in gets} == {f"/em/{z:04d}.png": 1 for z in range(4)}
+
+
+def test_a_5xx_is_retried_and_a_missing_slice_names_its_url(server):
+    base, folder, gets, fail = server
+    data = np.random.default_rng(2).integers(0, 255, (3, 8, 9), dtype=np.uint8)
+    write_stack(folder, data, "tif")
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 3))
+    fail["/em/0002.tif"] = 2
+    assert np.array_equal(source.read(source.extent), data)
+    assert gets["/em/0002.tif"] == 3 and fail["/em/0002.tif"] == 0
+    (folder / "em" / "0001.tif").unlink()
+    fresh = WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 3))
+    with pytest.raises(SourceError, match=f"^{base}/em/0001.tif: 404"):
+        fresh.read(fresh.extent)
+    with pytest.raises(SourceError, match="0001.tif: 404"):
+        fresh.fingerprint()  # every file is looked at before a block is written
+
+
+def test_a_slice_of_another_shape_or_colour_is_refused_naming_it(server):
+    base, folder, _, _ = server
+    data = np.random.default_rng(3).integers(0, 255, (3, 8, 9), dtype=np.uint8)
+    write_stack(folder, data, "png")
+    Image.fromarray(data[2][:, :5]).save(folder / "em" / "0002.png")
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 3))
+    assert np.array_equal(source.read(Box(Vec3(0, 0, 0), Vec3(9, 8, 2))), data[:2])
+    with pytest.raises(SourceError, match="0002.png: page is y 8 x 5 uint8, the first .* y 8 x 9 uint8"):
+        source.read(source.extent)
+    Image.fromarray(np.stack([data[0]] * 3, axis=-1)).save(folder / "em" / "0000.png")
+    with pytest.raises(SourceError, match="0000.png: PNG mode RGB is not one gray channel"):
+        WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 3))
+    (folder / "em" / "0000.png").write_bytes(b"not an image")
+    with pytest.raises(SourceError, match="0000.png: not a readable TIFF or PNG slice"):
+        WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 3))
+
+
+def test_a_time_series_reads_its_t_field(server):
+    base, folder, _, _ = server
+    data = np.random.default_rng(4).integers(0, 4000, (2, 3, 8, 9), dtype=np.uint16)
+    for t in range(2):
+        write_stack(folder, data[t], "tif", first=7, sub=f"ts/time{t + 1:04d}")
+    source = WebSliceSource(f"{base}/ts/time{{t:04d}}/{{z:04d}}.tif", (7, 10), (1, 3))
+    assert source.shape_tzyx == (2, 3, 8, 9) and source.axes == "tzyx"
+    for t in range(2):
+        assert np.array_equal(source.read(source.extent, t), data[t])
+
+
+def test_the_fingerprint_changes_with_a_file(server, monkeypatch):
+    base, folder, _, _ = server
+    data = np.random.default_rng(5).integers(0, 255, (2, 8, 9), dtype=np.uint8)
+    write_stack(folder, data, "png")
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 2))
+    before = source.fingerprint()
+    assert [f["path"] for f in before] == [f"{base}/em/0000.png", f"{base}/em/0001.png"]
+    Image.fromarray(data[0][::-1]).save(folder / "em" / "0001.png")  # same size; Last-Modified in seconds:
+    later = (folder / "em" / "0001.png").stat().st_mtime + 5
+    os.utime(folder / "em" / "0001.png", (later, later))  # a rewrite in another second
+    assert source.fingerprint() == before  # taken once per FINGERPRINT_SECONDS
+    monkeypatch.setattr(webslices, "FINGERPRINT_SECONDS", 0.0)
+    assert source.fingerprint() != before
+
+
+def test_a_pattern_goes_with_z_range_in_a_spec(tmp_path, capsys):
+    text = """
+[dataset]
+name = "d"
+offset = [0, 0, 0]
+voxel_resolution = [4.0, 4.0, 40.0]
+[project]
+name = "p"
+[channels.em]
+type = "image"
+source = "http://127.0.0.1:9/em/{z:04d}.png"
+%s
+[store]
+path = "store"
+"""
+    spec = parse_spec(text % "z_range = [3, 9]", tmp_path / "s.toml")
+    assert spec.channels["em"].z_range == (3, 9) and spec.channels["em"].t_range is None
+    for extra, message in (("", "is a slice pattern; channels.em.z_range"),
+                           ("z_range = [9, 3]", "z_range = \\[9, 3\\] must be \\[first, stop\\)"),
+                           ("z_range = [0, 3]\nt_range = [0, 2]", None)):
+        if message is None:  # a t_range without a {t} field: refused when the source opens
+            with pytest.raises(SourceError, match="a \\{t\\} field and t_range go together"):
+                webslices.check_pattern(spec.channels["em"].source, (0, 3), (0, 2))
+            continue
+        with pytest.raises(SpecError, match=message):
+            parse_spec(text % extra, tmp_path / "s.toml")
+    with pytest.raises(SpecError, match="z_range applies to a slice pattern source"):
+        parse_spec((text % "z_range = [0, 3]").replace("{z:04d}.png", "a.h5"), tmp_path / "s.toml")
+    assert main(["inspect", "http://127.0.0.1:9/em/{z:04d}.png"]) == 3
+    assert "needs z_range" in capsys.readouterr().err
