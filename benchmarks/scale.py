@@ -15,7 +15,8 @@ pipeline's bookkeeping, not I/O. Then, each timed on its own:
 3. the finished state is made without writing voxels: the real Inspect → CreateChannels
    tasks, then every block's written and verified markers and each task's seal (same
    files as the writers'), the verify report and propagate = 2;
-4. `ndingest status SPEC` (counts 2 x 10^5 markers);
+4. `ndingest status SPEC` (counts 2 x 10^5 markers), and `ndingest plan SPEC` before
+   anything is written and once everything is;
 5. `ndingest ingest SPEC` on the finished ingest (the cron no-op), as a subprocess;
 6. resume after a kill in the middle of a task (half its blocks marked, no seal): Luigi
    scheduling alone, then the whole `ndingest ingest SPEC` that finishes the job.
@@ -91,6 +92,17 @@ def fake_finished(spec: Path) -> None:
     mark_propagated(plan)
 
 
+def plan_row(spec: Path, name: str) -> tuple[str, float, str]:
+    """`ndingest plan SPEC --json` as a subprocess: the seconds and what it counted."""
+    seconds, run = timed(lambda: subprocess.run([NDINGEST, "plan", "--json", str(spec)], capture_output=True,
+                                                text=True, check=True))
+    found = json.loads(run.stdout)
+    level0 = found["channels"]["image"]["levels"][0]
+    done = f", {level0['done']:,} done" if "done" in level0 else ""
+    return (name, seconds, f"{level0['blocks']:,} level-0 blocks{done}; estimate "
+                           f"{found['estimate_seconds']['median']:.0f} s")
+
+
 def start_postgresql():
     """A throwaway PostgreSQL on 127.0.0.1, as the tests start it (tests/postgres.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -151,11 +163,13 @@ def main() -> None:
         rows.append(("plan (`load_plan`)", seconds, f"{n_blocks:,} blocks in {len(cp.tasks):,} tasks"))
         seconds, n_tasks = timed(lambda: schedule_only(spec))
         rows.append(("Luigi scheduling, fresh ingest (no task run)", seconds, f"{n_tasks:,} tasks"))
+        rows.append(plan_row(spec, "`ndingest plan SPEC`, nothing written (whole process)"))
         seconds, _ = timed(lambda: fake_finished(spec))
         rows.append(("(setup: catalog, 2 x markers, report; not a figure)", seconds, ""))
         seconds, status = timed(lambda: subprocess.run([NDINGEST, "status", str(spec)], capture_output=True,
                                                         text=True, check=True))
         rows.append(("`ndingest status SPEC`", seconds, status.stdout.strip()))
+        rows.append(plan_row(spec, "`ndingest plan SPEC`, finished (reads every seal)"))
         seconds, rerun = timed(lambda: subprocess.run([NDINGEST, "ingest", str(spec)], capture_output=True, text=True))
         assert rerun.returncode == 0, rerun.stderr
         rows.append(("`ndingest ingest SPEC`, finished ingest (cron no-op)", seconds, rerun.stdout.splitlines()[0]))
