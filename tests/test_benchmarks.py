@@ -40,6 +40,7 @@ def test_ingest_benchmark_prints_every_row_and_goal(tmp_path):
     ("scale.py", ("--blocks-x", "8", "--blocks-y", "8", "--blocks-z", "2"), "128/128 blocks written"),
     ("tutorial_memory.py", ("--runs", "1"), "import floor"),
     ("tiff_memory.py", ("--quick",), "import floor"),
+    ("webslices.py", ("--quick", "--rounds", "1"), "| HTTP URL pattern |"),
 ])
 def test_other_benchmarks_run(tmp_path, script, args, expect):
     assert expect in run_benchmark(tmp_path, script, *args)

@@ -11,10 +11,12 @@ Source coordinates start at 0: z 0 is the file of `z_range[0]`.
 A block reads the files of its z range, each whole (a PNG has no partial read, and file
 servers such as Python's `http.server` answer no `Range`), `IN_FLIGHT` at once per process,
 through `remote.Client`'s session: connection errors and 5xx retried with backoff, a 4xx
-never. Decoded pages are kept, byte-bounded (PAGE_CACHE_BYTES, least recently used
-dropped), because blocks run x fastest inside a task: the next block needs the pages the
-last one fetched. Every page must have the first page's shape and dtype; one that does
-not, a missing file or one that is not an image is a SourceError naming its URL (exit 3).
+never. Decoded pages are kept, least recently used dropped, because blocks run x fastest
+inside a task: the next block needs the pages the last one fetched. The cache holds one
+block's z range of pages (the deepest read so far, at most PAGE_CACHE_BYTES), so memory is
+one slab of slices whatever the stack's depth. Every page must have the first page's shape
+and dtype; one that does not, a missing file or one that is not an image is a SourceError
+naming its URL (exit 3).
 
 The fingerprint (what the markers' manifest compares to notice a source that changed) is
 every file's size and `Last-Modified`/`ETag`, from a HEAD each (a rewrite of the same size
@@ -43,9 +45,10 @@ from .sources import Source
 SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tif", ".tiff", ".png")
 FIELD_RE = re.compile(r"\{([a-z_]*)(?::[^{}]*)?\}")
-PAGE_CACHE_BYTES = 512 * 2**20  # decoded pages kept per source and process
+PAGE_CACHE_BYTES = 512 * 2**20  # at most, per source and process: a block's z range of pages
 FINGERPRINT_SECONDS = 30.0
 MISSING = (403, 404, 410)
+BODY_TRIES = 3  # a body cut off mid-read is fetched again (urllib3 retries only until the headers)
 
 
 def names_web_slices(source: str) -> bool:
@@ -130,15 +133,16 @@ class WebSliceSource(Source):
         quiet_retries()
         self.client = None if parts.scheme == "file" else Client(f"{parts.scheme}://{parts.netloc}", key=None)
         self._pools: dict[int, ThreadPoolExecutor] = {}
-        self._cache = _Pages(PAGE_CACHE_BYTES)
+        self._cache = _Pages(0)
         self._stamp: tuple[float, list[dict]] | None = None
         first = self._fetch_page(0, 0)
         self._shape_yx: tuple[int, int] = first.shape
         self._dtype: np.dtype = first.dtype
+        self._cache.grow_to(min(PAGE_CACHE_BYTES, first.nbytes))
         self._cache.put((0, 0), first)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pools": {}, "_cache": _Pages(self._cache.limit)}
+        return {**self.__dict__, "_pools": {}, "_cache": _Pages(0)}
 
     def url(self, z: int, t: int = 0) -> str:
         """The file of source z (from 0) at time point t (from 0)."""
@@ -183,10 +187,18 @@ class WebSliceSource(Source):
                 return Path(_file_path(url)).read_bytes()
             except OSError as exc:
                 raise SourceError(f"{url}: cannot read it: {exc.strerror or exc}") from None
-        reply = self.client.request("GET", url, expect=(200, *MISSING))
-        if reply.status_code != 200:
-            raise SourceError(f"{url}: {reply.status_code} {reply.reason}; the slice is not there")
-        return reply.content
+        for attempt in range(BODY_TRIES):
+            reply = self.client.request("GET", url, expect=(200, *MISSING), stream=True)
+            with reply:
+                if reply.status_code != 200:
+                    raise SourceError(f"{url}: {reply.status_code} {reply.reason}; the slice is not there")
+                try:  # in one read: twice as fast as `.content`'s 10 KiB pieces for a 1 MiB slice
+                    return reply.raw.read(decode_content=True)
+                except Exception as exc:  # urllib3's ProtocolError, a timeout: the connection broke mid-body
+                    if attempt + 1 == BODY_TRIES:
+                        raise SourceError(f"{url}: the answer broke off {BODY_TRIES} times: "
+                                          f"{type(exc).__name__}") from None
+        raise AssertionError("unreachable")
 
     def _stat(self, url: str) -> dict:
         """What tells one version of a file from another: size, and mtime or the server's
@@ -236,6 +248,8 @@ class WebSliceSource(Source):
         zs, ys, xs = box.to_zyx_slices()
         out = np.empty(tuple(box.shape)[::-1], dtype=self.dtype)
         wanted = list(range(zs.start, zs.stop))
+        page_bytes = self._shape_yx[0] * self._shape_yx[1] * self._dtype.itemsize
+        self._cache.grow_to(min(PAGE_CACHE_BYTES, len(wanted) * page_bytes))
         pages = {z: self._cache.get((t, z)) for z in wanted}
         missing = [z for z, page in pages.items() if page is None]
         futures = {z: self._pool().submit(self._matching_page, z, t) for z in missing}
@@ -257,6 +271,11 @@ class _Pages:
         self._pages: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+
+    def grow_to(self, limit: int) -> None:
+        """Keep up to `limit` bytes if that is more than now: one block's z range of pages,
+        so the next block of the same slab finds them all and the slab before is dropped."""
+        self.limit = max(self.limit, limit)
 
     def get(self, key: tuple[int, int]) -> np.ndarray | None:
         with self._lock:
