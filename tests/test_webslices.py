@@ -37,6 +37,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.fail[self.path] -= 1
             self.send_error(503, "busy")
             return
+        if self.fail.get(("cut", self.path), 0) > 0:  # headers promise more than the body holds
+            self.fail[("cut", self.path)] -= 1
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"II*\x00" + bytes(100))
+            self.close_connection = True
+            return
         super().do_GET()
 
     def log_message(self, *args):
@@ -104,6 +112,19 @@ def test_a_5xx_is_retried_and_a_missing_slice_names_its_url(server):
         fresh.read(fresh.extent)
     with pytest.raises(SourceError, match="0001.tif: 404"):
         fresh.fingerprint()  # every file is looked at before a block is written
+
+
+def test_a_body_cut_off_is_fetched_again_and_one_always_cut_is_one_line(server):
+    base, folder, gets, fail = server
+    data = np.random.default_rng(6).integers(0, 255, (2, 8, 9), dtype=np.uint8)
+    write_stack(folder, data, "tif")
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 2))
+    fail[("cut", "/em/0001.tif")] = 1
+    assert np.array_equal(source.read(source.extent), data)
+    assert gets["/em/0001.tif"] == 2
+    fail[("cut", "/em/0000.tif")] = webslices.BODY_TRIES
+    with pytest.raises(SourceError, match=f"0000.tif: the answer broke off {webslices.BODY_TRIES} times"):
+        WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 2))
 
 
 def test_a_slice_of_another_shape_or_colour_is_refused_naming_it(server):
