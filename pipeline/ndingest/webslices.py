@@ -77,7 +77,7 @@ def check_pattern(pattern: str, z_range, t_range) -> None:
         url = format_url(pattern, z_range[0], t_range[0] if t_range else 0)
     except (ValueError, KeyError, IndexError) as exc:
         raise SourceError(f"{pattern}: not a slice pattern: {exc}") from None
-    if not Path(urllib.parse.urlsplit(url).path).suffix.lower() in SUFFIXES:
+    if Path(urllib.parse.urlsplit(url).path).suffix.lower() not in SUFFIXES:
         raise SourceError(f"{pattern}: slices are TIFF or PNG files ({', '.join(SUFFIXES)})")
 
 
