@@ -47,6 +47,13 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
+    def do_HEAD(self):
+        self.gets["HEAD " + self.path] += 1
+        if self.fail.get("no HEAD"):
+            self.send_error(501, "HEAD not supported")
+            return
+        super().do_HEAD()
+
     def log_message(self, *args):
         pass
 
@@ -156,7 +163,7 @@ def test_a_time_series_reads_its_t_field(server):
 
 
 def test_the_fingerprint_changes_with_a_file(server, monkeypatch):
-    base, folder, _, _ = server
+    base, folder, _, fail = server
     data = np.random.default_rng(5).integers(0, 255, (2, 8, 9), dtype=np.uint8)
     write_stack(folder, data, "png")
     source = WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 2))
@@ -167,7 +174,10 @@ def test_the_fingerprint_changes_with_a_file(server, monkeypatch):
     os.utime(folder / "em" / "0001.png", (later, later))  # a rewrite in another second
     assert source.fingerprint() == before  # taken once per FINGERPRINT_SECONDS
     monkeypatch.setattr(webslices, "FINGERPRINT_SECONDS", 0.0)
-    assert source.fingerprint() != before
+    after = source.fingerprint()
+    assert after != before
+    fail["no HEAD"] = True  # a server that answers HEAD 501: the headers of a GET instead
+    assert source.fingerprint() == after
 
 
 def test_a_pattern_goes_with_z_range_in_a_spec(tmp_path, capsys):
@@ -200,3 +210,21 @@ path = "store"
         parse_spec((text % "z_range = [0, 3]").replace("{z:04d}.png", "a.h5"), tmp_path / "s.toml")
     assert main(["inspect", "http://127.0.0.1:9/em/{z:04d}.png"]) == 3
     assert "needs z_range" in capsys.readouterr().err
+
+
+def test_a_forked_worker_uses_the_fingerprint_its_run_took(server, monkeypatch):
+    base, folder, gets, _ = server
+    write_stack(folder, np.zeros((3, 4, 5), np.uint8), "tif")
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 3))
+    taken = source.fingerprint()
+    monkeypatch.setattr(webslices, "FINGERPRINT_SECONDS", 0.0)  # this process would take it again
+    heads = sum(n for key, n in gets.items() if key.startswith("HEAD "))
+    assert heads == 3
+    pid = os.fork()
+    if pid == 0:  # a Luigi worker's task, forked from the run
+        os._exit(0 if source.fingerprint() == taken else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sum(n for key, n in gets.items() if key.startswith("HEAD ")) == heads  # not a HEAD more
+    source.fingerprint()
+    assert sum(n for key, n in gets.items() if key.startswith("HEAD ")) == 2 * heads

@@ -20,9 +20,10 @@ naming its URL (exit 3).
 
 The fingerprint (what the markers' manifest compares to notice a source that changed) is
 every file's size and `Last-Modified`/`ETag`, from a HEAD each (a rewrite of the same size
-within the same second of `Last-Modified` only `verify` sees): taken at most once per
-FINGERPRINT_SECONDS per process, because Luigi asks Inspect whether it is complete several
-times in one run.
+within the same second of `Last-Modified` only `verify` sees). Every task checks it, so it
+is taken once per run and process: again only after FINGERPRINT_SECONDS in the process
+that took it, never in a Luigi worker forked from it. A slice changed during a run is
+`verify`'s to find (it re-reads every block from the source).
 """
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tif", ".tiff", ".png")
 FIELD_RE = re.compile(r"\{([a-z_]*)(?::[^{}]*)?\}")
 PAGE_CACHE_BYTES = 512 * 2**20  # at most, per source and process: a block's z range of pages
-FINGERPRINT_SECONDS = 30.0
+FINGERPRINT_SECONDS = 600.0  # 10^4 slices: ~3 s of HEADs per 10 minutes of a one-process run
 MISSING = (403, 404, 410)
+NO_HEAD = (405, 501)
 BODY_TRIES = 3  # a body cut off mid-read is fetched again (urllib3 retries only until the headers)
 
 
@@ -134,7 +136,7 @@ class WebSliceSource(Source):
         self.client = None if parts.scheme == "file" else Client(f"{parts.scheme}://{parts.netloc}", key=None)
         self._pools: dict[int, ThreadPoolExecutor] = {}
         self._cache = _Pages(0)
-        self._stamp: tuple[float, list[dict]] | None = None
+        self._stamp: tuple[int, float, list[dict]] | None = None  # (pid, when, fingerprint)
         first = self._fetch_page(0, 0)
         self._shape_yx: tuple[int, int] = first.shape
         self._dtype: np.dtype = first.dtype
@@ -209,7 +211,10 @@ class WebSliceSource(Source):
             except OSError as exc:
                 raise SourceError(f"{url}: cannot read it: {exc.strerror or exc}") from None
             return {"path": url, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        reply = self.client.request("HEAD", url, expect=(200, *MISSING), allow_redirects=True)
+        reply = self.client.request("HEAD", url, expect=(200, *NO_HEAD, *MISSING), allow_redirects=True)
+        if reply.status_code in NO_HEAD:  # a server without HEAD: a GET's headers, its body left unread
+            with self.client.request("GET", url, expect=(200, *MISSING), stream=True) as reply:
+                pass
         if reply.status_code != 200:
             raise SourceError(f"{url}: {reply.status_code} {reply.reason}; the slice is not there")
         headers = reply.headers
@@ -217,12 +222,14 @@ class WebSliceSource(Source):
                 "etag": headers.get("ETag")}
 
     def fingerprint(self) -> list[dict]:
-        """Every file's size and version (a HEAD each, IN_FLIGHT at once); reused for
-        FINGERPRINT_SECONDS."""
+        """Every file's size and version (a HEAD each, IN_FLIGHT at once), taken again in
+        the process that took it once FINGERPRINT_SECONDS have passed. A process forked
+        from it (a Luigi worker's task) uses its parent's: the run's preflight looked at
+        every file, and every task asking again would be a HEAD per slice per task."""
         now = time.monotonic()
-        if self._stamp is None or now - self._stamp[0] > FINGERPRINT_SECONDS:
-            self._stamp = (now, list(self._pool().map(self._stat, self.urls)))
-        return self._stamp[1]
+        if self._stamp is None or (self._stamp[0] == os.getpid() and now - self._stamp[1] > FINGERPRINT_SECONDS):
+            self._stamp = (os.getpid(), now, list(self._pool().map(self._stat, self.urls)))
+        return self._stamp[2]
 
     # --- voxels ----------------------------------------------------------------------------------
     def _fetch_page(self, z: int, t: int) -> np.ndarray:
