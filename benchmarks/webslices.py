@@ -14,7 +14,9 @@ verify) three ways, each a subprocess with its own store:
 - the baseline: the same stack as a local glob (`dir/*.tif`; for PNG, TIFF copies of the
   same pages, since a local stack is TIFF);
 - the URL pattern `http://127.0.0.1:PORT/{z:04d}.tif` with `z_range`;
-- the URL pattern `file:///…/{z:04d}.tif`.
+- the URL pattern `file:///…/{z:04d}.tif`;
+
+each URL run staging its slices in a fresh folder (`NDINGEST_SLICE_CACHE`), as a first run does.
 
 It prints the median of `--rounds` interleaved runs: wall time, peak RSS (the child's `ru_maxrss`, Luigi's workers included), the
 ratio to the baseline, the GETs and HEADs the server logged per slice, and the CPU time
@@ -131,6 +133,7 @@ def main() -> int:
                 spec = workdir / f"{name.split()[0].strip(':/')}.toml"
                 spec.write_text(text)
                 shutil.rmtree(workdir / text.split('path = "')[1].split('"')[0], ignore_errors=True)
+                os.environ["NDINGEST_SLICE_CACHE"] = str(workdir / "staged" / f"{len(measured[name])}-{spec.stem}")
                 before, cpu = requests_logged(log), cpu_seconds(server.pid)
                 measured[name].append(measure([NDINGEST, "ingest", str(spec)], workdir, sync_first=True))
                 asked[name] = requests_logged(log) - before

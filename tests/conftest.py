@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import pty
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,16 @@ from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE, write_sample
 NDINGEST = str(Path(sys.executable).parent / "ndingest")
 LUIGI = str(Path(sys.executable).parent / "luigi")
 REPO = Path(__file__).resolve().parent.parent
+# slices read by URL are staged here, not in the machine's temp folder; every process the
+# tests start (CLI, servers, their ingest jobs) inherits it
+SLICE_CACHE = Path(tempfile.mkdtemp(prefix="ndingest-test-slices-"))
+os.environ["NDINGEST_SLICE_CACHE"] = str(SLICE_CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_slice_cache():
+    yield
+    shutil.rmtree(SLICE_CACHE, ignore_errors=True)
 
 
 @dataclass

@@ -102,7 +102,11 @@ def test_blocks_of_one_slab_fetch_each_slice_once(server):
         for x in (0, 32):  # x fastest, as inside a task
             box = Box(Vec3(x, y, 0), Vec3(x + 32, y + 32, 4))
             assert np.array_equal(source.read(box), data[:, y:y + 32, x:x + 32])
-    assert {path: gets[path] for path in gets} == {f"/em/{z:04d}.png": 1 for z in range(4)}
+    assert {path: n for path, n in gets.items() if not path.startswith("HEAD ")} == {
+        f"/em/{z:04d}.png": 1 for z in range(4)}
+    again = WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 4))  # another process of the run: staged already
+    assert np.array_equal(again.read(again.extent), data)
+    assert sum(n for path, n in gets.items() if not path.startswith("HEAD ")) == 4
 
 
 def test_a_5xx_is_retried_and_a_missing_slice_names_its_url(server):
@@ -114,14 +118,11 @@ def test_a_5xx_is_retried_and_a_missing_slice_names_its_url(server):
     assert np.array_equal(source.read(source.extent), data)
     assert gets["/em/0002.tif"] == 3 and fail["/em/0002.tif"] == 0
     (folder / "em" / "0001.tif").unlink()
-    fresh = WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 3))
-    with pytest.raises(SourceError, match=f"^{base}/em/0001.tif: 404"):
-        fresh.read(fresh.extent)
-    with pytest.raises(SourceError, match="0001.tif: 404"):
-        fresh.fingerprint()  # every file is looked at before a block is written
+    with pytest.raises(SourceError, match=f"^{base}/em/0001.tif: 404"):  # every file is looked at on open
+        WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 3))
 
 
-def test_a_body_cut_off_is_fetched_again_and_one_always_cut_is_one_line(server):
+def test_a_body_cut_off_is_fetched_again_and_one_always_cut_is_one_line(server, tmp_path):
     base, folder, gets, fail = server
     data = np.random.default_rng(6).integers(0, 255, (2, 8, 9), dtype=np.uint8)
     write_stack(folder, data, "tif")
@@ -131,7 +132,7 @@ def test_a_body_cut_off_is_fetched_again_and_one_always_cut_is_one_line(server):
     assert gets["/em/0001.tif"] == 2
     fail[("cut", "/em/0000.tif")] = webslices.BODY_TRIES
     with pytest.raises(SourceError, match=f"0000.tif: the answer broke off {webslices.BODY_TRIES} times"):
-        WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 2))
+        WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 2), cache_dir=tmp_path / "not-staged-yet")
 
 
 def test_a_slice_of_another_shape_or_colour_is_refused_naming_it(server):
@@ -228,3 +229,32 @@ def test_a_forked_worker_uses_the_fingerprint_its_run_took(server, monkeypatch):
     assert sum(n for key, n in gets.items() if key.startswith("HEAD ")) == heads  # not a HEAD more
     source.fingerprint()
     assert sum(n for key, n in gets.items() if key.startswith("HEAD ")) == 2 * heads
+
+
+def test_staged_slices_stay_within_their_limit_and_a_new_version_is_fetched_again(server, tmp_path, monkeypatch):
+    base, folder, gets, _ = server
+    data = np.random.default_rng(7).integers(0, 255, (8, 16, 16), dtype=np.uint8)
+    write_stack(folder, data, "png")
+    monkeypatch.setattr(webslices, "SLICE_CACHE_BYTES", 0)  # only what the block in hand needs
+    monkeypatch.setattr(webslices, "FETCH_BYTES", 1)  # one slice in memory at a time
+    source = WebSliceSource(f"{base}/em/{{z:04d}}.png", (0, 8), cache_dir=tmp_path / "staged")
+    lower, upper = Box(Vec3(0, 0, 0), Vec3(16, 16, 4)), Box(Vec3(0, 0, 4), Vec3(16, 16, 8))
+    assert np.array_equal(source.read(lower), data[:4]) and np.array_equal(source.read(upper), data[4:])
+    staged = sorted((tmp_path / "staged").glob("*.tif"))
+    assert len(staged) <= 8 and sum(p.stat().st_size for p in staged) <= 2 * 4 * 16 * 16 + 8 * 1024
+    assert all(tifffile.TiffFile(p).pages[0].compression == 1 for p in staged)  # raw: rows read alone
+    assert np.array_equal(source.read(lower), data[:4])
+    assert gets["/em/0000.png"] == 2 and gets["/em/0007.png"] == 1  # the lower slab was dropped, then fetched
+    Image.fromarray(data[6][::-1]).save(folder / "em" / "0006.png")
+    later = (folder / "em" / "0006.png").stat().st_mtime + 5
+    os.utime(folder / "em" / "0006.png", (later, later))
+    monkeypatch.setattr(webslices, "FINGERPRINT_SECONDS", 0.0)
+    assert np.array_equal(source.read(upper)[2], data[6][::-1])  # a new version: not the staged old one
+
+
+def test_a_folder_that_cannot_hold_staged_slices_is_one_line_naming_it(server, tmp_path):
+    base, folder, _, _ = server
+    write_stack(folder, np.zeros((2, 4, 5), np.uint8), "tif")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SourceError, match="a_file/x: cannot stage a slice there .* set NDINGEST_SLICE_CACHE"):
+        WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 2), cache_dir=tmp_path / "a_file" / "x")

@@ -8,15 +8,19 @@
 `http(s)://` and `file:///` URLs; TIFF (one 2-D page per file) and PNG (one channel).
 Source coordinates start at 0: z 0 is the file of `z_range[0]`.
 
-A block reads the files of its z range, each whole (a PNG has no partial read, and file
-servers such as Python's `http.server` answer no `Range`), `IN_FLIGHT` at once per process,
-through `remote.Client`'s session: connection errors and 5xx retried with backoff, a 4xx
-never. Decoded pages are kept, least recently used dropped, because blocks run x fastest
-inside a task: the next block needs the pages the last one fetched. The cache holds one
-block's z range of pages (the deepest read so far, at most PAGE_CACHE_BYTES), so memory is
-one slab of slices whatever the stack's depth. Every page must have the first page's shape
-and dtype; one that does not, a missing file or one that is not an image is a SourceError
-naming its URL (exit 3).
+A slice is fetched whole (a PNG has no partial read, and file servers such as Python's
+`http.server` answer no `Range`) through `remote.Client`'s session: connection errors and
+5xx retried with backoff, a 4xx never; a body cut off mid-read is fetched again. It is
+decoded once, checked against the first slice (shape, dtype, one gray channel: a slice
+that differs, a missing file or one that is not an image is a SourceError naming its URL,
+exit 3) and staged on local disk as an uncompressed TIFF page (`SliceFiles`), so a block
+reads only its rows of it (`tiff.PageReader`) and the blocks across a slab, x fastest
+inside a task, fetch each slice once: a 20k x 20k slice is fetched and decoded once, not
+once per 256 x 256 block. Several slices are fetched at once (IN_FLIGHT, fewer when whole
+decoded slices would pass FETCH_BYTES). The staged files are disposable: named by URL and
+version (so a changed slice is fetched again), shared by the processes of a run (written
+to a temp name, then renamed), the least recently used removed past max(SLICE_CACHE_BYTES,
+two blocks' z ranges), in `$NDINGEST_SLICE_CACHE` or the system's temp folder.
 
 The fingerprint (what the markers' manifest compares to notice a source that changed) is
 every file's size and `Last-Modified`/`ETag`, from a HEAD each (a rewrite of the same size
@@ -27,18 +31,20 @@ that took it, never in a Luigi worker forked from it. A slice changed during a r
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
-import threading
+import tempfile
 import time
 import urllib.parse
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from . import tiff
 from .blocks import Box
 from .errors import RemoteError, SourceError
 from .sources import Source
@@ -46,7 +52,9 @@ from .sources import Source
 SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tif", ".tiff", ".png")
 FIELD_RE = re.compile(r"\{([a-z_]*)(?::[^{}]*)?\}")
-PAGE_CACHE_BYTES = 512 * 2**20  # at most, per source and process: a block's z range of pages
+SLICE_CACHE_BYTES = 4 * 2**30  # staged slices kept on disk, at least (see SliceFiles)
+FETCH_BYTES = 512 * 2**20  # whole decoded slices in memory at once, at most (but one)
+CACHE_ENV = "NDINGEST_SLICE_CACHE"
 FINGERPRINT_SECONDS = 600.0  # 10^4 slices: ~3 s of HEADs per 10 minutes of a one-process run
 MISSING = (403, 404, 410)
 NO_HEAD = (405, 501)
@@ -123,7 +131,7 @@ class WebSliceSource(Source):
     this its pages and thread pool; each process makes its own)."""
 
     def __init__(self, pattern: str, z_range: tuple[int, int], t_range: tuple[int, int] | None = None,
-                 axes: str | None = None):
+                 axes: str | None = None, *, cache_dir: str | os.PathLike | None = None):
         from .remote import Client, quiet_retries
 
         check_pattern(pattern, z_range, t_range)
@@ -135,16 +143,20 @@ class WebSliceSource(Source):
         quiet_retries()
         self.client = None if parts.scheme == "file" else Client(f"{parts.scheme}://{parts.netloc}", key=None)
         self._pools: dict[int, ThreadPoolExecutor] = {}
-        self._cache = _Pages(0)
         self._stamp: tuple[int, float, list[dict]] | None = None  # (pid, when, fingerprint)
-        first = self._fetch_page(0, 0)
-        self._shape_yx: tuple[int, int] = first.shape
-        self._dtype: np.dtype = first.dtype
-        self._cache.grow_to(min(PAGE_CACHE_BYTES, first.nbytes))
-        self._cache.put((0, 0), first)
+        self.staged = SliceFiles(Path(cache_dir) if cache_dir else default_cache_dir(pattern))
+        self._paths: tuple[list[dict], list[Path]] | None = None  # (the fingerprint, its staged paths)
+        self._reader: tuple[int, tiff.PageReader] | None = None  # (pid, reader), made per process
+        path = self._staged_paths()[0]
+        if self.staged.touch(path):  # staged by this run already: its header says the format
+            self._format, _ = tiff.scan_file(path)
+        else:
+            first = self._fetch_page(0, 0)
+            self._format = tiff.PageFormat(first.shape, first.dtype)
+            self._stage(0, 0, path, first)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pools": {}, "_cache": _Pages(0)}
+        return {**self.__dict__, "_pools": {}, "_reader": None}
 
     def url(self, z: int, t: int = 0) -> str:
         """The file of source z (from 0) at time point t (from 0)."""
@@ -153,11 +165,11 @@ class WebSliceSource(Source):
     @property
     def shape_tzyx(self) -> tuple[int, int, int, int]:
         times = self.t_range[1] - self.t_range[0] if self.t_range else 1
-        return (times, self.z_range[1] - self.z_range[0], *self._shape_yx)
+        return (times, self.z_range[1] - self.z_range[0], *self._format.shape_yx)
 
     @property
     def dtype(self) -> np.dtype:
-        return self._dtype
+        return self._format.dtype
 
     @property
     def files(self) -> list[Path]:
@@ -165,8 +177,9 @@ class WebSliceSource(Source):
 
     @property
     def urls(self) -> list[str]:
-        t, z, _, _ = self.shape_tzyx
-        return [self.url(zi, ti) for ti in range(t) for zi in range(z)]
+        """Every slice's URL, t slowest (the order of `_index`)."""
+        times = self.t_range[1] - self.t_range[0] if self.t_range else 1
+        return [self.url(z, t) for t in range(times) for z in range(self.z_range[1] - self.z_range[0])]
 
     @property
     def description(self) -> str:
@@ -240,66 +253,149 @@ class WebSliceSource(Source):
             raise SourceError(str(exc)) from None
         return page
 
-    def _matching_page(self, z: int, t: int) -> np.ndarray:
-        page = self._fetch_page(z, t)
-        if page.shape != self._shape_yx or page.dtype != self._dtype:
-            url, (y, x) = self.url(z, t), self._shape_yx
+    def _index(self, z: int, t: int) -> int:
+        """Slice (t, z)'s place in `urls`, the fingerprint and the staged paths."""
+        return t * (self.z_range[1] - self.z_range[0]) + z
+
+    def _staged_paths(self) -> list[Path]:
+        """Where each slice's current version is staged (made again when the fingerprint
+        is: a changed slice gets a new name, so its old copy is never read)."""
+        prints = self.fingerprint()
+        if self._paths is None or self._paths[0] is not prints:
+            self._paths = (prints, [self.staged.path(p["path"], p) for p in prints])
+            self._reader = None
+        return self._paths[1]
+
+    def _pages(self) -> tiff.PageReader:
+        """This process's reader of the staged files (open files kept across blocks)."""
+        paths = self._staged_paths()
+        if self._reader is None or self._reader[0] != os.getpid():
+            self._reader = (os.getpid(), tiff.PageReader(paths))
+        return self._reader[1]
+
+    def _stage(self, z: int, t: int, path: Path, page: np.ndarray | None = None) -> Path:
+        """`path`, the staged file of slice (t, z): fetched, checked and written if not
+        there yet. Runs on pool threads: everything it needs is given."""
+        if self.staged.touch(path):
+            return path
+        url = self.url(z, t)
+        if page is None:
+            page = self._fetch_page(z, t)
+        if page.shape != self._format.shape_yx or page.dtype != self._format.dtype:
+            (y, x), dtype = self._format.shape_yx, self._format.dtype
             raise SourceError(f"{url}: page is y {page.shape[0]} x {page.shape[1]} {page.dtype}, the first "
-                              f"({self.url(0, 0)}) y {y} x {x} {self._dtype}; every slice must match "
+                              f"({self.url(0, 0)}) y {y} x {x} {dtype}; every slice must match "
                               f"(a value is never cast)")
-        return page
+        self.staged.write(path, page)
+        return path
+
+    def _stage_all(self, keys: list[tuple[int, int]]) -> list[Path]:
+        """The staged files of `keys` ((t, z) each), fetched several at once: IN_FLIGHT, or
+        fewer when that many whole decoded slices would pass FETCH_BYTES."""
+        from .remote import IN_FLIGHT
+
+        at_once = max(1, min(IN_FLIGHT, FETCH_BYTES // max(1, self._page_bytes)))
+        staged = self._staged_paths()  # here, not on the pool's threads: it may HEAD on the pool
+        jobs = [(z, t, staged[self._index(z, t)]) for t, z in keys]
+        paths: list[Path] = []
+        for i in range(0, len(jobs), at_once):
+            paths += list(self._pool().map(lambda job: self._stage(*job), jobs[i:i + at_once]))
+        return paths
+
+    @property
+    def _page_bytes(self) -> int:
+        (y, x), dtype = self._format.shape_yx, self._format.dtype
+        return y * x * dtype.itemsize
 
     def read(self, box: Box, t: int = 0) -> np.ndarray:
-        """(z, y, x) voxels of `box`: its pages from the cache, the others fetched at once."""
+        """(z, y, x) voxels of `box`: its slices staged (fetched if they are not), then
+        their rows read from the staged files."""
         self._check_box(box, t)
         zs, ys, xs = box.to_zyx_slices()
         out = np.empty(tuple(box.shape)[::-1], dtype=self.dtype)
-        wanted = list(range(zs.start, zs.stop))
-        page_bytes = self._shape_yx[0] * self._shape_yx[1] * self._dtype.itemsize
-        self._cache.grow_to(min(PAGE_CACHE_BYTES, len(wanted) * page_bytes))
-        pages = {z: self._cache.get((t, z)) for z in wanted}
-        missing = [z for z, page in pages.items() if page is None]
-        futures = {z: self._pool().submit(self._matching_page, z, t) for z in missing}
-        for z, future in futures.items():
-            pages[z] = future.result()
-            self._cache.put((t, z), pages[z])
-        for i, z in enumerate(wanted):
-            out[i] = pages[z][ys, xs]
+        keys = [(t, z) for z in range(zs.start, zs.stop)]
+        for attempt in range(2):  # another process may remove a staged file between staging and reading
+            paths = self._stage_all(keys)
+            reader = self._pages()
+            try:
+                for i, (t, z) in enumerate(keys):
+                    reader.read_into(out[i], self._index(z, t), 0, ys=ys, xs=xs, expect=self._format)
+                break
+            except SourceError:
+                if attempt or all(p.exists() for p in paths):
+                    raise
+        if self.staged.trim(keep=set(paths), limit=max(SLICE_CACHE_BYTES, 2 * len(keys) * self._page_bytes)):
+            reader.close()  # a removed file an open handle keeps holds its disk space
         return out
 
 
-class _Pages:
-    """Decoded pages by (t, z), least recently used dropped past `limit` bytes; a lock,
-    since a read's fetches finish on pool threads (the puts are on the reading thread,
-    but one source may be read from several)."""
+def default_cache_dir(pattern: str) -> Path:
+    """$NDINGEST_SLICE_CACHE, else the temp folder's ndingest-slices-UID; then one folder
+    per pattern."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), f"ndingest-slices-{os.getuid()}")
+    return Path(root) / hashlib.sha256(pattern.encode()).hexdigest()[:16]
 
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._pages: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
 
-    def grow_to(self, limit: int) -> None:
-        """Keep up to `limit` bytes if that is more than now: one block's z range of pages,
-        so the next block of the same slab finds them all and the slab before is dropped."""
-        self.limit = max(self.limit, limit)
+class SliceFiles:
+    """Staged slices in `folder`: one uncompressed TIFF page per slice version, written to
+    a temp name and renamed (processes of a run share them), least recently used removed
+    past a byte limit. A removed file a process still has open stays readable to it."""
 
-    def get(self, key: tuple[int, int]) -> np.ndarray | None:
-        with self._lock:
-            page = self._pages.get(key)
-            if page is not None:
-                self._pages.move_to_end(key)
-            return page
+    def __init__(self, folder: Path):
+        self.folder = folder
 
-    def put(self, key: tuple[int, int], page: np.ndarray) -> None:
-        if page.nbytes > self.limit:
-            return
-        with self._lock:
-            old = self._pages.pop(key, None)
-            self._bytes += page.nbytes - (old.nbytes if old is not None else 0)
-            self._pages[key] = page
-            while self._bytes > self.limit:
-                self._bytes -= self._pages.popitem(last=False)[1].nbytes
+    def path(self, url: str, version: dict) -> Path:
+        key = json.dumps([url, {k: v for k, v in version.items() if k != "path"}], sort_keys=True)
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.tif"
+
+    def touch(self, path: Path) -> bool:
+        """Whether `path` is staged; if so, marked as used now."""
+        try:
+            os.utime(path)
+            return True
+        except OSError:  # not there (or no folder to hold it: `write` says why)
+            return False
+
+    def write(self, path: Path, page: np.ndarray) -> None:
+        import tifffile
+
+        part = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, part = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".part")
+            os.close(fd)
+            tifffile.imwrite(part, page)
+            os.replace(part, path)
+        except OSError as exc:
+            raise SourceError(f"{self.folder}: cannot stage a slice there ({exc.strerror or exc}); set "
+                              f"{CACHE_ENV} to a folder with room for two blocks' slices") from None
+        finally:
+            if part is not None and os.path.exists(part):
+                os.unlink(part)
+
+    def trim(self, *, keep: set[Path], limit: int) -> bool:
+        """Remove the least recently used files but `keep` while the folder holds more than
+        `limit` bytes; whether any was removed."""
+        try:
+            found = [(st.st_mtime, st.st_size, p) for p in self.folder.glob("*.tif") for st in _stat(p)]
+        except OSError:
+            return False
+        total, removed = sum(size for _, size, _ in found), False
+        for _, size, path in sorted(found, key=lambda f: f[0]):
+            if total <= limit:
+                break
+            if path not in keep:
+                path.unlink(missing_ok=True)
+                total, removed = total - size, True
+        return removed
+
+
+def _stat(path: Path) -> list[os.stat_result]:
+    """[its stat], or [] for a file another process just removed."""
+    try:
+        return [path.stat()]
+    except FileNotFoundError:
+        return []
 
 
 def _file_path(url: str) -> str:
