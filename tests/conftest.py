@@ -1,6 +1,7 @@
 """Shared fixtures: generated sources, spec files and a CLI runner (a real subprocess)."""
 from __future__ import annotations
 
+import atexit
 import os
 import pty
 import shutil
@@ -24,12 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 # tests start (CLI, servers, their ingest jobs) inherits it
 SLICE_CACHE = Path(tempfile.mkdtemp(prefix="ndingest-test-slices-"))
 os.environ["NDINGEST_SLICE_CACHE"] = str(SLICE_CACHE)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _remove_slice_cache():
-    yield
-    shutil.rmtree(SLICE_CACHE, ignore_errors=True)
+atexit.register(shutil.rmtree, SLICE_CACHE, True)  # in pytest-xdist's controller and workers alike
 
 
 @dataclass

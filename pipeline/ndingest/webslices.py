@@ -217,7 +217,13 @@ class WebSliceSource(Source):
 
     def _stat(self, url: str) -> dict:
         """What tells one version of a file from another: size, and mtime or the server's
-        validators."""
+        validators. A server out of retries is a SourceError naming the URL, as for a GET."""
+        try:
+            return self._validators(url)
+        except RemoteError as exc:
+            raise SourceError(str(exc)) from None
+
+    def _validators(self, url: str) -> dict:
         if self.client is None:
             try:
                 st = os.stat(_file_path(url))
