@@ -127,8 +127,9 @@ def decode_page(body: bytes, url: str) -> np.ndarray:
 class WebSliceSource(Source):
     """Slices at `pattern`, z over `z_range` (and t over `t_range`), as (t, z, y, x).
 
-    Shape and dtype come from the first page; picklable (the Client drops its session,
-    this its pages and thread pool; each process makes its own)."""
+    Shape and dtype come from the first slice (its staged copy's header once staged);
+    picklable (the Client drops its session, this its reader and thread pool; each
+    process makes its own, and shares the staged files)."""
 
     def __init__(self, pattern: str, z_range: tuple[int, int], t_range: tuple[int, int] | None = None,
                  axes: str | None = None, *, cache_dir: str | os.PathLike | None = None):
