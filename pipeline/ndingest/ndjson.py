@@ -19,12 +19,13 @@ The body (ndio's `nd_json`, ndstore's `extractDatasetDict`/`extractChannelDict`)
   hdf5: `data_url` is the file itself (its `CUTOUT`, else its only 3-D array). Only
   `http(s)://` and `file://` URLs.
 
-Slices are read where they are, block by block over HTTP (`webslices`: the spec's source
-is the URL pattern with `z_range`, and `t_range` for a time series), so a 2 TB stack needs
-no second 2 TB here. An HDF5 `data_url` is one file that h5py must open locally: a
-`file:///` one is read in place, an http(s) one downloaded first into `STORE/_jobs/TOKEN/sources/` (a file already there is not fetched
-again, so a rerun resumes). The spec, `STORE/_jobs/TOKEN.toml`, names those sources;
-`_jobs` is a reserved name, so no dataset's folders can meet it. ndio's `output_json` writes a Python repr (single quotes),
+Slices are read where they are, over HTTP (`webslices`: the spec's source is the URL
+pattern with `z_range`, and `t_range` for a time series), so a 2 TB stack needs no second
+2 TB here. An HDF5 `data_url` is one file that h5py must open locally: a `file:///` one is
+read in place, an http(s) one downloaded first into `STORE/_jobs/TOKEN/sources/` (a file
+already there is not fetched again, so a rerun resumes). The spec, `STORE/_jobs/TOKEN.toml`,
+names those sources; `_jobs` is a reserved name, so no dataset's folders can meet it.
+ndio's `output_json` writes a Python repr (single quotes),
 not JSON: `load_nd_json` reads JSON and falls back to `ast.literal_eval`.
 """
 from __future__ import annotations
@@ -360,32 +361,12 @@ def _part(target: Path) -> Path:
     return Path(name)
 
 
-def hdf5_size(path: Path) -> tuple[int, int, int]:
-    """(x, y, z) of a fetched HDF5 source's array (its `CUTOUT`, else its only 3-D array)."""
-    import h5py
-
-    from .sources import find_hdf5_array
-
-    name = find_hdf5_array(path)
-    with h5py.File(path, "r") as f:
-        shape = f[name].shape
-    return (shape[-1], shape[-2], shape[-3])
-
-
 def source_size(job: Job, channel: ChannelJob, sources: Path) -> tuple[int, int, int]:
-    """(x, y, z) of a channel's source: the fetched HDF5 file's header, or the slices' count
-    and their first page (fetched)."""
-    if channel.file_format == "hdf5":
-        try:
-            return hdf5_size(hdf5_file(channel, sources))
-        except (OSError, ValueError, KeyError) as exc:
-            raise SourceError(f"channel {channel.name}: {channel.data_url} is not a readable HDF5 file: "
-                              f"{exc}") from None
-    from .webslices import WebSliceSource
+    """(x, y, z) of a channel's source, opened as the spec will open it."""
+    from .sources import open_source
 
     found = spec_source(job, channel, sources)
-    source = WebSliceSource(found["source"], found["z_range"], found.get("t_range"))
-    return tuple(source.size_xyz)
+    return tuple(open_source(found["source"], z_range=found.get("z_range"), t_range=found.get("t_range")).size_xyz)
 
 
 def check_sizes(job: Job, sources: Path) -> None:
@@ -399,9 +380,8 @@ def check_sizes(job: Job, sources: Path) -> None:
 
 def prepare_job(store: Path, job: Job, *, say=None) -> Path:
     """Fetch the http(s) HDF5 sources into STORE/_jobs/TOKEN/sources/ (slices and local
-    files are read where they are),
-    check every source's size, and write the spec STORE/_jobs/TOKEN.toml; its path. A rerun
-    fetches only what is missing."""
+    files are read where they are), check every source's size, and write the spec
+    STORE/_jobs/TOKEN.toml; its path. A rerun fetches only what is missing."""
     sources = job_dir(store, job.token) / "sources"
     items = [(c.data_url, hdf5_file(c, sources)) for c in job.channels
              if c.file_format == "hdf5" and not c.data_url.startswith("file:")]
