@@ -9,8 +9,8 @@ ND.json --store DIR`). The POST checks the body (400 naming the first bad field)
 spec to `STORE/_jobs/TOKEN.toml` and the body to `STORE/_jobs/TOKEN/nd.json`, answers 200,
 and a thread runs `ndingest ingest STORE/_jobs/TOKEN/nd.json --store STORE` as a subprocess
 (it fetches an http(s) HDF5 source into `STORE/_jobs/TOKEN/sources/`, reads slices where
-they are, and runs the Luigi DAG), its
-output in `STORE/_jobs/TOKEN/ingest.log`, its state in `STORE/_jobs/TOKEN/status.json`.
+they are, and runs the Luigi DAG), its output in `STORE/_jobs/TOKEN/ingest.log`, its state
+in `STORE/_jobs/TOKEN/status.json`.
 `ndingest status STORE/_jobs/TOKEN.toml` and the channel's `getPropagate/` show its progress.
 
 One job per project at a time: the POST takes an `flock` on `STORE/_jobs/PROJECT.lock`
