@@ -8,6 +8,7 @@ import functools
 import http.server
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,9 +242,13 @@ def test_staged_slices_stay_within_their_limit_and_a_new_version_is_fetched_agai
     lower, upper = Box(Vec3(0, 0, 0), Vec3(16, 16, 4)), Box(Vec3(0, 0, 4), Vec3(16, 16, 8))
     assert np.array_equal(source.read(lower), data[:4]) and np.array_equal(source.read(upper), data[4:])
     staged = sorted((tmp_path / "staged").glob("*.tif"))
+    killed, writing = tmp_path / "staged" / ".killed.part", tmp_path / "staged" / ".writing.part"
+    killed.write_bytes(b"half a slice"), writing.write_bytes(b"half a slice")
+    os.utime(killed, (time.time() - 2 * webslices.STALE_PART_SECONDS,) * 2)
     assert len(staged) <= 8 and sum(p.stat().st_size for p in staged) <= 2 * 4 * 16 * 16 + 8 * 1024
     assert all(tifffile.TiffFile(p).pages[0].compression == 1 for p in staged)  # raw: rows read alone
     assert np.array_equal(source.read(lower), data[:4])
+    assert not killed.exists() and writing.exists()  # a killed writer's temp file goes, one at work stays
     assert gets["/em/0000.png"] == 2 and gets["/em/0007.png"] == 1  # the lower slab was dropped, then fetched
     Image.fromarray(data[6][::-1]).save(folder / "em" / "0006.png")
     later = (folder / "em" / "0006.png").stat().st_mtime + 5

@@ -55,6 +55,7 @@ FIELD_RE = re.compile(r"\{([a-z_]*)(?::[^{}]*)?\}")
 SLICE_CACHE_BYTES = 4 * 2**30  # staged slices kept on disk, at least (see SliceFiles)
 FETCH_BYTES = 512 * 2**20  # whole decoded slices in memory at once, at most (but one)
 CACHE_ENV = "NDINGEST_SLICE_CACHE"
+STALE_PART_SECONDS = 3600.0  # a temp file this old is a killed writer's, not one at work
 FINGERPRINT_SECONDS = 600.0  # 10^4 slices: ~3 s of HEADs per 10 minutes of a one-process run
 MISSING = (403, 404, 410)
 NO_HEAD = (405, 501)
@@ -350,6 +351,7 @@ class SliceFiles:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.grown = False  # staged a file since the last trim: only then is the folder listed
 
     def path(self, url: str, version: dict) -> Path:
         key = json.dumps([url, {k: v for k, v in version.items() if k != "path"}], sort_keys=True)
@@ -373,6 +375,7 @@ class SliceFiles:
             os.close(fd)
             tifffile.imwrite(part, page)
             os.replace(part, path)
+            self.grown = True
         except OSError as exc:
             raise SourceError(f"{self.folder}: cannot stage a slice there ({exc.strerror or exc}); set "
                               f"{CACHE_ENV} to a folder with room for two blocks' slices") from None
@@ -382,9 +385,18 @@ class SliceFiles:
 
     def trim(self, *, keep: set[Path], limit: int) -> bool:
         """Remove the least recently used files but `keep` while the folder holds more than
-        `limit` bytes; whether any was removed."""
+        `limit` bytes, and temp files a killed writer left (older than STALE_PART_SECONDS);
+        whether a staged file was removed. Lists the folder only if this process staged a
+        file since the last trim (a block whose slices were all staged costs nothing)."""
+        if not self.grown:
+            return False
+        self.grown = False
         try:
             found = [(st.st_mtime, st.st_size, p) for p in self.folder.glob("*.tif") for st in _stat(p)]
+            stale = time.time() - STALE_PART_SECONDS
+            for part in self.folder.glob(".*.part"):
+                if any(st.st_mtime < stale for st in _stat(part)):
+                    part.unlink(missing_ok=True)
         except OSError:
             return False
         total, removed = sum(size for _, size, _ in found), False
