@@ -118,7 +118,7 @@ def test_is_nd_json_by_extension_or_by_content(tmp_path):
     assert [is_nd_json(tmp_path / n) for n in ("a.json", "nd.txt", "s.toml", "other")] == [True, True, False, False]
 
 
-def test_prepare_job_reads_file_url_slices_in_place_and_refuses_another_size(tmp_path):
+def test_prepare_job_reads_file_url_slices_in_place_and_refuses_another_size(tmp_path, monkeypatch):
     files = tmp_path / "files"
     data = np.random.default_rng(1).integers(0, 255, (3, 6, 8), dtype=np.uint8)
     for z, pg in zip((2, 3, 4), data):
@@ -126,10 +126,12 @@ def test_prepare_job_reads_file_url_slices_in_place_and_refuses_another_size(tmp
         Image.fromarray(pg).save(files / "nd_tk" / "em" / f"{z:04d}.png")
     channel = {**body()["channels"]["em"], "data_url": files.as_uri(), "file_type": "png"}
     store = tmp_path / "store"
+    monkeypatch.delenv("NDINGEST_SLICE_CACHE")  # then a job's slices are staged in its folder, in the store
     spec = prepare_job(store, parse_job(json.dumps(body({"em": channel}))))
     assert spec == store / "_jobs" / "nd_tk.toml" and spec.exists()
     assert not (job_dir(store, "nd_tk") / "sources").exists()  # nothing copied
     assert main(["ingest", str(spec)]) == 0
+    assert len(list((job_dir(store, "nd_tk") / "staged").rglob("*.tif"))) == 3  # a page per slice
     volume = ts.open({"driver": "neuroglancer_precomputed", "scale_index": 0,
                       "kvstore": {"driver": "file", "path": f"{store}/nd_ds/nd_pr/em/"}}).result()
     assert np.array_equal(np.asarray(volume[..., 0].read().result()).transpose(2, 1, 0), data)

@@ -361,18 +361,22 @@ def _part(target: Path) -> Path:
     return Path(name)
 
 
-def source_size(job: Job, channel: ChannelJob, sources: Path) -> tuple[int, int, int]:
-    """(x, y, z) of a channel's source, opened as the spec will open it."""
+def source_size(job: Job, channel: ChannelJob, store: Path) -> tuple[int, int, int]:
+    """(x, y, z) of a channel's source, opened as the spec will open it (slices staged
+    where the spec's runs stage them)."""
     from .sources import open_source
+    from .webslices import default_cache_dir
 
-    found = spec_source(job, channel, sources)
-    return tuple(open_source(found["source"], z_range=found.get("z_range"), t_range=found.get("t_range")).size_xyz)
+    found = spec_source(job, channel, job_dir(store, job.token) / "sources")
+    cache = default_cache_dir(found["source"], spec_path(store, job.token)) if "z_range" in found else None
+    return tuple(open_source(found["source"], z_range=found.get("z_range"), t_range=found.get("t_range"),
+                             cache_dir=cache).size_xyz)
 
 
-def check_sizes(job: Job, sources: Path) -> None:
+def check_sizes(job: Job, store: Path) -> None:
     """Each channel's source is as large as the body's `imagesize`; a RequestError otherwise."""
     for c in job.channels:
-        size = source_size(job, c, sources)
+        size = source_size(job, c, store)
         if size != job.size:
             raise RequestError(f"channel {c.name}: the source is x {size[0]}, y {size[1]}, z {size[2]}, but "
                                f"dataset.imagesize is {list(job.size)}")
@@ -389,7 +393,7 @@ def prepare_job(store: Path, job: Job, *, say=None) -> Path:
         say(f"fetching {len(items)} HDF5 source files into {sources}")
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         list(pool.map(lambda item: download(*item), items))
-    check_sizes(job, sources)
+    check_sizes(job, store)
     return write_spec(store, job)
 
 
@@ -400,13 +404,21 @@ def write_spec(store: Path, job: Job) -> Path:
     return path
 
 
+def job_folder(spec: str | os.PathLike) -> Path | None:
+    """STORE/_jobs/TOKEN/ for a job's spec (STORE/_jobs/TOKEN.toml); None for any other spec."""
+    spec = Path(spec).resolve()
+    if spec.parent.name != JOBS or spec.suffix != ".toml":
+        return None
+    return spec.parent / spec.stem
+
+
 def job_running(spec: Path) -> bool:
     """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running (the
     server's `status.json`): then a source still missing is being fetched, not lost."""
-    spec = Path(spec).resolve()
+    folder = job_folder(spec)
     try:
-        return json.loads((spec.parent / spec.stem / "status.json").read_text()).get("state") == "running"
-    except (OSError, ValueError, AttributeError):
+        return json.loads((folder / "status.json").read_text()).get("state") == "running"
+    except (OSError, ValueError, AttributeError, TypeError):  # TypeError: not a job's spec
         return False
 
 
@@ -415,11 +427,8 @@ def fetching_note(spec: Path, error: Exception) -> str | None:
     (`error` names a file under the job's sources/): how many files are fetched so far, and
     where the job says more; None for any other spec or error (a slice server that cannot
     be reached is its own error, not a fetch under way)."""
-    spec = Path(spec).resolve()
-    if spec.parent.name != JOBS or spec.suffix != ".toml":
-        return None
-    folder = spec.parent / spec.stem
-    if str(folder / "sources") not in str(error):
+    folder = job_folder(spec)
+    if folder is None or str(folder / "sources") not in str(error):
         return None
     fetched = sum(1 for p in (folder / "sources").rglob("*") if p.is_file() and not p.name.endswith(".part"))
     log = folder / "ingest.log"

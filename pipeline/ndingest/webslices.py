@@ -20,7 +20,8 @@ once per 256 x 256 block. Several slices are fetched at once (IN_FLIGHT, fewer w
 decoded slices would pass FETCH_BYTES). The staged files are disposable: named by URL and
 version (so a changed slice is fetched again), shared by the processes of a run (written
 to a temp name, then renamed), the least recently used removed past max(SLICE_CACHE_BYTES,
-two blocks' z ranges), in `$NDINGEST_SLICE_CACHE` or the system's temp folder.
+two blocks' z ranges), in `$NDINGEST_SLICE_CACHE`, an auto-ingest job's folder or the
+system's temp folder (`default_cache_dir`).
 
 The fingerprint (what the markers' manifest compares to notice a source that changed) is
 every file's size and `Last-Modified`/`ETag`, from a HEAD each (a rewrite of the same size
@@ -337,10 +338,15 @@ class WebSliceSource(Source):
         return out
 
 
-def default_cache_dir(pattern: str) -> Path:
-    """$NDINGEST_SLICE_CACHE, else the temp folder's ndingest-slices-UID; then one folder
-    per pattern."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), f"ndingest-slices-{os.getuid()}")
+def default_cache_dir(pattern: str, spec_path: str | os.PathLike | None = None) -> Path:
+    """$NDINGEST_SLICE_CACHE; else, for an auto-ingest job's spec, its job folder's
+    `staged/` (in the store, where the room is, for every command on that spec); else the
+    temp folder's ndingest-slices-UID. Then one folder per pattern."""
+    from .ndjson import job_folder
+
+    job = job_folder(spec_path) if spec_path is not None else None
+    root = (os.environ.get(CACHE_ENV) or (job / "staged" if job is not None else None)
+            or os.path.join(tempfile.gettempdir(), f"ndingest-slices-{os.getuid()}"))
     return Path(root) / hashlib.sha256(pattern.encode()).hexdigest()[:16]
 
 
