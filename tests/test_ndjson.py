@@ -9,6 +9,7 @@ import tensorstore as ts
 import tifffile
 from PIL import Image
 
+from ndingest import ndjson
 from ndingest.cli import main
 from ndingest.errors import RequestError, SpecError
 from ndingest.ndjson import (is_nd_json, job_dir, load_nd_json, parse_job, prepare_job, spec_path, spec_text,
@@ -130,8 +131,14 @@ def test_prepare_job_reads_file_url_slices_in_place_and_refuses_another_size(tmp
     spec = prepare_job(store, parse_job(json.dumps(body({"em": channel}))))
     assert spec == store / "_jobs" / "nd_tk.toml" and spec.exists()
     assert not (job_dir(store, "nd_tk") / "sources").exists()  # nothing copied
+    staged = job_dir(store, "nd_tk") / "staged"
+    assert len(list(staged.rglob("*.tif"))) == 1  # the first slice, staged by the size check
+    monkeypatch.setattr(ndjson, "drop_staged", lambda spec: None)  # to look at them before they go
     assert main(["ingest", str(spec)]) == 0
-    assert len(list((job_dir(store, "nd_tk") / "staged").rglob("*.tif"))) == 3  # a page per slice
+    assert len(list(staged.rglob("*.tif"))) == 3  # a page per slice
+    monkeypatch.undo()
+    assert main(["ingest", str(spec)]) == 0  # a finished job drops them
+    assert not staged.exists()
     volume = ts.open({"driver": "neuroglancer_precomputed", "scale_index": 0,
                       "kvstore": {"driver": "file", "path": f"{store}/nd_ds/nd_pr/em/"}}).result()
     assert np.array_equal(np.asarray(volume[..., 0].read().result()).transpose(2, 1, 0), data)
