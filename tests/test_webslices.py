@@ -263,3 +263,30 @@ def test_a_folder_that_cannot_hold_staged_slices_is_one_line_naming_it(server, t
     (tmp_path / "a_file").write_text("")
     with pytest.raises(SourceError, match="a_file/x: cannot stage a slice there .* set NDINGEST_SLICE_CACHE"):
         WebSliceSource(f"{base}/em/{{z:04d}}.tif", (0, 2), cache_dir=tmp_path / "a_file" / "x")
+
+
+def test_a_local_png_stack_by_relative_pattern_ingests_as_written(tmp_path):
+    import tensorstore as ts
+
+    data = np.random.default_rng(8).integers(0, 65535, (5, 20, 30), dtype=np.uint16)
+    write_stack(tmp_path / "my slices", data, "png", first=10)  # a space in the path: quoted in the URL
+    spec = tmp_path / "spec.toml"
+    spec.write_text("""
+[dataset]
+name = "d"
+offset = [0, 0, 10]
+voxel_resolution = [4.0, 4.0, 40.0]
+[project]
+name = "p"
+[channels.em]
+type = "image"
+source = "my slices/em/{z:04d}.png"
+z_range = [10, 15]
+[store]
+path = "store"
+""")
+    assert parse_spec(spec.read_text(), spec).channels["em"].source.startswith("file:///")
+    assert main(["ingest", str(spec)]) == 0
+    volume = ts.open({"driver": "neuroglancer_precomputed", "scale_index": 0,
+                      "kvstore": {"driver": "file", "path": f"{tmp_path}/store/d/p/em/"}}).result()
+    assert np.array_equal(np.asarray(volume[..., 0].read().result()).transpose(2, 1, 0), data)

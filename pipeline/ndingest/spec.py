@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,8 @@ def _resolve_source(source: Any, key: str, base: Path) -> str:
         return source
     file_part, sep, inner = source.partition(":/") if ":/" in source and "://" not in source else (source, "", "")
     resolved = str((base.parent / os.path.expanduser(file_part)).resolve()) if not os.path.isabs(file_part) else file_part
+    if "{z" in resolved and not sep:  # a local slice pattern (`pngs/{z:04d}.png`): read as a file URL
+        return "file://" + urllib.parse.quote(resolved, safe="/{}:")
     return f"{resolved}:/{inner}" if sep else resolved
 
 
