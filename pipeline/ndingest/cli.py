@@ -254,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SpecError(f"--store {store}: no such folder")
     from .server import bind, create_app, exposure_warning, run
 
-    app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None)
+    app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog)
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
     if warning:  # before the bind: said even when the address turns out to be taken
         _say(f"warning: serving {store} {warning}")
@@ -333,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", metavar="H", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, metavar="P")
     p.add_argument("--api-keys", metavar="FILE", help="keys that may write and read private tokens, one a line")
+    p.add_argument("--catalog", metavar="URL", help="the store's catalog when it is not STORE/catalog.sqlite "
+                                                   "(postgresql://…, as the spec's store.catalog)")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -94,6 +94,13 @@ class StateConflict(RequestError):
     status = 409
 
 
+class NotSupported(RequestError):
+    """A request this server cannot serve as it is set up (e.g. autoIngest with a
+    PostgreSQL catalog)."""
+
+    status = 501
+
+
 class BodyTooLarge(RequestError):
     """A request body past the server's limit, refused before it is read whole."""
 

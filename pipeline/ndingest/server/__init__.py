@@ -61,9 +61,11 @@ async def _internal(request: Request, exc: Exception) -> PlainTextResponse:
     return PlainTextResponse("internal server error; the server's log has the details\n", status_code=500)
 
 
-def create_app(store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30) -> Starlette:
-    """The app over `store` (which may be empty: the catalog is looked up per request)."""
-    ctx = ServerContext.open(Path(store), api_keys=api_keys, max_body=max_body)
+def create_app(store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30,
+               catalog_url: str | None = None) -> Starlette:
+    """The app over `store` (which may be empty: the catalog is looked up per request), its
+    catalog `STORE/catalog.sqlite` or the database `catalog_url` names."""
+    ctx = ServerContext.open(Path(store), api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
     app = Starlette(routes=routes, middleware=[Middleware(Cors)], exception_handlers={
@@ -80,7 +82,8 @@ def create_app(store: Path, *, api_keys: Path | None = None, max_body: int = 1 <
 def app_from_env() -> Starlette:
     """The app for a shared server under uvicorn's own CLI, e.g.
     `uvicorn ndingest.server:app_from_env --factory --workers 4`: the store from
-    NDINGEST_STORE, the keys file from NDINGEST_API_KEYS (unset: writes are open). Safe with
+    NDINGEST_STORE, the keys file from NDINGEST_API_KEYS (unset: writes are open), a
+    PostgreSQL catalog from NDINGEST_CATALOG (unset: STORE/catalog.sqlite). Safe with
     several workers: writes lock per chunk across processes (see writes)."""
     import os
 
@@ -88,7 +91,8 @@ def app_from_env() -> Starlette:
     if not store or not Path(store).is_dir():
         raise SpecError(f"NDINGEST_STORE={store!r}: set it to the store's folder")
     keys = os.environ.get("NDINGEST_API_KEYS") or None
-    return create_app(Path(store), api_keys=Path(keys) if keys else None)
+    return create_app(Path(store), api_keys=Path(keys) if keys else None,
+                      catalog_url=os.environ.get("NDINGEST_CATALOG") or None)
 
 
 def exposure_warning(host: str, *, has_keys: bool) -> str | None:

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import catalog
-from ..errors import NotFound, StateConflict
+from ..errors import NotFound, NotSupported, StateConflict
 from ..markers import atomic_write
 from ..ndjson import Job, job_dir, jobs_dir, load_nd_json, parse_job, spec_path, write_spec
 from ..runlock import try_lock
@@ -137,6 +137,9 @@ def start_job(ctx: ServerContext, job: Job, body: bytes) -> None:
     """Take the project's lock, write the spec and the body, and start the job's thread; 409
     while one runs, when the token's job belongs to another project, or when a channel
     exists that no failed job of ours left behind."""
+    if ctx.catalog_url is not None:
+        raise NotSupported(f"autoIngest: this server's catalog is {ctx.catalog_name}, and a job's ingest writes "
+                           f"STORE/catalog.sqlite; ingest with a spec whose store.catalog names it")
     store = Path(ctx.store).resolve()  # the subprocess runs in the job's folder
     folder = job_dir(store, job.token)
     earlier = read_status(store, folder) if (folder / "status.json").exists() else None

@@ -283,6 +283,7 @@ class ServerContext:
     store: Path
     keyring: object | None = None  # keys.KeyRing, or None: no --api-keys given
     max_body: int = 1 << 30
+    catalog_url: str | None = None  # a postgresql:// catalog (`serve --catalog`); None: STORE/catalog.sqlite
     _engine: sa.Engine | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     handles: VolumeHandles = field(init=False, repr=False)
@@ -291,12 +292,15 @@ class ServerContext:
         self.handles = VolumeHandles(self.store)
 
     @classmethod
-    def open(cls, store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30) -> "ServerContext":
+    def open(cls, store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30,
+             catalog_url: str | None = None) -> "ServerContext":
         keyring = None
         if api_keys is not None:
             from .keys import KeyRing
             keyring = KeyRing.load(Path(api_keys))
-        return cls(Path(store), keyring, max_body)
+        if catalog_url is not None:
+            catalog.catalog_url(catalog_url)  # a SpecError naming it now, not at the first request
+        return cls(Path(store), keyring, max_body, catalog_url)
 
     # --- catalog ---------------------------------------------------------------------------
     @property
@@ -304,19 +308,24 @@ class ServerContext:
         return self.store / CATALOG_FILE
 
     @property
+    def catalog_name(self) -> str:
+        """How messages name the catalog: its file, or its URL without the password."""
+        return catalog.describe(catalog.catalog_url(self.catalog_url or self.catalog_path))
+
+    @property
     def engine(self) -> sa.Engine | None:
         """The catalog's engine, or None while the store has no catalog yet."""
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    self._engine = catalog.engine_for(self.catalog_path, create=False)
+                    self._engine = catalog.engine_for(self.catalog_url or self.catalog_path, create=False)
         return self._engine
 
     def engine_for_writes(self) -> sa.Engine:
         """The catalog's engine, creating the catalog (and its tables) if needed."""
         with self._lock:
-            if self._engine is None or not self.catalog_path.exists():
-                self._engine = catalog.engine_for(self.catalog_path, create=True)
+            if self._engine is None or (self.catalog_url is None and not self.catalog_path.exists()):
+                self._engine = catalog.engine_for(self.catalog_url or self.catalog_path, create=True)
             else:
                 catalog.metadata.create_all(self._engine)
         return self._engine
@@ -329,10 +338,10 @@ class ServerContext:
         try:
             with engine.connect() as conn:
                 return [dict(r) for r in conn.execute(sa.select(table).where(*where)).mappings()]
-        except sa.exc.OperationalError as exc:
-            if "no such table" in str(exc.orig):
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            if "no such table" in str(exc.orig) or "does not exist" in str(exc.orig):  # SQLite, PostgreSQL
                 return []
-            raise StoreError(f"catalog {self.catalog_path}: {exc.orig}") from exc
+            raise StoreError(f"catalog {self.catalog_name}: {exc.orig}") from exc
 
     def _one(self, table: sa.Table, *where) -> dict | None:
         found = self.rows(table, *where)

@@ -76,7 +76,7 @@ def set_state(ctx: ServerContext, channel: ChannelView, state: int, *,
         with _engine(ctx).begin() as conn:
             return conn.execute(sa.update(catalog.channels).where(where).values(propagate=state)).rowcount > 0
     except sa.exc.OperationalError as exc:
-        raise StoreError(f"catalog {ctx.catalog_path}: {exc.orig}") from exc
+        raise StoreError(f"catalog {ctx.catalog_name}: {exc.orig}") from exc
 
 
 def mark_stale(ctx: ServerContext, channel: ChannelView) -> None:
