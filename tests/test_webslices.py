@@ -182,21 +182,27 @@ def test_the_fingerprint_changes_with_a_file(server, monkeypatch):
     assert source.fingerprint() == after
 
 
-def test_a_pattern_goes_with_z_range_in_a_spec(tmp_path, capsys):
-    text = """
+def slice_spec(source: str, ranges: str, z_offset: int = 0) -> str:
+    """A spec of one image channel read from the slice pattern `source`; `ranges` are its
+    TOML lines (z_range, t_range)."""
+    return f"""
 [dataset]
 name = "d"
-offset = [0, 0, 0]
+offset = [0, 0, {z_offset}]
 voxel_resolution = [4.0, 4.0, 40.0]
 [project]
 name = "p"
 [channels.em]
 type = "image"
-source = "http://127.0.0.1:9/em/{z:04d}.png"
-%s
+source = "{source}"
+{ranges}
 [store]
 path = "store"
 """
+
+
+def test_a_pattern_goes_with_z_range_in_a_spec(tmp_path, capsys):
+    text = slice_spec("http://127.0.0.1:9/em/{z:04d}.png", "%s")
     spec = parse_spec(text % "z_range = [3, 9]", tmp_path / "s.toml")
     assert spec.channels["em"].z_range == (3, 9) and spec.channels["em"].t_range is None
     for extra, message in (("", "is a slice pattern; channels.em.z_range"),
@@ -271,20 +277,7 @@ def test_a_local_png_stack_by_relative_pattern_ingests_as_written(tmp_path):
     data = np.random.default_rng(8).integers(0, 65535, (5, 20, 30), dtype=np.uint16)
     write_stack(tmp_path / "my slices", data, "png", first=10)  # a space in the path: quoted in the URL
     spec = tmp_path / "spec.toml"
-    spec.write_text("""
-[dataset]
-name = "d"
-offset = [0, 0, 10]
-voxel_resolution = [4.0, 4.0, 40.0]
-[project]
-name = "p"
-[channels.em]
-type = "image"
-source = "my slices/em/{z:04d}.png"
-z_range = [10, 15]
-[store]
-path = "store"
-""")
+    spec.write_text(slice_spec("my slices/em/{z:04d}.png", "z_range = [10, 15]", z_offset=10))
     assert parse_spec(spec.read_text(), spec).channels["em"].source.startswith("file:///")
     assert main(["ingest", str(spec)]) == 0
     volume = ts.open({"driver": "neuroglancer_precomputed", "scale_index": 0,
