@@ -84,14 +84,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from .steps import channel_status
     from .verify import report_dir
 
-    from .ndjson import drop_staged
-
     started = time.monotonic()
-    spec = _ingest_spec(args)
-    plan = load_plan(spec)
+    plan = load_plan(_ingest_spec(args))
     ingest(plan, workers=args.workers, scheduler_url=args.scheduler_url, restart=args.restart, debug=args.debug,
            say=_say, monitor=ProgressMonitor)
-    drop_staged(spec)
     status = channel_status(plan)
     for name, s in status.items():
         print(f"{name}: {s['done']}/{s['total']} blocks written, {s['verified']}/{s['total']} verified -> {s['volume']}")

@@ -281,9 +281,10 @@ def slice_pattern(job: Job, channel: ChannelJob) -> str:
 
 def hdf5_file(channel: ChannelJob, sources: Path) -> Path:
     """Where an HDF5 source is read: a file:/// URL's own file, else its copy under sources/."""
-    parts = urllib.parse.urlsplit(channel.data_url)
-    if parts.scheme == "file":
-        return Path(urllib.parse.unquote(parts.path))
+    from .webslices import file_path
+
+    if urllib.parse.urlsplit(channel.data_url).scheme == "file":
+        return file_path(channel.data_url)
     return sources / f"{channel.name}.{channel.file_type}"
 
 
@@ -366,12 +367,10 @@ def source_size(job: Job, channel: ChannelJob, store: Path) -> tuple[int, int, i
     """(x, y, z) of a channel's source, opened as the spec will open it (slices staged
     where the spec's runs stage them)."""
     from .sources import open_source
-    from .webslices import default_cache_dir
 
     found = spec_source(job, channel, job_dir(store, job.token) / "sources")
-    cache = default_cache_dir(found["source"], spec_path(store, job.token)) if "z_range" in found else None
     return tuple(open_source(found["source"], z_range=found.get("z_range"), t_range=found.get("t_range"),
-                             cache_dir=cache).size_xyz)
+                             spec_path=spec_path(store, job.token)).size_xyz)
 
 
 def check_sizes(job: Job, store: Path) -> None:

@@ -17,7 +17,6 @@ from .errors import SourceError, SpecError
 from .markers import channel_dir, project_dir
 from .chunked import locate_array, names_an_array_folder
 from .sources import Source, open_source
-from .webslices import default_cache_dir
 from .spec import ChannelSpec, Spec, load_spec
 from .catalog import Catalog, SqlCatalog, SqliteCatalog
 from .targets import LocalStore, Scale, Target, VolumeRef
@@ -234,8 +233,7 @@ def plan_levels(extent: Box, spec: Spec, *, levels: int, time_points: int) -> li
 def build_plan(spec: Spec) -> Plan:
     """Open every source (shape and dtype only) and cut each channel into tasks."""
     ds = spec.dataset
-    sources = {name: open_source(ch.source, ch.axes, z_range=ch.z_range, t_range=ch.t_range,
-                                 cache_dir=default_cache_dir(ch.source, spec.path) if ch.z_range else None)
+    sources = {name: open_source(ch.source, ch.axes, z_range=ch.z_range, t_range=ch.t_range, spec_path=spec.path)
                for name, ch in spec.channels.items()}
     for name, ch in spec.channels.items():
         check_source(ch, sources[name])

@@ -409,11 +409,12 @@ class TensorstoreSource(ArraySource):
 
 
 def open_source(source: str, axes: str | None = None, *, z_range: tuple[int, int] | None = None,
-                t_range: tuple[int, int] | None = None, cache_dir: str | os.PathLike | None = None) -> Source:
+                t_range: tuple[int, int] | None = None, spec_path: str | os.PathLike | None = None) -> Source:
     """Open `source`: an HDF5 file (optionally `file.h5:/dataset`), a TIFF file, a glob
     of TIFF pages, a zarr/N5/precomputed folder or URL (`zarr://file:///abs`, ...), an
     ndstore server's channel (`ndstore://host:port/TOKEN/CHANNEL`, `http://…/nd/sd/…`), or
-    slices by URL pattern (`http://…/{z:04d}.png` over `z_range`, staged in `cache_dir`).
+    slices by URL pattern (`http://…/{z:04d}.png` over `z_range`, staged where
+    `webslices.default_cache_dir` says for the spec at `spec_path`).
     Raises SourceError naming the file when it cannot."""
     from .ndstore import NdstoreSource, names_a_server
     from .webslices import WebSliceSource, names_web_slices
@@ -421,7 +422,7 @@ def open_source(source: str, axes: str | None = None, *, z_range: tuple[int, int
     if names_web_slices(source):
         if z_range is None:
             raise SourceError(f"{source}: a slice pattern needs z_range = [first, stop) (name it in a spec)")
-        return WebSliceSource(source, z_range, t_range, axes, cache_dir=cache_dir)
+        return WebSliceSource(source, z_range, t_range, axes, spec_path=spec_path)
     if names_a_server(source):
         return NdstoreSource(source, axes)
     if names_an_array_folder(source):

@@ -118,9 +118,7 @@ def decode_page(body: bytes, url: str) -> np.ndarray:
     except SourceError:
         raise
     except Exception as exc:  # PIL and tifffile raise many types on a bad file
-        from .tiff import one_line
-
-        raise SourceError(f"{url}: not a readable TIFF or PNG slice: {one_line(exc)}") from None
+        raise SourceError(f"{url}: not a readable TIFF or PNG slice: {tiff.one_line(exc)}") from None
     if page.ndim != 2:
         raise SourceError(f"{url}: page is {page.shape}; a slice is one 2-D page of one sample per voxel")
     return page.astype(page.dtype.newbyteorder("="), copy=False)
@@ -134,7 +132,8 @@ class WebSliceSource(Source):
     process makes its own, and shares the staged files)."""
 
     def __init__(self, pattern: str, z_range: tuple[int, int], t_range: tuple[int, int] | None = None,
-                 axes: str | None = None, *, cache_dir: str | os.PathLike | None = None):
+                 axes: str | None = None, *, cache_dir: str | os.PathLike | None = None,
+                 spec_path: str | os.PathLike | None = None):
         from .remote import Client, quiet_retries
 
         check_pattern(pattern, z_range, t_range)
@@ -147,7 +146,7 @@ class WebSliceSource(Source):
         self.client = None if parts.scheme == "file" else Client(f"{parts.scheme}://{parts.netloc}", key=None)
         self._pools: dict[int, ThreadPoolExecutor] = {}
         self._stamp: tuple[int, float, list[dict]] | None = None  # (pid, when, fingerprint)
-        self.staged = SliceFiles(Path(cache_dir) if cache_dir else default_cache_dir(pattern))
+        self.staged = SliceFiles(Path(cache_dir) if cache_dir else default_cache_dir(pattern, spec_path))
         self._paths: tuple[list[dict], list[Path]] | None = None  # (the fingerprint, its staged paths)
         self._reader: tuple[int, tiff.PageReader] | None = None  # (pid, reader), made per process
         path = self._staged_paths()[0]
@@ -202,7 +201,7 @@ class WebSliceSource(Source):
     def _get(self, url: str) -> bytes:
         if self.client is None:
             try:
-                return Path(_file_path(url)).read_bytes()
+                return file_path(url).read_bytes()
             except OSError as exc:
                 raise SourceError(f"{url}: cannot read it: {exc.strerror or exc}") from None
         for attempt in range(BODY_TRIES):
@@ -229,7 +228,7 @@ class WebSliceSource(Source):
     def _validators(self, url: str) -> dict:
         if self.client is None:
             try:
-                st = os.stat(_file_path(url))
+                st = os.stat(file_path(url))
             except OSError as exc:
                 raise SourceError(f"{url}: cannot read it: {exc.strerror or exc}") from None
             return {"path": url, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -327,7 +326,7 @@ class WebSliceSource(Source):
             paths = self._stage_all(keys)
             reader = self._pages()
             try:
-                for i, (t, z) in enumerate(keys):
+                for i, z in enumerate(range(zs.start, zs.stop)):
                     reader.read_into(out[i], self._index(z, t), 0, ys=ys, xs=xs, expect=self._format)
                 break
             except SourceError:
@@ -423,5 +422,6 @@ def _stat(path: Path) -> list[os.stat_result]:
         return []
 
 
-def _file_path(url: str) -> str:
-    return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+def file_path(url: str) -> Path:
+    """The file a `file:///abs/path` URL names (percent-escapes undone)."""
+    return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
