@@ -61,7 +61,9 @@ def test_pyramid_benchmark_prints_every_row_and_goal(tmp_path):
 def test_serve_benchmark_prints_every_row_and_goal(tmp_path):
     out = run_benchmark(tmp_path, "serve.py", "--quick", "--tmp", str(tmp_path))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
-    for row in ("tensorstore, local, F order", "GET blosc + ", "GET blosc, body only", "GET npz + ", "GET raw + ", "`ndingest ingest`, local store",
+    for row in ("tensorstore, local, F order", "GET blosc + ", "GET blosc, body only", "GET npz + ", "GET raw + ",
+                "GET blosc + `blosc.unpack_array` from a server that only sends", "the same bodies over a bare loopback socket",
+                "`ndingest ingest`, local store",
                 "`ndingest ingest`, `[store] url`", "GET blosc |", "PNG xy", "PNG xz", "PNG yz", "POST image blosc",
                 "POST labels npz", "all |"):
         assert any(line.startswith(f"| {row}") for line in rows), row
@@ -69,4 +71,5 @@ def test_serve_benchmark_prints_every_row_and_goal(tmp_path):
     assert len(goals) == 4, out
     load = [line for line in goals if line.startswith("- load:")]
     assert len(load) == 2 and all(line.endswith("PASS") for line in load), out  # no errors, bit-exact
+    assert "The server's peak RSS over the cutouts and the load: " in out
     assert not list(tmp_path.iterdir()), "the benchmark left its temporary folder behind"

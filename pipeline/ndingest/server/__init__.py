@@ -27,11 +27,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
+from .. import malloc
 from ..errors import CatalogConflict, RequestError, SpecError
 from .context import ServerContext
 from .precomputed import Cors
 
 logger = logging.getLogger(__name__)
+
+KEEP_FREED = 256 << 20  # freed heap each malloc arena keeps (two arenas: see create_app)
 
 # each module's `routes(ctx)`, in this order: reads, precomputed and page first, then the write side
 ROUTE_MODULES = ("reads", "precomputed", "page", "writes", "resources", "autoingest")
@@ -64,7 +67,13 @@ async def _internal(request: Request, exc: Exception) -> PlainTextResponse:
 def create_app(store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30,
                catalog_url: str | None = None) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
-    catalog `STORE/catalog.sqlite` or the database `catalog_url` names."""
+    catalog `STORE/catalog.sqlite` or the database `catalog_url` names.
+
+    Also tunes this process's malloc (see `malloc`): a cutout's buffers come from freed heap,
+    not fresh pages; two arenas bound what is kept to 2 x KEEP_FREED. `uvicorn --workers`
+    processes build their app here too."""
+    malloc.few_arenas()
+    malloc.keep_freed(KEEP_FREED)
     ctx = ServerContext.open(Path(store), api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
