@@ -79,3 +79,57 @@ def test_uvicorns_app_factory_takes_the_catalog_from_the_environment(tmp_path, m
     assert ctx.catalog_name == "postgresql://u:***@127.0.0.1:9/db"  # how messages name it
     monkeypatch.delenv("NDINGEST_CATALOG")
     assert app_from_env().state.ctx.catalog_url is None
+
+
+# --- the server's catalog connections are pooled ----------------------------------------------
+DATASET_BODY = {"ximagesize": 64, "yimagesize": 48, "zimagesize": 8, "xvoxelres": 4.0, "yvoxelres": 4.0,
+                "zvoxelres": 40.0, "public": 1}
+
+
+def dataset_status(base: str, name: str) -> int:
+    return requests.get(f"{base}/nd/resource/dataset/{name}/", timeout=30).status_code
+
+
+def make_dataset(base: str, name: str) -> None:
+    reply = requests.post(f"{base}/nd/resource/dataset/{name}/", json=DATASET_BODY, timeout=30)
+    assert reply.status_code == 201, reply.text
+
+
+def test_a_sqlite_catalog_moved_or_replaced_under_the_server_is_read_anew(tmp_path):
+    """Pooled connections keep their file open: a catalog renamed away, made again and put
+    back must each be what the next request reads, as with a connection per request."""
+    store = tmp_path / "store"
+    store.mkdir()
+    catalog_file, aside = store / "catalog.sqlite", tmp_path / "aside.sqlite"
+    with serving(store) as server:
+        make_dataset(server.url, "first")
+        assert dataset_status(server.url, "first") == 200
+        catalog_file.rename(aside)
+        assert dataset_status(server.url, "first") == 404, server.log()  # no catalog: nothing there
+        make_dataset(server.url, "second")  # a new catalog file
+        assert (dataset_status(server.url, "first"), dataset_status(server.url, "second")) == (404, 200)
+        aside.replace(catalog_file)  # the first one back, over the second
+        assert (dataset_status(server.url, "first"), dataset_status(server.url, "second")) == (200, 404)
+
+
+def test_a_server_keeps_its_postgresql_connections_between_requests(tmp_path, postgres_url):
+    """One connection per query cost 4.4 ms against 0.55 ms pooled: the server's connections
+    (named "ndingest serve" in pg_stat_activity) stay the same across requests."""
+    store = tmp_path / "store"
+    store.mkdir()
+    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"), poolclass=sa.pool.NullPool)
+
+    def server_backends() -> set[int]:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = 'ndingest serve' "
+                                            "AND datname = current_database()")).scalars())
+
+    with serving(store, args=("--catalog", postgres_url)) as server:
+        make_dataset(server.url, "pooled")
+        for _ in range(5):
+            assert dataset_status(server.url, "pooled") == 200
+        kept = server_backends()
+        for _ in range(20):
+            assert dataset_status(server.url, "pooled") == 200
+        assert kept and server_backends() == kept, (kept, server_backends())
+    engine.dispose()

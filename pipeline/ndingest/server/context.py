@@ -285,6 +285,7 @@ class ServerContext:
     max_body: int = 1 << 30
     catalog_url: str | None = None  # a postgresql:// catalog (`serve --catalog`); None: STORE/catalog.sqlite
     _engine: sa.Engine | None = field(default=None, repr=False)
+    _engine_file: tuple[int, int] | None = field(default=None, repr=False)  # the SQLite file it opened
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     handles: VolumeHandles = field(init=False, repr=False)
 
@@ -312,20 +313,41 @@ class ServerContext:
         """How messages name the catalog: its file, or its URL without the password."""
         return catalog.describe(catalog.catalog_url(self.catalog_url or self.catalog_path))
 
+    def _catalog_file(self) -> tuple[int, int] | None:
+        """The SQLite catalog file's (device, inode); None for a database URL or no file yet."""
+        if self.catalog_url is not None:
+            return None
+        try:
+            st = self.catalog_path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _open_engine(self, *, create: bool) -> None:
+        """(Re)open the pooled engine (under `_lock`), closing the pool it replaces."""
+        old = self._engine
+        self._engine = catalog.engine_for(self.catalog_url or self.catalog_path, create=create, pooled=True)
+        self._engine_file = self._catalog_file()
+        if old is not None:
+            old.dispose()
+
     @property
     def engine(self) -> sa.Engine | None:
-        """The catalog's engine, or None while the store has no catalog yet."""
-        if self._engine is None:
+        """The catalog's engine, or None while the store has no catalog yet. Its connections
+        are pooled; a SQLite catalog file replaced or removed under the server is opened
+        anew, so no pooled connection reads a file that is gone."""
+        if self._engine is None or self._catalog_file() != self._engine_file:
             with self._lock:
-                if self._engine is None:
-                    self._engine = catalog.engine_for(self.catalog_url or self.catalog_path, create=False)
+                if self._engine is None or self._catalog_file() != self._engine_file:
+                    self._open_engine(create=False)
         return self._engine
 
     def engine_for_writes(self) -> sa.Engine:
         """The catalog's engine, creating the catalog (and its tables) if needed."""
         with self._lock:
-            if self._engine is None or (self.catalog_url is None and not self.catalog_path.exists()):
-                self._engine = catalog.engine_for(self.catalog_url or self.catalog_path, create=True)
+            if self._engine is None or self._catalog_file() != self._engine_file or \
+                    (self.catalog_url is None and self._engine_file is None):
+                self._open_engine(create=True)
             else:
                 catalog.metadata.create_all(self._engine)
         return self._engine
