@@ -9,7 +9,7 @@ import tensorstore as ts
 import tifffile
 from PIL import Image
 
-from ndingest import ndjson
+from ndingest import webslices
 from ndingest.cli import main
 from ndingest.errors import RequestError, SpecError
 from ndingest.ndjson import (is_nd_json, job_dir, load_nd_json, parse_job, prepare_job, spec_path, spec_text,
@@ -133,10 +133,11 @@ def test_prepare_job_reads_file_url_slices_in_place_and_refuses_another_size(tmp
     assert not (job_dir(store, "nd_tk") / "sources").exists()  # nothing copied
     staged = job_dir(store, "nd_tk") / "staged"
     assert len(list(staged.rglob("*.tif"))) == 1  # the first slice, staged by the size check
-    monkeypatch.setattr(ndjson, "drop_staged", lambda spec: None)  # to look at them before they go
+    monkeypatch.setattr(webslices, "drop_staged", lambda spec: None)  # to look at them before they go
     assert main(["ingest", str(spec)]) == 0
     assert len(list(staged.rglob("*.tif"))) == 3  # a page per slice
     monkeypatch.undo()
+    monkeypatch.delenv("NDINGEST_SLICE_CACHE")  # (undo set it again)
     assert main(["ingest", str(spec)]) == 0  # a finished job drops them
     assert not staged.exists()
     volume = ts.open({"driver": "neuroglancer_precomputed", "scale_index": 0,

@@ -283,3 +283,43 @@ def test_a_local_png_stack_by_relative_pattern_ingests_as_written(tmp_path):
     volume = ts.open({"driver": "neuroglancer_precomputed", "scale_index": 0,
                       "kvstore": {"driver": "file", "path": f"{tmp_path}/store/d/p/em/"}}).result()
     assert np.array_equal(np.asarray(volume[..., 0].read().result()).transpose(2, 1, 0), data)
+
+
+def test_a_specs_slices_stage_beside_it_not_in_the_temp_folder_and_go_once_verified(server, tmp_path, monkeypatch):
+    """Without NDINGEST_SLICE_CACHE a spec's slices stage in `.ndingest/staged/` beside it
+    (the temp folder is often a tmpfs, i.e. RAM), and a finished ingest removes them."""
+    base, folder, gets, _ = server
+    data = np.random.default_rng(9).integers(0, 255, (4, 12, 10), dtype=np.uint8)
+    write_stack(folder, data, "png")
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = work / "spec.toml"
+    pattern = f"{base}/em/{{z:04d}}.png"
+    spec.write_text(slice_spec(pattern, "z_range = [0, 4]"))
+    monkeypatch.delenv("NDINGEST_SLICE_CACHE")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temp"))  # the temp folder, watched
+    (tmp_path / "temp").mkdir()
+    staged = work / ".ndingest" / "staged"
+    assert webslices.default_cache_dir(pattern, spec).parent == staged
+    assert webslices.default_cache_dir(pattern).parent == tmp_path / "temp" / f"ndingest-slices-{os.getuid()}"
+    monkeypatch.setattr(webslices, "drop_staged", lambda spec: None)  # to look at them before they go
+    assert main(["ingest", str(spec)]) == 0
+    assert len(list(staged.rglob("*.tif"))) == 4  # a page per slice
+    assert not list((tmp_path / "temp").iterdir())
+    monkeypatch.undo()
+    monkeypatch.delenv("NDINGEST_SLICE_CACHE")
+    assert main(["ingest", str(spec)]) == 0  # a finished ingest drops them
+    assert not staged.exists() and (work / "store").is_dir()
+    assert main(["verify", str(spec)]) == 0  # verify stages what it reads again, and says it is right
+    assert sum(gets.values()) >= 8  # each slice fetched for the ingest and again for that verify
+
+
+def test_slices_staged_in_the_folder_ndingest_slice_cache_names_are_kept(server, tmp_path, monkeypatch):
+    base, folder, _, _ = server
+    write_stack(folder, np.ones((2, 8, 8), dtype=np.uint8), "png")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(slice_spec(f"{base}/em/{{z:04d}}.png", "z_range = [0, 2]"))
+    monkeypatch.setenv("NDINGEST_SLICE_CACHE", str(tmp_path / "cache"))
+    assert main(["ingest", str(spec)]) == 0
+    assert len(list((tmp_path / "cache").rglob("*.tif"))) == 2  # the user's cache, theirs to keep
+    assert not (tmp_path / ".ndingest").exists()

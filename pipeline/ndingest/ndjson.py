@@ -34,7 +34,6 @@ import ast
 import json
 import logging
 import os
-import shutil
 import tempfile
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -410,14 +409,6 @@ def job_folder(spec: str | os.PathLike) -> Path | None:
     if spec.parent.name != JOBS or spec.suffix != ".toml":
         return None
     return spec.parent / spec.stem
-
-
-def drop_staged(spec: str | os.PathLike) -> None:
-    """Remove a finished job's staged slices (STORE/_jobs/TOKEN/staged/): every block is
-    written and verified, and a later `verify` stages what it reads again."""
-    folder = job_folder(spec)
-    if folder is not None:
-        shutil.rmtree(folder / "staged", ignore_errors=True)
 
 
 def job_running(spec: Path) -> bool:

@@ -143,9 +143,9 @@ def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, re
     NdingestError of the first failure. Every check that writes nothing runs first; a
     run refused before Inspect finished leaves the store as it was. `monitor(plan)`
     wraps the run (the CLI's progress bars)."""
-    from .ndjson import drop_staged
     from .scheduler import check_scheduler
     from .steps import forget_failed_start, new_folders, preflight, restart_channel
+    from .webslices import drop_staged
 
     if restart:
         plan.channel(restart)  # a SpecError naming the channels if unknown
@@ -165,4 +165,4 @@ def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, re
     except BaseException:
         forget_failed_start(plan, created)
         raise
-    drop_staged(plan.spec.path)  # an auto-ingest job's staged slices: every block is written and verified
+    drop_staged(plan.spec)  # slices staged by URL: every block is written and verified

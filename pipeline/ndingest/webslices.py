@@ -20,8 +20,9 @@ once per 256 x 256 block. Several slices are fetched at once (IN_FLIGHT, fewer w
 decoded slices would pass FETCH_BYTES). The staged files are disposable: named by URL and
 version (so a changed slice is fetched again), shared by the processes of a run (written
 to a temp name, then renamed), the least recently used removed past max(SLICE_CACHE_BYTES,
-two blocks' z ranges), in `$NDINGEST_SLICE_CACHE`, an auto-ingest job's folder or the
-system's temp folder (`default_cache_dir`).
+two blocks' z ranges), in `$NDINGEST_SLICE_CACHE`, an auto-ingest job's folder or
+`.ndingest/staged/` beside the spec (`default_cache_dir`), and removed once an ingest has
+written and verified every block (`drop_staged`).
 
 The fingerprint (what the markers' manifest compares to notice a source that changed) is
 every file's size and `Last-Modified`/`ETag`, from a HEAD each (a rewrite of the same size
@@ -37,6 +38,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import urllib.parse
@@ -337,16 +339,40 @@ class WebSliceSource(Source):
         return out
 
 
+STAGED = "staged"  # the staging folder's name, in a job's folder or in `.ndingest/` beside a spec
+
+
 def default_cache_dir(pattern: str, spec_path: str | os.PathLike | None = None) -> Path:
-    """$NDINGEST_SLICE_CACHE; else, for an auto-ingest job's spec, its job folder's
-    `staged/` (in the store, where the room is, for every command on that spec); else the
-    temp folder's ndingest-slices-UID. Then one folder per pattern."""
+    """Where the slices of `pattern` stage: one folder per pattern in $NDINGEST_SLICE_CACHE;
+    else in the spec's own place, on the disk the user chose, not the temp folder (often
+    a tmpfs, i.e. RAM): an auto-ingest job's folder in the store, any other spec's
+    `.ndingest/staged/` beside it. The temp folder only with no spec (a bare source)."""
     from .ndjson import job_folder
 
-    job = job_folder(spec_path) if spec_path is not None else None
-    root = (os.environ.get(CACHE_ENV) or (job / "staged" if job is not None else None)
-            or os.path.join(tempfile.gettempdir(), f"ndingest-slices-{os.getuid()}"))
-    return Path(root) / hashlib.sha256(pattern.encode()).hexdigest()[:16]
+    if os.environ.get(CACHE_ENV):
+        root = Path(os.environ[CACHE_ENV])
+    elif spec_path is None:
+        root = Path(tempfile.gettempdir()) / f"ndingest-slices-{os.getuid()}"
+    else:
+        job = job_folder(spec_path)
+        root = job / STAGED if job is not None else Path(spec_path).resolve().parent / ".ndingest" / STAGED
+    return root / hashlib.sha256(pattern.encode()).hexdigest()[:16]
+
+
+def drop_staged(spec) -> None:
+    """Remove the slices a finished ingest of `spec` staged in their default place: every
+    block is written and verified, and a later `verify` stages what it reads again. A
+    folder $NDINGEST_SLICE_CACHE names is the user's to keep (it stays bounded)."""
+    if os.environ.get(CACHE_ENV) or spec.path is None:
+        return
+    for channel in spec.channels.values():
+        if names_web_slices(str(channel.source)):
+            folder = default_cache_dir(str(channel.source), spec.path)
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                folder.parent.rmdir()  # `staged/` too, once no other pattern's slices are in it
+            except OSError:
+                pass
 
 
 class SliceFiles:
