@@ -146,7 +146,7 @@ class NdstoreSource(Source):
         if axes not in (None, self.axes):
             raise SourceError(f"{self.description}: a server's cutouts are read as {self.axes}; "
                               f"axes = {axes!r} does not apply (leave it out)")
-        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pools": {}}

@@ -50,6 +50,7 @@ RETRIES = 5  # per request; with BACKOFF, about 3 s of waiting for a server that
 BACKOFF = 0.1  # s; urllib3 waits 0, 2, 4, 8, 16 x this between tries
 RETRY_STATUSES = (500, 502, 503, 504)
 IN_FLIGHT = 4  # cutout requests under way at once per process: a small bounded pool
+SMALL_IN_FLIGHT = 16  # HEADs under way at once: tiny answers, so the link's latency bounds them
 TIMEOUT = (10.0, 600.0)  # s to connect, s to wait for an answer (a POST is flushed before it)
 UNREACHABLE_SECONDS = 60.0  # after a request ran out of retries, others fail at once this long
 PROPAGATE_TIMEOUT = 6 * 3600.0  # s to wait for the server to build the levels
@@ -123,7 +124,7 @@ class Client:
                           other=0, backoff_factor=self.backoff, status_forcelist=RETRY_STATUSES,
                           allowed_methods=frozenset({"HEAD", "GET", "POST", "PUT", "PATCH", "DELETE"}),
                           raise_on_status=False)
-            adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=2 * IN_FLIGHT)
+            adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=max(2 * IN_FLIGHT, SMALL_IN_FLIGHT))
             found = requests.Session()
             found.mount("http://", adapter)
             found.mount("https://", adapter)
@@ -174,14 +175,16 @@ class Client:
             raise RemoteError(f"GET {url}: the answer is not JSON: {_one_line(reply.text, 120)}") from exc
 
 
-def process_pool(pools: dict[int, ThreadPoolExecutor], name: str) -> ThreadPoolExecutor:
-    """This process's pool of IN_FLIGHT request threads in `pools` (an object's own dict,
-    emptied when it is pickled), made on first use: threads do not survive Luigi's fork."""
+def process_pool(pools: dict[tuple[int, str], ThreadPoolExecutor], name: str,
+                 size: int = IN_FLIGHT) -> ThreadPoolExecutor:
+    """This process's pool `name` of `size` request threads in `pools` (an object's own
+    dict, emptied when it is pickled), made on first use: threads do not survive Luigi's fork."""
     pid = os.getpid()
-    if pid not in pools:
-        pools.clear()
-        pools[pid] = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix=name)
-    return pools[pid]
+    if any(key[0] != pid for key in pools):
+        pools.clear()  # a parent's threads: gone in this process
+    if (pid, name) not in pools:
+        pools[(pid, name)] = ThreadPoolExecutor(size, thread_name_prefix=name)
+    return pools[(pid, name)]
 
 
 # --- cutouts ---------------------------------------------------------------------------------------
@@ -239,7 +242,7 @@ class RemoteStore:
         if fmt not in FORMATS:
             raise ValueError(f"cutout format {fmt!r} is not one of {', '.join(FORMATS)}")
         self.client, self.token, self.fmt = client, token, fmt
-        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
         self._datatypes: dict[VolumeRef, str] = {}
 
     def __getstate__(self) -> dict:

@@ -146,7 +146,7 @@ class WebSliceSource(Source):
         parts = urllib.parse.urlsplit(pattern)
         quiet_retries()
         self.client = None if parts.scheme == "file" else Client(f"{parts.scheme}://{parts.netloc}", key=None)
-        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
         self._stamp: tuple[int, float, list[dict]] | None = None  # (pid, when, fingerprint)
         self.staged = SliceFiles(Path(cache_dir) if cache_dir else default_cache_dir(pattern, spec_path))
         self._paths: tuple[list[dict], list[Path]] | None = None  # (the fingerprint, its staged paths)
@@ -199,6 +199,11 @@ class WebSliceSource(Source):
 
         return process_pool(self._pools, "ndingest-slices")
 
+    def _head_pool(self) -> ThreadPoolExecutor:
+        from .remote import SMALL_IN_FLIGHT, process_pool
+
+        return process_pool(self._pools, "ndingest-heads", SMALL_IN_FLIGHT)
+
     # --- bytes -----------------------------------------------------------------------------------
     def _get(self, url: str) -> bytes:
         if self.client is None:
@@ -245,13 +250,13 @@ class WebSliceSource(Source):
                 "etag": headers.get("ETag")}
 
     def fingerprint(self) -> list[dict]:
-        """Every file's size and version (a HEAD each, IN_FLIGHT at once), taken again in
+        """Every file's size and version (a HEAD each, SMALL_IN_FLIGHT at once), taken again in
         the process that took it once FINGERPRINT_SECONDS have passed. A process forked
         from it (a Luigi worker's task) uses its parent's: the run's preflight looked at
         every file, and every task asking again would be a HEAD per slice per task."""
         now = time.monotonic()
         if self._stamp is None or (self._stamp[0] == os.getpid() and now - self._stamp[1] > FINGERPRINT_SECONDS):
-            self._stamp = (os.getpid(), now, list(self._pool().map(self._stat, self.urls)))
+            self._stamp = (os.getpid(), now, list(self._head_pool().map(self._stat, self.urls)))
         return self._stamp[2]
 
     # --- voxels ----------------------------------------------------------------------------------
