@@ -29,7 +29,7 @@ def few_arenas(arenas: int = 2) -> bool:
 
 def keep_freed(keep_bytes: int) -> bool:
     """Serve blocks up to HEAP_BLOCKS from the heap and keep up to `keep_bytes` of freed
-        heap per arena. By default glibc maps big blocks afresh and unmaps them when freed, so
+    heap per arena. By default glibc maps big blocks afresh and unmaps them when freed, so
     every 16 MiB cutout a server encodes touches 4096 new pages, each a page fault: on
     these 2-CPU VMs that made a 256^3 blosc answer's read + encode 22 ms instead of 11."""
     return _mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS) and _mallopt(M_TRIM_THRESHOLD, keep_bytes)

@@ -310,7 +310,7 @@ class WebSliceSource(Source):
         from .remote import IN_FLIGHT
 
         at_once = max(1, min(IN_FLIGHT, FETCH_BYTES // max(1, self._page_bytes)))
-        staged = self._staged_paths()  # here, not on the pool's threads: it may HEAD on the pool
+        staged = self._staged_paths()  # once here, not on each pool thread
         jobs = [(z, t, staged[self._index(z, t)]) for t, z in keys]
         paths: list[Path] = []
         for i in range(0, len(jobs), at_once):
