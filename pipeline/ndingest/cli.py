@@ -246,6 +246,12 @@ def cmd_slice(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .errors import SpecError
 
+    from .kvpath import is_url
+
+    if is_url(args.store):  # before Path() folds s3://b/p into s3:/b/p
+        raise SpecError(f"--store {args.store}: serve answers from a local folder; a bucket store is not served "
+                        f"yet (open its volumes with CloudVolume or neuroglancer at {args.store.rstrip('/')}/DATASET/"
+                        f"PROJECT/CHANNEL)")
     store = Path(args.store)
     if not store.is_dir():
         raise SpecError(f"--store {store}: no such folder")
