@@ -246,15 +246,16 @@ def cmd_slice(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .errors import SpecError
 
-    from .kvpath import is_url
+    from .kvpath import KvPath, is_url
 
-    if is_url(args.store):  # before Path() folds s3://b/p into s3:/b/p
-        raise SpecError(f"--store {args.store}: serve answers from a local folder; a bucket store is not served "
-                        f"yet (open its volumes with CloudVolume or neuroglancer at {args.store.rstrip('/')}/DATASET/"
-                        f"PROJECT/CHANNEL)")
-    store = Path(args.store)
-    if not store.is_dir():
-        raise SpecError(f"--store {store}: no such folder")
+    if is_url(args.store):  # a bucket's prefix, served read-only (before Path() folds s3://b/p into s3:/b/p)
+        store = KvPath.from_url(args.store)
+        if not store.is_dir():
+            raise SpecError(f"--store {store}: no object under that prefix (or the bucket cannot be read)")
+    else:
+        store = Path(args.store)
+        if not store.is_dir():
+            raise SpecError(f"--store {store}: no such folder")
     from .server import bind, create_app, exposure_warning, run
 
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog)

@@ -69,14 +69,6 @@ def test_a_catalog_that_is_not_a_url_is_one_line_at_start(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_bucket_store_is_one_line_saying_it_is_not_served_yet():
-    result = run_cli("serve", "--store", "s3://lab-volumes/kasthuri11", "--port", "0")
-    assert result.returncode == 2, result.stderr
-    assert "--store s3://lab-volumes/kasthuri11: serve answers from a local folder" in result.stderr
-    assert "s3://lab-volumes/kasthuri11/DATASET/PROJECT/CHANNEL" in result.stderr  # where to open it instead
-    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
-
-
 def test_uvicorns_app_factory_takes_the_catalog_from_the_environment(tmp_path, monkeypatch):
     from ndingest.server import app_from_env
 

@@ -1,4 +1,5 @@
-"""`ndingest serve`: an ndstore-compatible HTTP server over a local store (Starlette, uvicorn).
+"""`ndingest serve`: an ndstore-compatible HTTP server over a local store, or over a bucket
+store read-only (Starlette, uvicorn).
 
 Modules:
 - `context`: the store, its catalog, the key ring and channel lookups every route uses;
@@ -29,6 +30,7 @@ from starlette.responses import PlainTextResponse
 
 from .. import malloc
 from ..errors import CatalogConflict, RequestError, SpecError
+from ..kvpath import KvPath
 from .context import ServerContext
 from .precomputed import Cors
 
@@ -64,20 +66,41 @@ async def _internal(request: Request, exc: Exception) -> PlainTextResponse:
     return PlainTextResponse("internal server error; the server's log has the details\n", status_code=500)
 
 
-def create_app(store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30,
+class ReadOnly:
+    """A bucket store's server answers reads only: every other request (POSTs, DELETEs,
+    `setPropagate`, `autoIngest`) is 501 with one line, before any route runs."""
+
+    WRITES_BY_GET = ("/setPropagate/", "/autoIngest/")
+
+    def __init__(self, app, store: str):
+        self.app, self.store = app, store
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and (scope["method"] not in ("GET", "HEAD", "OPTIONS")
+                                        or any(w in scope["path"] for w in self.WRITES_BY_GET)):
+            reply = PlainTextResponse(f"{self.store} is a bucket store, served read-only: "
+                                      f"{scope['method']} {scope['path']} is not served\n", status_code=501)
+            await reply(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: int = 1 << 30,
                catalog_url: str | None = None) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
-    catalog `STORE/catalog.sqlite` or the database `catalog_url` names.
+    catalog `STORE/catalog.sqlite` or the database `catalog_url` names. A bucket's prefix
+    (a KvPath, its catalog a database) is served read-only (`ReadOnly`).
 
     Also tunes this process's malloc (see `malloc`): a cutout's buffers come from freed heap,
     not fresh pages; two arenas bound what is kept to 2 x KEEP_FREED. `uvicorn --workers`
     processes build their app here too."""
     malloc.few_arenas()
     malloc.keep_freed(KEEP_FREED)
-    ctx = ServerContext.open(Path(store), api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
+    ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
-    app = Starlette(routes=routes, middleware=[Middleware(Cors)], exception_handlers={
+    middleware = [Middleware(Cors)] + ([Middleware(ReadOnly, store=str(store))] if ctx.read_only else [])
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         RequestError: _request_error,
         CatalogConflict: _conflict,
         SpecError: _bad_request,  # BadBox included
@@ -91,16 +114,22 @@ def create_app(store: Path, *, api_keys: Path | None = None, max_body: int = 1 <
 def app_from_env() -> Starlette:
     """The app for a shared server under uvicorn's own CLI, e.g.
     `uvicorn ndingest.server:app_from_env --factory --workers 4`: the store from
-    NDINGEST_STORE, the keys file from NDINGEST_API_KEYS (unset: writes are open), a
+    NDINGEST_STORE (a folder, or s3://bucket/prefix served read-only), the keys file from NDINGEST_API_KEYS (unset: writes are open), a
     PostgreSQL catalog from NDINGEST_CATALOG (unset: STORE/catalog.sqlite). Safe with
     several workers: writes lock per chunk across processes (see writes)."""
     import os
 
+    from ..kvpath import is_url
+
     store = os.environ.get("NDINGEST_STORE", "")
-    if not store or not Path(store).is_dir():
-        raise SpecError(f"NDINGEST_STORE={store!r}: set it to the store's folder")
+    if is_url(store):
+        where = KvPath.from_url(store)  # a bucket's prefix: read-only, its catalog NDINGEST_CATALOG
+    elif store and Path(store).is_dir():
+        where = Path(store)
+    else:
+        raise SpecError(f"NDINGEST_STORE={store!r}: set it to the store's folder (or s3://bucket/prefix)")
     keys = os.environ.get("NDINGEST_API_KEYS") or None
-    return create_app(Path(store), api_keys=Path(keys) if keys else None,
+    return create_app(where, api_keys=Path(keys) if keys else None,
                       catalog_url=os.environ.get("NDINGEST_CATALOG") or None)
 
 

@@ -9,6 +9,7 @@ tensorstore keeps no chunk cache here, so a read always sees what a POST just wr
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -21,7 +22,8 @@ import sqlalchemy as sa
 from .. import catalog
 from ..blocks import Box, Vec3, chunk_shape
 from ..downsample import factors, level_extent
-from ..errors import BadBox, NotFound, StateConflict, StoreError
+from ..errors import BadBox, NotFound, SpecError, StateConflict, StoreError
+from ..kvpath import KvPath
 from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, scale_key, tensorstore_spec
 
 logger = logging.getLogger(__name__)
@@ -222,23 +224,34 @@ class VolumeHandles:
     when the volume's `info` changes (a channel deleted and made again), with no chunk
     cache, so every read (a POST's read-modify-write too) starts from what is on disk."""
 
-    def __init__(self, store: Path):
-        self.store = Path(store)
+    def __init__(self, store: Path | KvPath):
+        self.store = store if isinstance(store, KvPath) else Path(store)
         self._handles: dict = {}
         self._lock = threading.Lock()
 
-    def volume_dir(self, ref: VolumeRef) -> Path:
+    def volume_dir(self, ref: VolumeRef) -> Path | KvPath:
         return self.store.joinpath(*ref.parts)
+
+    def _info_version(self, ref: VolumeRef) -> tuple | None:
+        """What changes when the volume's `info` is written again; None while it has none.
+        In a bucket, the object's bytes (one GET): an object has no inode."""
+        info = self.volume_dir(ref) / "info"
+        try:
+            if isinstance(info, KvPath):
+                return (hashlib.sha256(info.read_bytes()).hexdigest(),)
+            st = info.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     def get(self, ref: VolumeRef, level: int):
         """The handle, or None while the volume has no `info` (not created yet)."""
         import tensorstore as ts
 
-        try:
-            st = (self.volume_dir(ref) / "info").stat()
-        except FileNotFoundError:
+        version = self._info_version(ref)
+        if version is None:
             return None
-        key = (ref, level, st.st_ino, st.st_mtime_ns, os.getpid())  # per process: none survives a fork
+        key = (ref, level, version, os.getpid())  # per process: none survives a fork
         handle = self._handles.get(key)
         if handle is None:
             try:
@@ -280,7 +293,7 @@ class VolumeHandles:
 class ServerContext:
     """The store a server answers for; one per app, shared by every request (thread-safe)."""
 
-    store: Path
+    store: Path | KvPath  # a folder, or a bucket's prefix (read only: `read_only`)
     keyring: object | None = None  # keys.KeyRing, or None: no --api-keys given
     max_body: int = 1 << 30
     catalog_url: str | None = None  # a postgresql:// catalog (`serve --catalog`); None: STORE/catalog.sqlite
@@ -301,7 +314,16 @@ class ServerContext:
             keyring = KeyRing.load(Path(api_keys))
         if catalog_url is not None:
             catalog.catalog_url(catalog_url)  # a SpecError naming it now, not at the first request
-        return cls(Path(store), keyring, max_body, catalog_url)
+        elif isinstance(store, KvPath):
+            raise SpecError(f"{store}: a bucket store's catalog is a database; give its postgresql:// URL "
+                            f"(serve --catalog, or NDINGEST_CATALOG)")
+        return cls(store if isinstance(store, KvPath) else Path(store), keyring, max_body, catalog_url)
+
+    @property
+    def read_only(self) -> bool:
+        """A bucket store is served for reading only: writes lock chunks with flock, which
+        an object store has not."""
+        return isinstance(self.store, KvPath)
 
     # --- catalog ---------------------------------------------------------------------------
     @property
@@ -437,7 +459,7 @@ class ServerContext:
         return bool(self.rows(catalog.tokens, t.project == project, t.public == 1))
 
     # --- volumes ---------------------------------------------------------------------------
-    def volume_dir(self, ref: VolumeRef) -> Path:
+    def volume_dir(self, ref: VolumeRef) -> Path | KvPath:
         return LocalStore(self.store).volume_dir(ref)
 
     def volume_info(self, ref: VolumeRef) -> dict | None:

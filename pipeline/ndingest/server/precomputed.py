@@ -31,6 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import NotFound
+from ..kvpath import KvPath
 from ..targets import VolumeRef
 from .context import ServerContext
 
@@ -85,17 +86,58 @@ def safe_parts(path: str) -> list[str]:
     return parts
 
 
-def channel_file(ctx: ServerContext, dataset: str, project: str, channel: str, path: str) -> Path:
+def channel_file(ctx: ServerContext, dataset: str, project: str, channel: str, path: str) -> Path | KvPath:
     """The file `path` names inside a catalogued channel's folder, checked after resolving
-    symlinks; NotFound otherwise (also for folders)."""
+    symlinks (in a bucket: the object under the channel's prefix); NotFound otherwise
+    (also for folders)."""
     ctx.channel_by_path(dataset, project, channel)
     parts = safe_parts(path)
     folder = ctx.volume_dir(VolumeRef(dataset, project, channel))
+    if isinstance(folder, KvPath):
+        return folder.joinpath(*parts)  # safe_parts let no part step out; a missing object: object_response
     root = os.path.realpath(folder)
     target = os.path.realpath(os.path.join(root, *parts))
     if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
         raise NotFound("no such file")
     return Path(target)
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+    """The one range `bytes=a-b`, `bytes=a-` or `bytes=-n` asks of `size` bytes, as
+    [start, stop); None for no Range, or one this answers whole (several ranges, another
+    unit, not a range at all: RFC 9110 lets a server ignore it); False if unsatisfiable."""
+    if not header or "," in header:
+        return None
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or not (first + last).isdigit():
+        return None
+    if not first:  # the last n bytes
+        n = int(last)
+        return (max(0, size - n), size) if n > 0 and size > 0 else False
+    start = int(first)
+    if last and int(last) < start:
+        return None  # not a valid range: ignored
+    stop = min(size, int(last) + 1) if last else size
+    return (start, stop) if start < size and start < stop else False
+
+
+def object_response(target: KvPath, range_header: str | None, media_type: str) -> Response:
+    """An object of a bucket store: whole, or the one byte range asked (206; 416 when
+    unsatisfiable), read whole from the bucket (a shard file too: no ranged GET here)."""
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        raise NotFound("no such file") from None
+    wanted = byte_range(range_header, len(data))
+    headers = {"Accept-Ranges": "bytes"}
+    if wanted is False:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(data)}"})
+    if wanted is None:
+        return Response(data, media_type=media_type, headers=headers)
+    start, stop = wanted
+    return Response(data[start:stop], status_code=206, media_type=media_type,
+                    headers={**headers, "Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"})
 
 
 def routes(ctx: ServerContext) -> list:
@@ -105,6 +147,8 @@ def routes(ctx: ServerContext) -> list:
         if not ctx.project_is_public(p["project"]):
             ctx.require_key(request)  # a private project's files need a key, when keys are configured
         media_type = "application/json" if target.name == "info" else "application/octet-stream"
+        if isinstance(target, KvPath):
+            return object_response(target, request.headers.get("range"), media_type)
         return FileResponse(target, media_type=media_type)
 
     return [Route("/precomputed/{dataset}/{project}/{channel}/{path:path}", serve_file, methods=["GET", "HEAD"])]
