@@ -84,6 +84,8 @@ def test_byte_ranges_of_an_object_are_206_and_a_bad_one_416(server):
     ("POST", f"/nd/sd/{TOKEN}/createChannel/"),
     ("DELETE", f"/nd/resource/dataset/{DATASET}/"),
     ("GET", f"/nd/sd/{TOKEN}/image/setPropagate/1/"),
+    ("GET", f"/ocp/ca/{TOKEN}/image/setPropagate/1"),  # the trailing slash is optional
+    ("GET", f"/nd/sd/{TOKEN}/autoIngest/"),
 ])
 def test_every_write_is_501_naming_the_bucket(server, bucket_store, method, path):
     reply = requests.request(method, f"{server.url}{path}", data=b"x", timeout=30)
@@ -96,6 +98,8 @@ def test_the_page_lists_the_bucket_stores_project(server):
     assert page.status_code == 200 and TOKEN in page.text and DATASET in page.text
     edits = requests.get(f"{server.url}/nd/sd/{TOKEN}/image/edits/", timeout=30)
     assert edits.status_code == 200 and edits.json() == [], edits.text  # nothing was ever POSTed to it
+    propagate = requests.get(f"{server.url}/nd/sd/{TOKEN}/image/getPropagate/", timeout=30)
+    assert propagate.status_code == 200 and propagate.text == "2", propagate.text  # a read: answered
 
 
 def test_a_bucket_store_without_a_database_catalog_is_one_line(s3_server, bucket_store):

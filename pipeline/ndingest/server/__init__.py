@@ -70,14 +70,14 @@ class ReadOnly:
     """A bucket store's server answers reads only: every other request (POSTs, DELETEs,
     `setPropagate`, `autoIngest`) is 501 with one line, before any route runs."""
 
-    WRITES_BY_GET = ("/setPropagate/", "/autoIngest/")
+    WRITES_BY_GET = {"setPropagate", "autoIngest"}  # path segments (the trailing slash is optional)
 
     def __init__(self, app, store: str):
         self.app, self.store = app, store
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and (scope["method"] not in ("GET", "HEAD", "OPTIONS")
-                                        or any(w in scope["path"] for w in self.WRITES_BY_GET)):
+                                        or self.WRITES_BY_GET.intersection(scope["path"].split("/"))):
             reply = PlainTextResponse(f"{self.store} is a bucket store, served read-only: "
                                       f"{scope['method']} {scope['path']} is not served\n", status_code=501)
             await reply(scope, receive, send)
