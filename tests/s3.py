@@ -24,6 +24,14 @@ START_TIMEOUT = 30.0
 class S3Server:
     endpoint: str
     proc: subprocess.Popen
+    log: Path | None = None  # moto's output: a line per request it answered
+
+    def requests_since(self, mark: int, contains: str) -> int:
+        """Requests logged after line `mark` (`len(self.lines())` taken before) whose line holds `contains`."""
+        return sum(contains in line for line in self.lines()[mark:])
+
+    def lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines() if self.log else []
 
     def client(self):
         import boto3
@@ -81,7 +89,7 @@ def start(log: Path) -> S3Server:
                 proc.kill()
                 raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
             time.sleep(0.1)
-    return S3Server(endpoint, proc)
+    return S3Server(endpoint, proc, log)
 
 
 ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_SESSION_TOKEN")

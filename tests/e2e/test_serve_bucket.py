@@ -121,3 +121,15 @@ def test_uvicorns_app_factory_serves_a_bucket_read_only(bucket_store, monkeypatc
         app_from_env()
     monkeypatch.setenv("NDINGEST_CATALOG", bucket_store["catalog"])
     assert app_from_env().state.ctx.read_only
+
+
+def test_a_cutout_reads_the_volumes_info_from_the_bucket_at_most_every_few_seconds(server, s3_server, bucket_store):
+    """Each use of `info` was a GET: 3.2 per cutout. Read once per BUCKET_INFO_SECONDS now
+    (5 cutouts: 16 GETs of info before, 0.4 a cutout after, counted in moto's log)."""
+    mark = len(s3_server.lines())
+    for _ in range(5):
+        reply = requests.get(f"{server.url}/nd/sd/{TOKEN}/image/npz/0/1000,1064/2000,2064/1000,1016/", timeout=30)
+        assert reply.status_code == 200, reply.text
+    bucket = bucket_store["store"].split("/")[2]
+    assert s3_server.requests_since(mark, f"GET /{bucket}/") >= 5  # the chunks: moto logs what it answered
+    assert s3_server.requests_since(mark, "/image/info ") <= 3

@@ -10,9 +10,11 @@ tensorstore keeps no chunk cache here, so a read always sees what a POST just wr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,6 +221,9 @@ def info_levels(info: dict) -> tuple[LevelView, ...]:
     return tuple(out)
 
 
+BUCKET_INFO_SECONDS = 2.0  # how long a bucket volume's `info` is taken as read (a channel made again: seen after)
+
+
 class VolumeHandles:
     """tensorstore handles on every (volume, level), opened once per process and reopened
     when the volume's `info` changes (a channel deleted and made again), with no chunk
@@ -227,6 +232,7 @@ class VolumeHandles:
     def __init__(self, store: Path | KvPath):
         self.store = store if isinstance(store, KvPath) else Path(store)
         self._handles: dict = {}
+        self._infos: dict[VolumeRef, tuple[float, bytes | None]] = {}  # a bucket's: (when read, bytes)
         self._lock = threading.Lock()
 
     def volume_dir(self, ref: VolumeRef) -> Path | KvPath:
@@ -235,14 +241,28 @@ class VolumeHandles:
     def _info_version(self, ref: VolumeRef) -> tuple | None:
         """What changes when the volume's `info` is written again; None while it has none.
         In a bucket, the object's bytes (one GET): an object has no inode."""
-        info = self.volume_dir(ref) / "info"
+        if isinstance(self.store, KvPath):
+            data = self.bucket_info(ref)
+            return None if data is None else (hashlib.sha256(data).hexdigest(),)
         try:
-            if isinstance(info, KvPath):
-                return (hashlib.sha256(info.read_bytes()).hexdigest(),)
-            st = info.stat()
+            st = (self.volume_dir(ref) / "info").stat()
         except FileNotFoundError:
             return None
         return st.st_ino, st.st_mtime_ns
+
+    def bucket_info(self, ref: VolumeRef) -> bytes | None:
+        """A bucket volume's `info` (None: none), read again once BUCKET_INFO_SECONDS have
+        passed: a cutout used it three times, each a GET (a round trip to the bucket)."""
+        now = time.monotonic()
+        seen = self._infos.get(ref)
+        if seen is not None and now - seen[0] < BUCKET_INFO_SECONDS:
+            return seen[1]
+        try:
+            data = (self.volume_dir(ref) / "info").read_bytes()
+        except FileNotFoundError:
+            data = None
+        self._infos[ref] = (now, data)
+        return data
 
     def get(self, ref: VolumeRef, level: int):
         """The handle, or None while the volume has no `info` (not created yet)."""
@@ -464,6 +484,14 @@ class ServerContext:
 
     def volume_info(self, ref: VolumeRef) -> dict | None:
         """The volume's precomputed `info`, or None while it has none (as the pipeline reads it)."""
+        if isinstance(self.store, KvPath):
+            data = self.handles.bucket_info(ref)
+            if data is None:
+                return None
+            try:
+                return json.loads(data)
+            except ValueError as exc:
+                raise StoreError(f"{self.volume_dir(ref) / 'info'}: not JSON: {exc}") from exc
         return LocalStore(self.store).info(ref)
 
     def read(self, channel: ChannelView, level: int, box: Box, t: int | None = None) -> np.ndarray:
