@@ -244,20 +244,9 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .errors import SpecError
+    from .server import bind, create_app, exposure_warning, run, store_at
 
-    from .kvpath import KvPath, is_url
-
-    if is_url(args.store):  # a bucket's prefix, served read-only (before Path() folds s3://b/p into s3:/b/p)
-        store = KvPath.from_url(args.store)
-        if not store.is_dir():
-            raise SpecError(f"--store {store}: no object under that prefix (or the bucket cannot be read)")
-    else:
-        store = Path(args.store)
-        if not store.is_dir():
-            raise SpecError(f"--store {store}: no such folder")
-    from .server import bind, create_app, exposure_warning, run
-
+    store = store_at(args.store, "--store ")
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog)
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
     if warning:  # before the bind: said even when the address turns out to be taken

@@ -201,6 +201,14 @@ class Target(Protocol):
     def edits(self, channel: VolumeRef) -> list[Edit]: ...
 
 
+def parse_info(data: bytes, path: Path | KvPath) -> dict:
+    """A volume's `info` from its bytes; StoreError naming `path` if it is not JSON."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"{path}: unreadable: {exc}") from exc
+
+
 class LocalStore:
     """A folder holding the catalog and the precomputed volumes, or a prefix in a bucket
     (`s3://bucket/prefix`, a `KvPath`) laid out alike, whose catalog is a database."""
@@ -242,12 +250,13 @@ class LocalStore:
         (self.volume_dir(ref) / "info").unlink(missing_ok=True)
 
     def info(self, ref: VolumeRef) -> dict | None:
+        path = self.volume_dir(ref) / "info"
         try:
-            return json.loads((self.volume_dir(ref) / "info").read_text())
+            return parse_info(path.read_bytes(), path)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{self.volume_dir(ref) / 'info'}: unreadable: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"{path}: unreadable: {exc}") from exc
 
     def create_volume(self, ref: VolumeRef, info: dict) -> None:
         """Write the volume's `info`, or check the one there matches."""

@@ -30,7 +30,7 @@ from starlette.responses import PlainTextResponse
 
 from .. import malloc
 from ..errors import CatalogConflict, RequestError, SpecError
-from ..kvpath import KvPath
+from ..kvpath import KvPath, is_url
 from .context import ServerContext
 from .precomputed import Cors
 
@@ -85,6 +85,20 @@ class ReadOnly:
         await self.app(scope, receive, send)
 
 
+def store_at(text: str, named: str) -> Path | KvPath:
+    """The store `text` names (`named` says where it came from, for the message): a bucket's
+    prefix (s3://bucket/prefix, before Path() folds it into s3:/…) or a folder; SpecError
+    if no object lies under the prefix or there is no such folder."""
+    if is_url(text):
+        store = KvPath.from_url(text)
+        if not store.is_dir():
+            raise SpecError(f"{named}{store}: no object under that prefix (or the bucket cannot be read)")
+        return store
+    if not Path(text).is_dir():
+        raise SpecError(f"{named}{text}: no such folder")
+    return Path(text)
+
+
 def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: int = 1 << 30,
                catalog_url: str | None = None) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
@@ -114,20 +128,16 @@ def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: 
 def app_from_env() -> Starlette:
     """The app for a shared server under uvicorn's own CLI, e.g.
     `uvicorn ndingest.server:app_from_env --factory --workers 4`: the store from
-    NDINGEST_STORE (a folder, or s3://bucket/prefix served read-only), the keys file from NDINGEST_API_KEYS (unset: writes are open), a
-    PostgreSQL catalog from NDINGEST_CATALOG (unset: STORE/catalog.sqlite). Safe with
-    several workers: writes lock per chunk across processes (see writes)."""
+    NDINGEST_STORE (a folder, or s3://bucket/prefix served read-only), the keys file from
+    NDINGEST_API_KEYS (unset: writes are open), a PostgreSQL catalog from NDINGEST_CATALOG
+    (unset: STORE/catalog.sqlite). Safe with several workers: writes lock per chunk across
+    processes (see writes)."""
     import os
 
-    from ..kvpath import is_url
-
     store = os.environ.get("NDINGEST_STORE", "")
-    if is_url(store):
-        where = KvPath.from_url(store)  # a bucket's prefix: read-only, its catalog NDINGEST_CATALOG
-    elif store and Path(store).is_dir():
-        where = Path(store)
-    else:
-        raise SpecError(f"NDINGEST_STORE={store!r}: set it to the store's folder (or s3://bucket/prefix)")
+    if not store:
+        raise SpecError("NDINGEST_STORE is not set: set it to the store's folder (or s3://bucket/prefix)")
+    where = store_at(store, "NDINGEST_STORE=")
     keys = os.environ.get("NDINGEST_API_KEYS") or None
     return create_app(where, api_keys=Path(keys) if keys else None,
                       catalog_url=os.environ.get("NDINGEST_CATALOG") or None)

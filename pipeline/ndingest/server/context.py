@@ -10,7 +10,6 @@ tensorstore keeps no chunk cache here, so a read always sees what a POST just wr
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ from ..blocks import Box, Vec3, chunk_shape
 from ..downsample import factors, level_extent
 from ..errors import BadBox, NotFound, SpecError, StateConflict, StoreError
 from ..kvpath import KvPath
-from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, scale_key, tensorstore_spec
+from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, parse_info, scale_key, tensorstore_spec
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +229,7 @@ class VolumeHandles:
     cache, so every read (a POST's read-modify-write too) starts from what is on disk."""
 
     def __init__(self, store: Path | KvPath):
-        self.store = store if isinstance(store, KvPath) else Path(store)
+        self.store = store  # as ServerContext.open made it
         self._handles: dict = {}
         self._infos: dict[VolumeRef, tuple[float, bytes | None]] = {}  # a bucket's: (when read, bytes)
         self._lock = threading.Lock()
@@ -484,14 +483,9 @@ class ServerContext:
 
     def volume_info(self, ref: VolumeRef) -> dict | None:
         """The volume's precomputed `info`, or None while it has none (as the pipeline reads it)."""
-        if isinstance(self.store, KvPath):
+        if isinstance(self.store, KvPath):  # read at most every BUCKET_INFO_SECONDS
             data = self.handles.bucket_info(ref)
-            if data is None:
-                return None
-            try:
-                return json.loads(data)
-            except ValueError as exc:
-                raise StoreError(f"{self.volume_dir(ref) / 'info'}: not JSON: {exc}") from exc
+            return None if data is None else parse_info(data, self.volume_dir(ref) / "info")
         return LocalStore(self.store).info(ref)
 
     def read(self, channel: ChannelView, level: int, box: Box, t: int | None = None) -> np.ndarray:
