@@ -35,7 +35,7 @@ demo: $(STAMP)
 	@echo "  http://127.0.0.1:8080/ocp/ca/kat11_scale3/image/xy/0/1000,1300/2000,2200/1100/"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadscope
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=25
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

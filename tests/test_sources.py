@@ -509,6 +509,37 @@ def test_a_small_box_of_a_compressed_tiff_decodes_only_the_strips_it_meets(tmp_p
     np.testing.assert_array_equal(source.read(source.extent), data)
 
 
+def test_block_reads_of_a_deflate_tiff_hold_at_most_the_strip_cache_not_the_file(tmp_path):
+    """The whole file was decoded for every block. Blocks in ingest order (x fastest) keep
+    at most SEGMENT_CACHE_BYTES of decoded strips: the reader's peak stays within that, a
+    block and the check's temporaries, well under the 128 MiB the file decodes to. (Counted by tracemalloc, which
+    sees numpy's and the codecs' buffers: what ndingest holds, not what the kernel maps.)"""
+    import tracemalloc
+
+    from ndingest.tiff import SEGMENT_CACHE_BYTES
+
+    side, pages = 1024, 128
+    ramp = (np.add.outer(np.arange(side), np.arange(side)) // 8).astype(np.uint8)
+    data = ramp[None] + np.arange(pages, dtype=np.uint8)[:, None, None]
+    path = tmp_path / "v.tif"
+    tifffile.imwrite(path, data, compression="zlib")  # 128 MiB of voxels, 8 rows per strip
+    source = open_source(str(path))
+    step = Vec3(256, 256, 64)  # the ingest's default block
+    tracemalloc.start()
+    try:
+        for z in range(0, pages, step.z):
+            for y in range(0, side, step.y):
+                for x in range(0, side, step.x):
+                    b = box((x, y, z), (x + step.x, y + step.y, z + step.z))
+                    block = source.read(b)
+                    assert np.array_equal(block, data[z:z + step.z, y:y + step.y, x:x + step.x]), b
+                    del block
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < SEGMENT_CACHE_BYTES + 32 * 2**20, peak / 2**20  # 72.8 MiB here; a whole-file decode: >= 128
+
+
 # --- HDF5: refused at open from metadata alone ---------------------------------------
 
 @pytest.mark.parametrize("dtype, needle", [

@@ -43,7 +43,10 @@ def test_plan_counts_the_tutorial_and_writes_nothing(tmp_path, tutorial_data):
     assert image[0] == {"level": 0, "blocks": 8, "tasks": 1, "bytes": 12_000_000, "files": 78, "markers": 18}
     assert annotation[0]["bytes"] == 48_000_000
     assert out["needed_bytes"] == 60_000_000 + 36 * 200
-    assert out["free_bytes"] > out["needed_bytes"]
+    # the disk's free space is the machine's; what plan makes of it is ndingest's
+    assert isinstance(out["free_bytes"], int) and out["free_bytes"] >= 0
+    assert out["left_bytes"] == out["needed_bytes"]  # nothing written yet
+    assert out["fits"] is (out["left_bytes"] <= out["free_bytes"])
 
     text = run_cli("plan", str(spec))
     assert text.returncode == 0, text.stderr

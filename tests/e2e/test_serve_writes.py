@@ -315,10 +315,10 @@ def test_a_content_length_past_the_limit_is_413_before_the_body_is_read(url):
     path = box_url(url, "img", "raw", ((1001, 1011), (2003, 2013), (7, 8))).split(str(HOST))[1].split("/", 1)[1]
     head = (f"POST /{path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {2 << 30}\r\n"
             f"Content-Type: application/octet-stream\r\n\r\n").encode()
-    started = time.monotonic()
-    answer = raw_request(url, head, [b"x" * 100])  # 100 bytes of the 2 GiB it claims
+    # 100 bytes of the 2 GiB it claims: any answer at all comes before the body was read
+    answer = raw_request(url, head, [b"x" * 100])
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert b"limit" in answer and time.monotonic() - started < 5
+    assert b"limit" in answer
 
 
 def test_a_streamed_body_growing_past_the_limit_is_413(workers_url):

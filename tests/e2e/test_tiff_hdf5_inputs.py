@@ -3,8 +3,6 @@ it from the source, or the input refused with exit 3, one line, and nothing writ
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -13,7 +11,7 @@ import pytest
 import tensorstore as ts
 import tifffile
 
-from conftest import NDINGEST, run_cli, write_spec
+from conftest import run_cli, write_spec
 
 VOLUME = "store/neurostorm_kat11_scale3/kat11_scale3"
 
@@ -109,51 +107,6 @@ def test_a_stack_is_read_in_natural_order_and_inspect_shows_it(tmp_path, volume)
     assert result.returncode == 0, result.stderr
     expected = np.stack([tifffile.imread(tmp_path / f"pages/s{z}.tif") for z in range(1, 13)])
     np.testing.assert_array_equal(read_store(tmp_path), expected)
-
-
-MEASURE = """
-import os, subprocess, sys
-with open(sys.argv[1], "w") as err:
-    proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=err)
-    _, status, usage = os.wait4(proc.pid, 0)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
-"""
-
-
-def peak_rss(folder: Path, *argv: str) -> int:
-    """Peak RSS (bytes, wait4's ru_maxrss) of `ndingest ARGV` and the processes it waits
-    for. Started from a bare Python: a child's ru_maxrss counts the resident set of the
-    process that forked it, and pytest's is large."""
-    out = subprocess.run([sys.executable, "-S", "-c", MEASURE, str(folder / "stderr.txt"), NDINGEST, *argv],
-                         cwd=folder, capture_output=True, text=True, timeout=300, check=True).stdout.split()
-    assert out[0] == "0", (folder / "stderr.txt").read_text()
-    return int(out[1])
-
-
-def test_a_deflate_tiff_ingests_in_about_the_memory_of_an_hdf5_source(tmp_path):
-    """The whole file was decoded for every block. Reads are now per strip, with at most
-    SEGMENT_CACHE_BYTES (64 MiB) of strips kept for the next block: the peak stays within
-    that (plus 16 MiB of slack) of an ingest of the same voxels from HDF5, which pays the
-    same import floor, blocks and writes. A whole-file decode adds the volume, 128 MiB."""
-    side, pages = 1024, 128
-    ramp = (np.add.outer(np.arange(side), np.arange(side)) // 8).astype(np.uint8)
-    noise = np.random.default_rng(0).integers(0, 8, size=(pages, side, side), dtype=np.uint8)
-    data = ramp[None] + noise + np.arange(pages, dtype=np.uint8)[:, None, None]
-    (tmp_path / "tiff").mkdir(), (tmp_path / "hdf5").mkdir()
-    tifffile.imwrite(tmp_path / "tiff/v.tif", data, compression="zlib")  # 128 MiB of voxels
-    with h5py.File(tmp_path / "hdf5/v.h5", "w") as f:
-        f.create_dataset("image/CUTOUT", data=data, chunks=(64, 64, 64))
-    del data, noise
-    peaks = {}
-    for kind, source in (("hdf5", "v.h5"), ("tiff", "v.tif")):
-        spec = write_spec(tmp_path / kind, image=source, offset=(0, 0, 0), image_extra="window_range = [0, 255]")
-        peaks[kind] = peak_rss(tmp_path / kind, "ingest", str(spec))
-    assert peaks["tiff"] < peaks["hdf5"] + 80 * 2**20, {k: v / 2**20 for k, v in peaks.items()}
-    with tifffile.TiffFile(tmp_path / "tiff/v.tif") as tif:
-        z = np.random.default_rng(1).integers(0, pages, size=4)
-        stored = read_store(tmp_path / "tiff")
-        for i in z:
-            np.testing.assert_array_equal(stored[i], tif.pages[int(i)].asarray())
 
 
 # --- HDF5 -----------------------------------------------------------------------------
