@@ -121,6 +121,23 @@ def test_readme_stays_short_and_keeps_the_two_commands():
     assert "make demo" in readme and "make test" in readme
 
 
+def test_readme_console_blocks_agree_with_the_tutorial():
+    """The README's excerpts are the tutorial's commands and lines (which the test above runs)."""
+    tutorial = (DOCS / "tutorial.md").read_text()
+    lines = [line for block in fenced_blocks(tutorial, "console") + fenced_blocks(tutorial, "text")
+             for line in block]
+    def bare(command: str) -> str:
+        return re.sub(r"\s+# .*$", "", command)
+
+    commands = {bare(line[2:]) for line in lines if line.startswith("$ ")}
+    for block in fenced_blocks((REPO / "README.md").read_text(), "console"):
+        for command, expected in steps(block):
+            assert bare(command) in commands, f"README: $ {command}: not on docs/tutorial.md"
+            for line in expected:
+                assert line == "…" or any(matches([shown], [line]) for shown in lines), \
+                    f"README: {line!r}: not on docs/tutorial.md"
+
+
 def test_exit_codes_agree_between_readme_and_docs():
     def table(text: str) -> list[str]:
         rows = [line for line in outside_fences(text) if re.match(r"\| \d+ \|", line)]
