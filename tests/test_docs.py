@@ -181,3 +181,8 @@ def test_mkdocs_build_is_strict_clean(tmp_path):
     proc = subprocess.run([str(mkdocs), "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the anchors the README test computes are the ids mkdocs gives the headings
+    for page in DOCS.glob("*.md"):
+        html = tmp_path / "site" / ("index.html" if page.stem == "index" else f"{page.stem}/index.html")
+        ids = set(re.findall(r'<h[1-6] id="([^"]+)"', html.read_text()))
+        assert ids == anchors(page), page.name
