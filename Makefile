@@ -1,4 +1,5 @@
 # The two commands a newcomer runs: `make demo` and `make test`.
+# `make test` first builds docs/ with mkdocs --strict (into build/site, ignored by git).
 # Each creates .venv when missing and installs the project into it, with the test and view
 # extras; an existing .venv is installed again when setup.cfg or pyproject.toml changes.
 PYTHON ?= python3
@@ -35,7 +36,8 @@ demo: $(STAMP)
 	@echo "  http://127.0.0.1:8080/ocp/ca/kat11_scale3/image/xy/0/1000,1300/2000,2200/1100/"
 
 test: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(PY) -m pytest -q -n 2 --dist loadscope --durations=25
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache build/site
