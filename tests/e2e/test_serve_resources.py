@@ -95,6 +95,20 @@ def test_a_new_channel_gets_a_volume_and_delete_removes_it_with_its_markers(url,
     answer(requests.get(path, timeout=30), 404)
 
 
+def test_head_of_a_resource_is_a_get_and_deletes_nothing(url, store):
+    """HEAD (which a browser sends cross-site unasked) fell through to DELETE and removed
+    the channel with its volume."""
+    path = resource(url, "project", PROJECT, "channel", "headed")
+    answer(requests.post(path, json=channel_body(), timeout=30), 201)
+    for what in (path, resource(url, "project", PROJECT, "token", TOKEN), resource(url, "project", PROJECT),
+                 resource(url)):
+        head = requests.head(what, timeout=30)
+        assert head.status_code == 200 and head.content == b"", (what, head.status_code)
+        answer(requests.get(what, timeout=30), 200)
+    assert (store / DATASET / PROJECT / "headed" / "info").exists()
+    answer(requests.delete(path, timeout=30), 204)
+
+
 def test_deleting_a_project_or_dataset_still_in_use_is_409_naming_what_remains(url):
     assert "channel img" in answer(requests.delete(resource(url, "project", PROJECT), timeout=30), 409)
     assert f"project {PROJECT}" in answer(requests.delete(resource(url), timeout=30), 409)
