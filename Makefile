@@ -36,6 +36,7 @@ demo: $(STAMP)
 	@echo "  http://127.0.0.1:8080/ocp/ca/kat11_scale3/image/xy/0/1000,1300/2000,2200/1100/"
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(PY) -m pytest -q -n 2 --dist loadscope --durations=25
 

@@ -391,7 +391,8 @@ def _open_layout(vol: Volume, out: str, *, sharded: bool) -> tensorstore.TensorS
     tensorstore's s3 kvstore as ndingest's `kvpath.Bucket` specifies it), with ndingest's
     `info`; tensorstore's default context."""
     import tensorstore as ts
-    from ndingest.kvpath import KvPath, is_url
+    from ndingest.kvpath import KvPath
+    from ndingest.urls import is_url
 
     info = vol.info(sharded=sharded)
     if not is_url(out):

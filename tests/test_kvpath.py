@@ -9,7 +9,8 @@ import pickle
 import pytest
 
 from ndingest.errors import SpecError
-from ndingest.kvpath import KvPath, is_url
+from ndingest.kvpath import KvPath
+from ndingest.urls import is_url
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ndingest.errors import RequestError
-from ndingest.server.formats import FORMATS, decode, encode
+from ndingest.wire.cutouts import FORMATS, decode, encode
 
 DTYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
 

@@ -211,7 +211,7 @@ def test_a_servers_lock_stripe_covers_a_whole_shard_file_of_a_sharded_channel():
     """Two POSTs to different chunks of one shard file take the same lock (each would
     rewrite the file); in a channel of one file per chunk they do not."""
     from ndingest.server.context import ChannelView, info_levels
-    from ndingest.server.writes import lock_cell, lock_stripes
+    from ndingest.server.locks import lock_cell, lock_stripes
 
     def channel(sharded: bool) -> ChannelView:
         info = precomputed_info(datatype="uint8", channel_type="image", scales=[

@@ -193,7 +193,7 @@ def test_the_fingerprint_changes_with_a_file(server, monkeypatch):
 def test_the_fingerprint_asks_many_heads_at_once(server):
     """A HEAD is tiny, so a far server's latency bounds the fingerprint: 1000 HEADs at 20 ms
     took 6.4 s four at a time, 1.9 s sixteen at a time (a server in another process)."""
-    from ndingest.remote import IN_FLIGHT, SMALL_IN_FLIGHT
+    from ndingest.wire.client import IN_FLIGHT, SMALL_IN_FLIGHT
 
     base, folder, gets, fail = server
     write_stack(folder, np.ones((48, 4, 4), dtype=np.uint8), "png")

@@ -9,7 +9,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .sources import Source, window_range
+from .source_base import Source
+from .sources import window_range
 
 logger = logging.getLogger(__name__)
 

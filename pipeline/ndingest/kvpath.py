@@ -20,21 +20,15 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Iterator
-from urllib.parse import urlsplit
 
-from .errors import SpecError, StoreError
+from .errors import StoreError
+from .urls import store_url_parts
 
-SCHEMES = ("s3",)
 DEFAULT_REGION = "us-east-1"
 # A throttled or briefly lost server is retried with backoff, for about 40 s in all; an
 # endpoint that is down fails in that time with one line, not after tensorstore's default
 # (32 retries up to 32 s apart: many minutes of silence).
 RETRIES = (8, "0.5s", "8s")  # max_retries, initial_delay, max_delay
-
-
-def is_url(text: str | os.PathLike) -> bool:
-    """Whether a store path names an object store rather than a folder."""
-    return isinstance(text, str) and urlsplit(text).scheme in SCHEMES
 
 
 @dataclass(frozen=True)
@@ -101,10 +95,8 @@ class KvPath:
     @classmethod
     def from_url(cls, url: str) -> "KvPath":
         """`s3://bucket/prefix`: SpecError naming the URL if it has no bucket."""
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEMES or not parts.netloc:
-            raise SpecError(f"{url}: not an object store URL (s3://bucket/prefix)")
-        return cls(Bucket.from_env(parts.netloc), parts.path)
+        bucket, key = store_url_parts(url)
+        return cls(Bucket.from_env(bucket), key)
 
     # --- names -------------------------------------------------------------------------------
     def __str__(self) -> str:

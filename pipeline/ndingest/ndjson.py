@@ -42,11 +42,11 @@ from pathlib import Path
 
 from .errors import RequestError, SourceError
 from .markers import atomic_write
-from .spec import DATATYPES, NAME_RE, RESERVED_NAMES
+from .spec import DATATYPES, JOBS, NAME_RE, RESERVED_NAMES, job_folder
+from .wire.client import Client
 
 logger = logging.getLogger(__name__)
 
-JOBS = "_jobs"  # under the store
 SCHEMES = ("http", "https", "file")
 FORMATS = {"slice": ("tif", "tiff", "png"), "hdf5": ("h5", "hdf5")}
 CHANNEL_TYPES = ("image", "annotation", "timeseries")
@@ -325,8 +325,6 @@ def _fetch(url: str, part: Path) -> None:
     parts = urllib.parse.urlsplit(url)
     import requests
 
-    from .remote import Client
-
     client = Client(f"{parts.scheme}://{parts.netloc}", key=None)  # retries connection errors and 5xx
     try:
         with client.session().get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as reply:
@@ -401,14 +399,6 @@ def write_spec(store: Path, job: Job) -> Path:
     path = spec_path(store, job.token)
     atomic_write(path, spec_text(job, store).encode(), durable=False)
     return path
-
-
-def job_folder(spec: str | os.PathLike) -> Path | None:
-    """STORE/_jobs/TOKEN/ for a job's spec (STORE/_jobs/TOKEN.toml); None for any other spec."""
-    spec = Path(spec).resolve()
-    if spec.parent.name != JOBS or spec.suffix != ".toml":
-        return None
-    return spec.parent / spec.stem
 
 
 def job_running(spec: Path) -> bool:

@@ -9,7 +9,7 @@ without reading a voxel. A read is `GET .../CHANNEL/blosc/0/x0,x1/y0,y1/z0,z1/` 
 absolute coordinates: the source is addressed from 0 like every other, and the server's
 dataset offset is added here, in one place (`absolute_box`). A box is fetched as a few
 z-slabs at once (`IN_FLIGHT` requests per process), each decoded by the server's
-numpy-only unpickler. The session is `remote.Client`'s: connection errors and 5xx are
+numpy-only unpickler. The session is `wire.client.Client`'s: connection errors and 5xx are
 retried with backoff, a 4xx never. A 4xx or an answer that is not the project asked for is
 a `SourceError` naming the URL (exit 3); a server that cannot be reached is the Client's
 `RemoteError` (exit 8).
@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .blocks import Box, Vec3
-from .errors import SourceError
-from .sources import Source
+from .errors import RemoteError, SourceError
+from .source_base import Source
 from .spec import DATATYPES
+from .wire.client import KEY_ENV, Client, one_line, process_pool, quiet_retries
+from .wire.cutouts import cutout_path, decode_cutout
 
 if TYPE_CHECKING:
     import requests
@@ -63,8 +65,6 @@ class ChannelAddress:
 
     def cutout_url(self, box: Box, t: int | None) -> str:
         """Level 0's blosc cutout of `box` (absolute), at time point `t` for a time series."""
-        from .remote import cutout_path
-
         return self.channel_url + cutout_path("blosc", 0, box, t)
 
 
@@ -135,8 +135,6 @@ class NdstoreSource(Source):
     per process (neither survives Luigi's fork)."""
 
     def __init__(self, source: str, axes: str | None = None, *, key: str | None = None):
-        from .remote import KEY_ENV, Client, quiet_retries
-
         self.source = source
         self.address = parse_address(source)
         quiet_retries()
@@ -156,10 +154,8 @@ class NdstoreSource(Source):
         and 5xx are retried by the Client, and once out of retries are its RemoteError."""
         reply = self.client.request("GET", url, expect=(200, *SOURCE_4XX))
         if reply.status_code != 200:
-            from .remote import KEY_ENV, _one_line
-
             hint = f"; set {KEY_ENV} to a key the server accepts" if reply.status_code in (401, 403) else ""
-            raise SourceError(f"{url}: {reply.status_code} {_one_line(reply.text) or reply.reason}{hint}")
+            raise SourceError(f"{url}: {reply.status_code} {one_line(reply.text) or reply.reason}{hint}")
         return reply
 
     def _get_json(self, url: str) -> object:
@@ -170,8 +166,6 @@ class NdstoreSource(Source):
             raise SourceError(f"{url}: the answer is not JSON (is this an ndstore server?)") from exc
 
     def _pool(self) -> ThreadPoolExecutor:
-        from .remote import process_pool
-
         return process_pool(self._pools, "ndingest-ndstore")
 
     @property
@@ -253,9 +247,6 @@ class NdstoreSource(Source):
         return out
 
     def _read_slab(self, box: Box, time: int | None) -> np.ndarray:
-        from .errors import RemoteError
-        from .remote import decode_cutout
-
         url = self.address.cutout_url(self.absolute_box(box), time)
         shape = tuple(reversed(box.shape))
         body = self._get(url).content

@@ -16,7 +16,8 @@ from .downsample import factors, level_extent
 from .errors import SourceError, SpecError
 from .markers import channel_dir, project_dir
 from .chunked import locate_array, names_an_array_folder
-from .sources import Source, open_source
+from .source_base import Source
+from .sources import open_source
 from .spec import ChannelSpec, Spec, load_spec
 from .catalog import Catalog, SqlCatalog, SqliteCatalog
 from .targets import LocalStore, Scale, Target, VolumeRef

@@ -23,8 +23,8 @@ import numpy as np
 
 from .blocks import BlockTask, Box, Vec3, chunk_grid
 from .errors import NdingestError
-from .kvpath import KvPath
 from .plan import ChannelPlan, LevelPlan, Plan
+from .urls import is_url
 
 MARKER_BYTES = 200  # a block's marker (or a task's seal) as JSON: box, checksum, range, time
 SHARDING_ADVISED_BYTES = 100 * 2**30  # past this many bytes unsharded, a store is millions of files
@@ -147,7 +147,7 @@ def nearest_existing(path: Path) -> Path:
 
 def local_store_path(plan: Plan) -> Path | None:
     """The store's folder, or None for a store in a bucket or behind a server."""
-    if plan.spec.store.url is not None or isinstance(plan.spec.store.path, KvPath) or plan.spec.store.path is None:
+    if plan.spec.store.url is not None or is_url(plan.spec.store.path) or plan.spec.store.path is None:
         return None
     return Path(plan.spec.store.path)
 

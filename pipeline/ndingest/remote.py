@@ -6,24 +6,18 @@
 `RemoteStore` has `LocalStore`'s interface over cutouts: POSTs with `?mode=replace` (every
 voxel written, annotation zeros too, so a rerun after `--restart` can also erase labels)
 and GETs, blosc both ways. `RestCatalog` is the `catalog.Catalog` seam over the resource
-API. Both share one `Client`: a `requests.Session` per process with urllib3's `Retry`
-mounted, which retries connection errors and 5xx with backoff, POSTs included (a
-replace-mode POST of the same voxels, or a resource POST of the same values, is
-idempotent), and never a 4xx. An HTTP failure is one `RemoteError` line naming the
-method, URL and the server's one-line answer (exit 8); a 409 is a `CatalogConflict`
-(exit 4). The key is sent as `Authorization: Token <key>` and never appears in a message.
+API. Both share one `wire.client.Client` (retries, one-line errors; the key, from
+NDINGEST_API_KEY, never in a message).
 
 Markers, the run lock and reports cannot live in a remote store: they go to
 `.ndingest/<server>/` beside the spec (`state_dir`), one folder per server URL.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
 import time
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,24 +29,16 @@ import numpy as np
 from . import catalog
 from .blocks import Box
 from .edits import Edit
-from .errors import CatalogConflict, NdingestError, RemoteError, RequestError, SpecError, StoreError
+from .errors import CatalogConflict, RemoteError, SpecError, StoreError
 from .targets import VolumeRef
+from .wire.client import IN_FLIGHT, KEY_ENV, Client, one_line, process_pool, quiet_retries
+from .wire.cutouts import cutout_path, decode_cutout, encode_cutout
 
 if TYPE_CHECKING:
-    import requests
-
     from .spec import Spec
 
 logger = logging.getLogger(__name__)
 
-KEY_ENV = "NDINGEST_API_KEY"
-RETRIES = 5  # per request; with BACKOFF, about 3 s of waiting for a server that is down
-BACKOFF = 0.1  # s; urllib3 waits 0, 2, 4, 8, 16 x this between tries
-RETRY_STATUSES = (500, 502, 503, 504)
-IN_FLIGHT = 4  # cutout requests under way at once per process: a small bounded pool
-SMALL_IN_FLIGHT = 16  # HEADs under way at once: tiny answers, so the link's latency bounds them
-TIMEOUT = (10.0, 600.0)  # s to connect, s to wait for an answer (a POST is flushed before it)
-UNREACHABLE_SECONDS = 60.0  # after a request ran out of retries, others fail at once this long
 PROPAGATE_TIMEOUT = 6 * 3600.0  # s to wait for the server to build the levels
 FORMATS = ("blosc", "npz")
 
@@ -66,156 +52,6 @@ def server_folder(url: str) -> str:
 def state_dir(spec_path: Path, url: str) -> Path:
     """Where a remote target's markers, lock and reports live: `.ndingest/` beside the spec."""
     return spec_path.parent / ".ndingest" / server_folder(url)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _reason(exc: Exception) -> str:
-    """The OS's words for a connection failure ("Connection refused"), not urllib3's nest."""
-    text = str(exc)
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if found:
-        return found.group(1).strip()
-    if "aborted" in text.lower() or "disconnected" in text.lower() or "reset" in text.lower():
-        return "the connection was lost"
-    return _one_line(text, 120)
-
-
-class Client:
-    """The URL, the key and one retrying session per process (sessions do not survive
-    Luigi's fork; pickling drops them, and the key stays out of `repr`).
-
-    Once a request has run out of retries on a server it cannot reach, every request of
-    this process fails at once for `UNREACHABLE_SECONDS`: Luigi runs the tasks left after
-    a failed one, and each would otherwise spend its own retries on a server that is down.
-    """
-
-    def __init__(self, url: str, *, key: str | None = None, retries: int = RETRIES, backoff: float = BACKOFF):
-        self.url = url.rstrip("/")
-        self.key = key or None
-        self.retries, self.backoff = retries, backoff
-        self._sessions: dict[int, requests.Session] = {}
-        self._unreachable: tuple[float, str] | None = None  # (when, why) the last request gave up
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_sessions": {}, "_unreachable": None}
-
-    def __repr__(self) -> str:
-        return f"Client({self.url!r}, key={'set' if self.key else None})"
-
-    @property
-    def root(self) -> str:
-        """scheme://host:port, where `/precomputed/` is served."""
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
-
-    def session(self) -> "requests.Session":
-        import requests
-        from requests.adapters import HTTPAdapter
-        from urllib3.util.retry import Retry
-
-        pid = os.getpid()
-        found = self._sessions.get(pid)
-        if found is None:
-            retry = Retry(total=self.retries, connect=self.retries, read=self.retries, status=self.retries,
-                          other=0, backoff_factor=self.backoff, status_forcelist=RETRY_STATUSES,
-                          allowed_methods=frozenset({"HEAD", "GET", "POST", "PUT", "PATCH", "DELETE"}),
-                          raise_on_status=False)
-            adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=max(2 * IN_FLIGHT, SMALL_IN_FLIGHT))
-            found = requests.Session()
-            found.mount("http://", adapter)
-            found.mount("https://", adapter)
-            if self.key:
-                found.headers["Authorization"] = f"Token {self.key}"
-            self._sessions = {pid: found}
-        return found
-
-    def request(self, method: str, url: str, *, expect: tuple[int, ...] = (200,), **kwargs) -> "requests.Response":
-        """The server's answer if its status is one of `expect`; else the error it means."""
-        import requests
-
-        if self._unreachable is not None and time.monotonic() - self._unreachable[0] < UNREACHABLE_SECONDS:
-            raise RemoteError(f"{method} {url}: cannot reach the server at {self.url} ({self._unreachable[1]} "
-                              f"{time.monotonic() - self._unreachable[0]:.0f} s ago; not tried again)")
-        try:
-            reply = self.session().request(method, url, timeout=TIMEOUT, **kwargs)
-        except requests.exceptions.ConnectionError as exc:
-            self._unreachable = (time.monotonic(), _reason(exc))
-            raise RemoteError(f"{method} {url}: cannot reach the server at {self.url} ({_reason(exc)}, "
-                              f"after {self.retries} retries)") from exc
-        except requests.exceptions.RequestException as exc:
-            raise RemoteError(f"{method} {url}: {type(exc).__name__}: {_one_line(str(exc), 200)}") from exc
-        if reply.status_code in expect:
-            return reply
-        raise self.error(method, url, reply)
-
-    def error(self, method: str, url: str, reply: "requests.Response") -> NdingestError:
-        status, line = reply.status_code, _one_line(reply.text) or reply.reason
-        if status == 409:
-            return CatalogConflict(f"{self.url}: {line} ({method} {url})")
-        if status == 401 and self.key is None:
-            return RemoteError(f"{method} {url}: the server at {self.url} wants a key and none was sent; set "
-                               f"{KEY_ENV} ({status}: {line})")
-        if status == 401 or (status == 403 and "key" in line.lower()):  # not a readonly channel's 403
-            return RemoteError(f"{method} {url}: the server at {self.url} refused the key in {KEY_ENV} "
-                               f"({status}: {line})")
-        return RemoteError(f"{method} {url}: {status} {line}")
-
-    def get_json(self, url: str) -> dict | None:
-        """A resource as JSON, or None when the server answers 404."""
-        reply = self.request("GET", url, expect=(200, 404))
-        if reply.status_code == 404:
-            return None
-        try:
-            return reply.json()
-        except ValueError as exc:
-            raise RemoteError(f"GET {url}: the answer is not JSON: {_one_line(reply.text, 120)}") from exc
-
-
-def process_pool(pools: dict[tuple[int, str], ThreadPoolExecutor], name: str,
-                 size: int = IN_FLIGHT) -> ThreadPoolExecutor:
-    """This process's pool `name` of `size` request threads in `pools` (an object's own
-    dict, emptied when it is pickled), made on first use: threads do not survive Luigi's fork."""
-    pid = os.getpid()
-    if any(key[0] != pid for key in pools):
-        pools.clear()  # a parent's threads: gone in this process
-    if (pid, name) not in pools:
-        pools[(pid, name)] = ThreadPoolExecutor(size, thread_name_prefix=name)
-    return pools[(pid, name)]
-
-
-# --- cutouts ---------------------------------------------------------------------------------------
-def cutout_path(fmt: str, level: int, box: Box, t: int | None) -> str:
-    """ndstore's cutout path after a channel's URL, `fmt/level/x0,x1/y0,y1/z0,z1/` (absolute
-    voxels), with `t,t+1/` for one time point of a time series: what every client here asks."""
-    b, e = box.begin, box.end
-    return f"{fmt}/{level}/{b.x},{e.x}/{b.y},{e.y}/{b.z},{e.z}/" + (f"{t},{t + 1}/" if t is not None else "")
-
-
-def encode_cutout(fmt: str, array: np.ndarray) -> bytes:
-    """A POST body: (1, [t,] z, y, x), as ndstore's clients send it."""
-    array = np.ascontiguousarray(array)[np.newaxis]
-    if fmt == "blosc":
-        import blosc
-
-        return blosc.pack_array(array, clevel=1, cname="lz4")
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return zlib.compress(buf.getbuffer(), 1)
-
-
-def decode_cutout(fmt: str, body: bytes, *, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A GET answer as the array of `shape`; blosc through the server's numpy-only
-    unpickler (a blosc body is a pickle), npz with allow_pickle=False."""
-    from .server.formats import decode  # imports the server package (starlette), only when reading
-
-    try:
-        return decode(fmt, body, datatype=datatype, shape=shape)
-    except RequestError as exc:
-        raise RemoteError(f"{what}: the answer is not the cutout asked for: {exc}") from exc
 
 
 @dataclass
@@ -438,7 +274,7 @@ class RestCatalog:
         url = self._propagate_url(channel, "getPropagate")
         text = self.client.request("GET", url).text.strip()
         if text not in ("0", "1", "2"):
-            raise RemoteError(f"GET {url}: answered {_one_line(text, 60)!r}, not 0, 1 or 2")
+            raise RemoteError(f"GET {url}: answered {one_line(text, 60)!r}, not 0, 1 or 2")
         return int(text)
 
     def set_propagate(self, project: str, channel: str, state: int) -> None:
@@ -474,13 +310,6 @@ class RestCatalog:
             if state != catalog.PROPAGATE_DONE:
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
-
-
-def quiet_retries() -> None:
-    """urllib3 logs every retry as a WARNING; here a retry is expected, and the request that
-    finally fails becomes our one line. Under --debug (root logger at DEBUG) they stay."""
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def open_remote(spec: "Spec") -> tuple[RemoteStore, RestCatalog, Path]:

@@ -1,4 +1,6 @@
 """`ndingest slice`: one plane of a channel at one level, as a PNG (ndstore's xy/xz/yz).
+The server's slice route draws with the same functions, so it lives in the steps layer,
+below both the CLI and the server.
 
 Image voxels map linearly from the channel's window range to 0..255 (identity for a
 0..255 window), rounded half up; annotation labels get stable colours (the same id is

@@ -9,23 +9,25 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
 from . import tiff
-from .blocks import Box, Vec3
+from .blocks import Box
 from .chunked import (EMPTY_ARRAY_VOXELS, ArrayLocation, holds_a_chunk, locate_array, names_an_array_folder,
                       tensorstore_reader)
 from .errors import SourceError
+from .ndstore import NdstoreSource, names_a_server
+from .source_base import Source
+from .urls import names_web_slices
+from .webslices import WebSliceSource
 
 logger = logging.getLogger(__name__)
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_CACHE_BYTES = 64 * 2**20  # h5py's 1 MiB default thrashes on gzip-chunked cutouts
-SCAN_BYTES = 64 * 2**20
 
 
 def default_axes(ndim: int) -> str:
@@ -35,86 +37,6 @@ def default_axes(ndim: int) -> str:
 def _to_zyx(array: np.ndarray, axes: str) -> np.ndarray:
     """Transpose an array whose axes are `axes` (no t) to (z, y, x), as a view."""
     return np.transpose(array, [axes.index(a) for a in "zyx"])
-
-
-class Source(ABC):
-    """A volume of shape (t, z, y, x) to be read in boxes; picklable, handles opened lazily."""
-
-    axes: str
-
-    @property
-    @abstractmethod
-    def shape_tzyx(self) -> tuple[int, int, int, int]: ...
-
-    @property
-    @abstractmethod
-    def dtype(self) -> np.dtype: ...
-
-    @property
-    @abstractmethod
-    def files(self) -> list[Path]: ...
-
-    @abstractmethod
-    def read(self, box: Box, t: int = 0) -> np.ndarray:
-        """The voxels of `box` (source coordinates) at time point `t`, shaped (z, y, x)."""
-
-    @property
-    def description(self) -> str:
-        return str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent}/ ({len(self.files)} files)"
-
-    @property
-    def file_listing(self) -> str:
-        """The files in reading order, as "count: first ... last", so a stack's sort order
-        shows in `inspect` before anything is written."""
-        files = self.files
-        if len(files) == 1:
-            return str(files[0])
-        return f"{len(files)}: {files[0].name} ... {files[-1].name}"
-
-    @property
-    def known_window_range(self) -> tuple[float, float] | None:
-        """A window range known without reading voxels (a server's channel info), or None."""
-        return None
-
-    @property
-    def size_xyz(self) -> Vec3:
-        _, z, y, x = self.shape_tzyx
-        return Vec3(x, y, z)
-
-    @property
-    def extent(self) -> Box:
-        return Box(Vec3(0, 0, 0), self.size_xyz)
-
-    @property
-    def time_points(self) -> int:
-        return self.shape_tzyx[0]
-
-    def scan_boxes(self, max_bytes: int = SCAN_BYTES) -> list[Box]:
-        """Boxes covering the volume for a bounded-memory pass (window range, checks)."""
-        x, y, z = self.size_xyz
-        plane = max(1, x * y * self.dtype.itemsize)
-        thickness = max(1, min(z, max_bytes // plane))
-        if plane <= max_bytes:
-            tile = Vec3(x, y, thickness)
-        else:
-            side = max(1, int((max_bytes // self.dtype.itemsize) ** 0.5))
-            tile = Vec3(min(x, side), min(y, side), 1)
-        return list(self.extent.chunks(tile, within=self.extent))
-
-    def fingerprint(self) -> list[dict]:
-        """Size and mtime of every file, to notice a source that changed under a run."""
-        out = []
-        for f in self.files:
-            try:
-                st = f.stat()
-            except OSError as exc:
-                raise SourceError(f"{f}: cannot read source: {exc.strerror}") from exc
-            out.append({"path": str(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-        return out
-
-    def _check_box(self, box: Box, t: int) -> None:
-        if not self.extent.contains(box) or not 0 <= t < self.time_points:
-            raise SourceError(f"{self.description}: box {box} t={t} lies outside the source {self.extent}")
 
 
 class ArraySource(Source):
@@ -416,9 +338,6 @@ def open_source(source: str, axes: str | None = None, *, z_range: tuple[int, int
     slices by URL pattern (`http://…/{z:04d}.png` over `z_range`, staged where
     `webslices.default_cache_dir` says for the spec at `spec_path`).
     Raises SourceError naming the file when it cannot."""
-    from .ndstore import NdstoreSource, names_a_server
-    from .webslices import WebSliceSource, names_web_slices
-
     if names_web_slices(source):
         if z_range is None:
             raise SourceError(f"{source}: a slice pattern needs z_range = [first, stop) (name it in a spec)")

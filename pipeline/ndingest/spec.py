@@ -17,7 +17,7 @@ from typing import Any
 
 from .blocks import Vec3
 from .errors import SpecError
-from .kvpath import KvPath, is_url
+from .urls import is_url, names_web_slices, store_url
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ DATATYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
 SCALING_OPTIONS = ("zslices", "isotropic")
 AXES_RE = re.compile(r"^t?[xyz]{3}$|^[xyz]{3}t$")
 
+JOBS = "_jobs"  # under the store: an auto-ingest job's spec (TOKEN.toml) and its folder (TOKEN/)
 DEFAULT_BLOCK_CHUNKS = (2, 2, 4)
 DEFAULT_BLOCKS_PER_TASK = 64
 
@@ -67,7 +68,7 @@ class ChannelSpec:
 
 @dataclass(frozen=True)
 class StoreSpec:
-    path: Path | KvPath | None  # a folder, or s3://bucket/prefix
+    path: Path | str | None  # a folder, or an object store's URL (s3://bucket/prefix), opened by the store
     url: str | None = None
     catalog: str | None = None  # a postgresql:// or sqlite:/// URL; None: the store's catalog.sqlite
     sharding: bool = False  # neuroglancer_uint64_sharded_v1, one shard file per block (blocks.sharding_spec)
@@ -220,8 +221,6 @@ def _channel(name: str, table: Any, path: Path) -> ChannelSpec:
 
 def _check_slice_pattern(source: str, table: dict, where: str, path: Path) -> None:
     """z_range goes with a slice pattern (`.../{z:04d}.png`) and only with one."""
-    from .webslices import names_web_slices
-
     if names_web_slices(source) and "z_range" not in table:
         raise SpecError(f"{path}: {where}.source is a slice pattern; {where}.z_range = [first, stop) names its "
                         f"files")
@@ -262,7 +261,7 @@ def _store(table: dict, path: Path) -> StoreSpec:
             raise SpecError(f"{path}: store.path = {raw!r} needs store.catalog: an object store keeps no catalog "
                             f"file (\"postgresql://user:password@host:5432/database\", shared by every host)")
         try:
-            return StoreSpec(path=KvPath.from_url(raw), catalog=catalog, sharding=sharding)
+            return StoreSpec(path=store_url(raw), catalog=catalog, sharding=sharding)
         except SpecError as exc:
             raise SpecError(f"{path}: store.path = {raw!r}: {exc}") from exc
     if "://" in raw:
@@ -374,3 +373,11 @@ def _load_cached(path: Path, mtime_ns: int, size: int) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read spec: {exc}") from exc
     return parse_spec(text, path)
+
+
+def job_folder(spec: str | os.PathLike) -> Path | None:
+    """STORE/_jobs/TOKEN/ for a job's spec (STORE/_jobs/TOKEN.toml); None for any other spec."""
+    spec = Path(spec).resolve()
+    if spec.parent.name != JOBS or spec.suffix != ".toml":
+        return None
+    return spec.parent / spec.stem

@@ -28,6 +28,7 @@ from .edits import Edit, read_edits
 from .errors import CatalogConflict, StoreError
 from .kvpath import KvPath
 from .markers import atomic_write, channel_dir, flush_filesystem
+from .urls import is_url
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +223,9 @@ class LocalStore:
         block is read; in a bucket several, so round trips overlap (and verify reads ahead)."""
         return self.IN_FLIGHT_IN_A_BUCKET if isinstance(self.path, KvPath) else 1
 
-    def __init__(self, path: Path | KvPath):
-        self.path = path if isinstance(path, KvPath) else Path(path)
+    def __init__(self, path: Path | KvPath | str):
+        """`path`: a folder, a bucket's prefix, or its URL (a spec's `[store] path`)."""
+        self.path = path if isinstance(path, KvPath) else KvPath.from_url(path) if is_url(path) else Path(path)
         self._handles: dict[tuple[VolumeRef, int, int], object] = {}
         self._sharded: dict[tuple[VolumeRef, int, int], bool] = {}
 

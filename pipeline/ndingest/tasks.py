@@ -27,9 +27,9 @@ import luigi
 from . import markers, steps
 from .errors import NdingestError
 from .ingest import TaskResult, write_task
+from .luigiconf import luigi_defaults
 from .plan import Plan, load_plan
 from .spec import load_spec
-from .runner import luigi_defaults
 from .verify import report_dir, verify_plan
 
 logger = logging.getLogger(__name__)

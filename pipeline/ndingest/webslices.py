@@ -9,7 +9,7 @@
 Source coordinates start at 0: z 0 is the file of `z_range[0]`.
 
 A slice is fetched whole (a PNG has no partial read, and file servers such as Python's
-`http.server` answer no `Range`) through `remote.Client`'s session: connection errors and
+`http.server` answer no `Range`) through `wire.client.Client`'s session: connection errors and
 5xx retried with backoff, a 4xx never; a body cut off mid-read is fetched again. It is
 decoded once, checked against the first slice (shape, dtype, one gray channel: a slice
 that differs, a missing file or one that is not an image is a SourceError naming its URL,
@@ -50,9 +50,11 @@ import numpy as np
 from . import tiff
 from .blocks import Box
 from .errors import RemoteError, SourceError
-from .sources import Source
+from .source_base import Source
+from .spec import job_folder
+from .urls import SLICE_SCHEMES, names_web_slices
+from .wire.client import IN_FLIGHT, SMALL_IN_FLIGHT, Client, process_pool, quiet_retries
 
-SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tif", ".tiff", ".png")
 FIELD_RE = re.compile(r"\{([a-z_]*)(?::[^{}]*)?\}")
 SLICE_CACHE_BYTES = 4 * 2**30  # staged slices kept on disk, at least (see SliceFiles)
@@ -65,16 +67,11 @@ NO_HEAD = (405, 501)
 BODY_TRIES = 3  # a body cut off mid-read is fetched again (urllib3 retries only until the headers)
 
 
-def names_web_slices(source: str) -> bool:
-    """Whether `source` is a URL pattern of slices (`{z...}` in an http(s) or file URL)."""
-    return urllib.parse.urlsplit(source).scheme in SCHEMES and "{z" in source
-
-
 def check_pattern(pattern: str, z_range, t_range) -> None:
     """SourceError unless `pattern` is a URL of TIFF or PNG files with a `{z}` field (and a
     `{t}` field exactly when there is a `t_range`), and the ranges are [first, stop) pairs."""
     parts = urllib.parse.urlsplit(pattern)
-    if parts.scheme not in SCHEMES:
+    if parts.scheme not in SLICE_SCHEMES:
         raise SourceError(f"{pattern}: slices are read from http(s):// or file:/// URLs")
     fields = set(FIELD_RE.findall(pattern))
     if not fields <= {"z", "t"} or "z" not in fields:
@@ -136,8 +133,6 @@ class WebSliceSource(Source):
     def __init__(self, pattern: str, z_range: tuple[int, int], t_range: tuple[int, int] | None = None,
                  axes: str | None = None, *, cache_dir: str | os.PathLike | None = None,
                  spec_path: str | os.PathLike | None = None):
-        from .remote import Client, quiet_retries
-
         check_pattern(pattern, z_range, t_range)
         self.pattern, self.z_range, self.t_range = pattern, tuple(z_range), tuple(t_range) if t_range else None
         self.axes = "tzyx" if t_range else "zyx"
@@ -195,13 +190,9 @@ class WebSliceSource(Source):
         return urls[0] if len(urls) == 1 else f"{len(urls)}: {urls[0]} ... {urls[-1]}"
 
     def _pool(self) -> ThreadPoolExecutor:
-        from .remote import process_pool
-
         return process_pool(self._pools, "ndingest-slices")
 
     def _head_pool(self) -> ThreadPoolExecutor:
-        from .remote import SMALL_IN_FLIGHT, process_pool
-
         return process_pool(self._pools, "ndingest-heads", SMALL_IN_FLIGHT)
 
     # --- bytes -----------------------------------------------------------------------------------
@@ -307,8 +298,6 @@ class WebSliceSource(Source):
     def _stage_all(self, keys: list[tuple[int, int]]) -> list[Path]:
         """The staged files of `keys` ((t, z) each), fetched several at once: IN_FLIGHT, or
         fewer when that many whole decoded slices would pass FETCH_BYTES."""
-        from .remote import IN_FLIGHT
-
         at_once = max(1, min(IN_FLIGHT, FETCH_BYTES // max(1, self._page_bytes)))
         staged = self._staged_paths()  # once here, not on each pool thread
         jobs = [(z, t, staged[self._index(z, t)]) for t, z in keys]
@@ -352,8 +341,6 @@ def default_cache_dir(pattern: str, spec_path: str | os.PathLike | None = None) 
     else in the spec's own place, on the disk the user chose, not the temp folder (often
     a tmpfs, i.e. RAM): an auto-ingest job's folder in the store, any other spec's
     `.ndingest/staged/` beside it. The temp folder only with no spec (a bare source)."""
-    from .ndjson import job_folder
-
     if os.environ.get(CACHE_ENV):
         root = Path(os.environ[CACHE_ENV])
     elif spec_path is None:

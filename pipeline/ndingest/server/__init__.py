@@ -7,9 +7,9 @@ Modules:
 - `reads`: project info, public tokens and datasets, cutout GETs, PNG slices.
 - `precomputed`: each channel's precomputed files over HTTP, with CORS and Range.
 - `page`: `GET /`, an HTML overview with thumbnails and neuroglancer links.
-- `formats`, `keys`, `writes`, `resources`, `propagate`: cutout encodings, the API keys,
-  cutout POSTs (each recorded by `ndingest.edits`, which `verify` reads), the resource
-  API, level rebuilds.
+- `keys`, `writes`, `locks`, `resources`, `propagate`: the API keys, cutout POSTs (each
+  recorded by `ndingest.edits`, which `verify` reads) and their chunk locks, the resource
+  API, level rebuilds. Cutout encodings are `ndingest.wire.cutouts`, shared with clients.
 
 Starlette and uvicorn are imported only by this package, which only `serve` imports. Every
 `RequestError` becomes its status with one text/plain line; a bug is a 500 with one
@@ -30,7 +30,8 @@ from starlette.responses import PlainTextResponse
 
 from .. import malloc
 from ..errors import CatalogConflict, RequestError, SpecError
-from ..kvpath import KvPath, is_url
+from ..kvpath import KvPath
+from ..urls import is_url
 from .context import ServerContext
 from .precomputed import Cors
 

@@ -37,6 +37,7 @@ from ..markers import flush_filesystem
 from ..runlock import try_lock
 from ..targets import VolumeRef, write_box
 from .context import SCALING_NAMES, ChannelView, LevelView, ServerContext, nd_routes
+from .locks import channel_markers, level_sharding, lock_cell
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ def mark_stale(ctx: ServerContext, channel: ChannelView) -> None:
 
 # --- the builder -------------------------------------------------------------------------------
 def build_lock_path(ctx: ServerContext, channel: ChannelView) -> Path:
-    from .writes import channel_markers
-
     return channel_markers(ctx, channel) / "build.lock"
 
 
@@ -137,16 +136,12 @@ def _build_while_wanted(ctx: ServerContext, channel: ChannelView) -> None:
 
 
 def _markers(ctx: ServerContext, channel: ChannelView) -> Path:
-    from .writes import channel_markers
-
     return channel_markers(ctx, channel)
 
 
 def rebuild_levels(ctx: ServerContext, channel: ChannelView) -> None:
     """Every level >= 1 of every volume of the channel, each from the one below, over the
     level's chunk grid (as its `info` lays it out), with downsample's exact reductions."""
-    from .writes import level_sharding, lock_cell
-
     handles = ctx.handles
     f = factors(SCALING_NAMES[int(channel.token.dataset["scalingoption"])])
     for ref in channel.refs:

@@ -20,8 +20,8 @@ from .. import catalog
 from ..blocks import Box
 from ..errors import RequestError
 from ..slices import PLANES, label_colours, plane_pixels, window_to_uint8
+from ..wire.cutouts import FORMATS, encode
 from .context import ChannelView, ServerContext, TokenView, catalog_levels, nd_routes, parse_int
-from .formats import FORMATS, encode
 
 logger = logging.getLogger(__name__)
 

@@ -26,69 +26,27 @@ concurrent requests, threads and `uvicorn --workers` processes.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import zlib
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ..blocks import Box, Vec3, chunk_grid, shard_cuboid
-from ..errors import BodyTooLarge, Forbidden, RequestError, StoreError
-from ..markers import channel_dir, flush_filesystem
-from ..targets import VolumeRef, is_sharded, write_box
-from . import formats
-from .context import ChannelView, ServerContext, VolumeHandles, nd_routes
+from ..blocks import Box
 from ..edits import read_edits, record_edit
+from ..errors import BodyTooLarge, Forbidden, RequestError
+from ..markers import flush_filesystem
+from ..targets import VolumeRef, is_sharded, write_box
+from ..wire import cutouts
+from . import propagate
+from .context import ChannelView, ServerContext, VolumeHandles, nd_routes
+from .locks import channel_markers, flocked, lock_cell, lock_stripes
 
 logger = logging.getLogger(__name__)
 
 MODES = ("overwrite", "replace")
-LOCK_STRIPES = 1024  # lock files per channel: bounded, however many chunks a volume has
 WRITE_LEVEL = 0
-
-
-# --- where a channel's bookkeeping lives -------------------------------------------------------
-def channel_markers(ctx: ServerContext, channel: ChannelView) -> Path:
-    return channel_dir(ctx.store, channel.token.dataset_name, channel.token.project_name, channel.name)
-
-
-# --- chunk locks -------------------------------------------------------------------------------
-def lock_stripes(boxes: list[tuple[int | None, Box]], *, chunk: Vec3, within: Box) -> list[int]:
-    """The sorted lock stripes of every chunk (or `lock_cell`) the boxes touch (per time
-    point): a fixed order, so two requests that share chunks take their locks in the same order."""
-    stripes = set()
-    for t, box in boxes:
-        for cell in box.chunks(chunk, within):
-            stripes.add(zlib.crc32(f"{t}/{cell.to_key()}".encode()) % LOCK_STRIPES)
-    return sorted(stripes)
-
-
-def level_sharding(channel: ChannelView, level: int) -> dict | None:
-    """The level's precomputed `sharding` as its `info` has it; None: one file per chunk."""
-    scales = (channel.info or {}).get("scales", [])
-    return scales[level].get("sharding") if level < len(scales) else None
-
-
-def lock_cell(channel: ChannelView, level: int) -> Vec3:
-    """What one lock stripe guards: a chunk, or in a sharded level the cuboid of chunks
-    one shard file holds (two POSTs to different chunks of one shard file would each
-    read-modify-write the whole file). A hash other than identity scatters a shard's
-    chunks, so the whole level is one cell then."""
-    lv = channel.levels[level]
-    sharding = level_sharding(channel, level)
-    if sharding is None:
-        return lv.chunk
-    if sharding.get("hash") != "identity":
-        return lv.extent.shape
-    inner = int(sharding["preshift_bits"]) + int(sharding["minishard_bits"])
-    return lv.chunk * shard_cuboid(chunk_grid(lv.extent.shape, lv.chunk), inner_bits=inner)
 
 
 def write_voxels(handles: VolumeHandles, ref: VolumeRef, level: int, box: Box, voxels: np.ndarray) -> None:
@@ -102,26 +60,6 @@ def write_voxels(handles: VolumeHandles, ref: VolumeRef, level: int, box: Box, v
               one_transaction=True).wait()
 
 
-@contextmanager
-def flocked(folder: Path, stripes: list[int]) -> Iterator[None]:
-    """Hold an exclusive flock on each stripe's lock file, taken in the given (sorted) order."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{folder}: cannot make the lock folder: {exc.strerror or exc}") from exc
-    with ExitStack() as stack:
-        for stripe in stripes:
-            path = folder / f"{stripe:04d}.lock"
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise StoreError(f"{path}: cannot open lock file: {exc.strerror or exc}") from exc
-            stack.callback(os.close, fd)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            stack.callback(fcntl.flock, fd, fcntl.LOCK_UN)
-        yield
-
-
 # --- the write itself ----------------------------------------------------------------------------
 def keeps_old_labels(channel_type: str, mode: str) -> bool:
     """ndstore's annotation rule: a zero in a POST means "no label here", so the stored
@@ -133,8 +71,6 @@ def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: r
                  mode: str, key_id: str | None) -> None:
     """Write one decoded POST (`array` (z, y, x), or (t, z, y, x) for a time series) under
     the chunk locks, record the edit, flush, and mark the levels above stale."""
-    from .propagate import mark_stale
-
     handles = ctx.handles
     level = channel.levels[WRITE_LEVEL]
     per_time = [(t if channel.is_timeseries else None, array[i] if channel.is_timeseries else array)
@@ -150,7 +86,7 @@ def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: r
             write_voxels(handles, ref, WRITE_LEVEL, box, voxels)
     record_edit(markers, [box], key_id=key_id, times=list(times) if channel.is_timeseries else None, mode=mode)
     flush_filesystem(ctx.store)
-    mark_stale(ctx, channel)
+    propagate.mark_stale(ctx, channel)
 
 
 # --- the request's edge --------------------------------------------------------------------------
@@ -214,12 +150,10 @@ def parse_target(channel: ChannelView, p: dict) -> tuple[Box, range]:
 
 
 def routes(ctx: ServerContext) -> list:
-    from . import propagate
-
     async def post_cutout(request: Request) -> Response:
         p = request.path_params
         key_id = ctx.require_key(request)
-        fmt = formats.check_format(p["fmt"])
+        fmt = cutouts.check_format(p["fmt"])
         mode = parse_mode(request)
         declared_length(request, ctx.max_body)
         channel = await run_in_threadpool(writable_channel, ctx, p["token"], p["channel"])
@@ -229,7 +163,7 @@ def routes(ctx: ServerContext) -> list:
         body = await read_body(request, ctx.max_body)
 
         def decode_and_write() -> None:
-            array = formats.decode(fmt, body, datatype=channel.datatype, shape=shape, channel=channel.name)
+            array = cutouts.decode(fmt, body, datatype=channel.datatype, shape=shape, channel=channel.name)
             write_cutout(ctx, channel, box=box, times=times, array=array, mode=mode, key_id=key_id)
 
         await run_in_threadpool(decode_and_write)

@@ -1,4 +1,8 @@
-"""ndstore's cutout formats, both ways: `encode` for GET answers, `decode` for POST bodies.
+"""ndstore's cutout formats, both ways. The server's side: `encode` for GET answers,
+`decode` for POST bodies. A client's side (the remote target, the ndstore reader):
+`cutout_path` names a box, `encode_cutout` makes a POST body, `decode_cutout` reads a GET
+answer through the same `decode`. Here, below readers, stores and the server, so that a
+client reads an answer without importing the server package (Starlette).
 
 Shapes (DESIGN's REST section): the cutout is (z, y, x), or (t, z, y, x) for a time series;
 `hdf5` and `raw` carry it as is, `npz` and `blosc` with a leading axis of 1 (ndstore's
@@ -18,7 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import RequestError
+from ..blocks import Box
+from ..errors import RemoteError, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,35 @@ def _encode_hdf5(array: np.ndarray, *, channel: str, channel_type: str, datatype
         group.create_dataset("CHANNELTYPE", data=channel_type)
         group.create_dataset("DATATYPE", data=datatype)
     return buf.getvalue()
+
+
+# --- a client's side --------------------------------------------------------------------------
+def cutout_path(fmt: str, level: int, box: Box, t: int | None) -> str:
+    """ndstore's cutout path after a channel's URL, `fmt/level/x0,x1/y0,y1/z0,z1/` (absolute
+    voxels), with `t,t+1/` for one time point of a time series: what every client here asks."""
+    b, e = box.begin, box.end
+    return f"{fmt}/{level}/{b.x},{e.x}/{b.y},{e.y}/{b.z},{e.z}/" + (f"{t},{t + 1}/" if t is not None else "")
+
+
+def encode_cutout(fmt: str, array: np.ndarray) -> bytes:
+    """A POST body: (1, [t,] z, y, x), as ndstore's clients send it."""
+    array = np.ascontiguousarray(array)[np.newaxis]
+    if fmt == "blosc":
+        import blosc
+
+        return blosc.pack_array(array, clevel=1, cname="lz4")
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return zlib.compress(buf.getbuffer(), 1)
+
+
+def decode_cutout(fmt: str, body: bytes, *, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A GET answer as the array of `shape`; blosc through the server's numpy-only
+    unpickler (a blosc body is a pickle), npz with allow_pickle=False."""
+    try:
+        return decode(fmt, body, datatype=datatype, shape=shape)
+    except RequestError as exc:
+        raise RemoteError(f"{what}: the answer is not the cutout asked for: {exc}") from exc
 
 
 # --- decode ----------------------------------------------------------------------------------
