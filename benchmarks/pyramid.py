@@ -38,47 +38,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from measuring import Measured, bench_spec, machine
-from measuring import measure as measure_once
+from measuring import NDINGEST, PYTHON, MiB, bench_spec, machine, median, parse_size, reported_seconds, seconds_out
+from measuring import measure_synced as measure
+from measuring.stores import NO_CACHE, open_precomputed
+from measuring.volumes import generate_kind, wide_shape
 from ndingest.blocks import chunk_shape  # pure: no numpy, no I/O
 
-BIN = Path(sys.executable).parent
-NDINGEST = str(BIN / "ndingest")
-PYTHON = str(BIN / "python")
 RESOLUTION = (32.0, 32.0, 40.0)  # zslices chunks: 128x128x16 at levels 0-1, 64^3 above
 LEVELS = 3
 SCALING = {"option": "zslices"}  # set from --scaling, in the parent and in every step
-MiB = 2**20
 KINDS = {  # kind: (channel type, dtype, itemsize, share of --size, HDF5 dataset, goal x the read)
     "image": ("image", "uint8", 1, 1.0, "image/CUTOUT", 3.0),
     "labels": ("annotation", "uint32", 4, 0.5, "annotation/CUTOUT", 3.3),
 }
 RSS_GOAL_MIB = 400
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r}: a size such as 512MiB or 64MiB")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
-
-
-def volume_shape(nbytes: int, itemsize: int) -> tuple[int, int, int]:
-    """(z, y, x): x 1024, y 2048 (halved together while z would be below 16), z the rest."""
-    voxels = max(1, nbytes // itemsize)
-    x, y = 1024, 2048
-    while x > 64 and voxels // (x * y) < 16:
-        x, y = x // 2, y // 2
-    return (max(1, voxels // (x * y)), y, x)
 
 
 def z_factor() -> int:
@@ -104,43 +83,10 @@ def level_scales(shape_zyx: tuple[int, int, int]) -> list[dict]:
     return scales
 
 
-def _seconds_out(seconds: float, **more: float) -> None:
-    """What a step reports to the parent: its timed part, as the last line of stdout."""
-    print(json.dumps({"seconds": seconds, **more}))
-
-
 # --- the steps, each run as `python benchmarks/pyramid.py --step NAME --kind K --workdir DIR` ---
 
-def step_generate(kind: str, shape: tuple[int, int, int], path: Path) -> None:
-    import h5py
-    import numpy as np
-
-    _, dtype, _, _, dataset, _ = KINDS[kind]
-    z, y, x = shape
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        ds = f.create_dataset(dataset, shape=shape, dtype=dtype, chunks=(min(16, z), min(128, y), min(128, x)))
-        for z0 in range(0, z, 16):
-            z1 = min(z, z0 + 16)
-            if kind == "image":
-                yy, xx = np.mgrid[0:y, 0:x]
-                slab = rng.integers(0, 128, size=(z1 - z0, y, x), dtype=np.uint8)
-                slab += ((xx + yy) * 64 // (x + y)).astype(np.uint8) + np.uint8(z0 * 60 // max(1, z))
-            else:  # blobs of 16x16x4 voxels, a quarter zero, ids from a few thousand
-                cells = rng.integers(1, 4000, size=(-(-(z1 - z0) // 4), -(-y // 16), -(-x // 16)), dtype=np.uint32)
-                cells[rng.random(cells.shape) < 0.25] = 0
-                slab = cells.repeat(4, 0).repeat(16, 1).repeat(16, 2)[: z1 - z0, :y, :x]
-                speckle = rng.random(slab.shape) < 0.05  # stray voxels, so children disagree
-                slab[speckle] = rng.integers(0, 4000, size=int(speckle.sum()), dtype=np.uint32)
-            ds[z0:z1] = slab
-
-
 def _open(path: Path, level: int, *, sync: bool = True):
-    import tensorstore as ts
-
-    return ts.open({"driver": "neuroglancer_precomputed", "kvstore": {"driver": "file", "path": f"{path}/"},
-                    "scale_index": level, "open": True,
-                    "context": {"cache_pool": {"total_bytes_limit": 0}, "file_io_sync": sync}}).result()
+    return open_precomputed(path, {**NO_CACHE, "file_io_sync": sync}, level=level)
 
 
 def _out_volume(out: Path, level0: Path) -> None:
@@ -158,7 +104,7 @@ def step_read(level0: Path) -> None:
     started = time.perf_counter()
     data = _open(level0, 0)[..., 0].read(order="F").result()
     seconds = time.perf_counter() - started
-    _seconds_out(seconds, voxels=int(data.size))
+    seconds_out(seconds, voxels=int(data.size))
 
 
 def step_tensorstore(kind: str, level0: Path, out: Path) -> None:
@@ -172,7 +118,7 @@ def step_tensorstore(kind: str, level0: Path, out: Path) -> None:
         below = _open(level0 if level == 1 else out, level - 1, sync=False)
         _open(out, level, sync=False).write(ts.downsample(below, [2, 2, z_factor(), 1], method)).result()
     os.sync()
-    _seconds_out(time.perf_counter() - started)
+    seconds_out(time.perf_counter() - started)
 
 
 def step_tinybrain(kind: str, level0: Path, out: Path) -> None:
@@ -198,7 +144,7 @@ def step_tinybrain(kind: str, level0: Path, out: Path) -> None:
             zf = z_factor() ** level
             targets[level][:, :, z0 // zf:-(-z1 // zf)] = mip
     os.sync()
-    _seconds_out(time.perf_counter() - started)
+    seconds_out(time.perf_counter() - started)
 
 
 def step_numpy(level0: Path, out: Path) -> None:
@@ -230,7 +176,7 @@ def step_numpy(level0: Path, out: Path) -> None:
         for w in writes:
             w.result()
     os.sync()
-    _seconds_out(time.perf_counter() - started)
+    seconds_out(time.perf_counter() - started)
 
 
 def run_step(args: argparse.Namespace) -> int:
@@ -238,7 +184,8 @@ def run_step(args: argparse.Namespace) -> int:
     level0 = workdir / args.kind / "store0" / "pyramid_bench" / "pyramid_bench" / args.kind
     out = workdir / args.kind / f"anchor_{args.step}"
     if args.step == "generate":
-        step_generate(args.kind, tuple(json.loads(args.shape)), workdir / args.kind / "source.h5")
+        _, dtype, _, _, dataset, _ = KINDS[args.kind]
+        generate_kind(args.kind, dtype, dataset, tuple(json.loads(args.shape)), workdir / args.kind / "source.h5")
     elif args.step == "read":
         step_read(level0)
     elif args.step == "tensorstore":
@@ -254,14 +201,6 @@ def run_step(args: argparse.Namespace) -> int:
 
 # --- the parent ----------------------------------------------------------------------------
 
-def measure(argv: list[str], cwd: Path) -> Measured:
-    return measure_once(argv, cwd, sync_first=True)
-
-
-def reported_seconds(m: Measured) -> float:
-    return float(json.loads(m.stdout.strip().splitlines()[-1])["seconds"])
-
-
 def step_argv(step: str, kind: str, workdir: Path, *extra: str) -> list[str]:
     return [PYTHON, str(Path(__file__).resolve()), "--step", step, "--kind", kind, "--workdir", str(workdir),
             "--scaling", SCALING["option"], *extra]
@@ -273,14 +212,10 @@ def has_tinybrain() -> bool:
     return importlib.util.find_spec("tinybrain") is not None
 
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def bench_kind(kind: str, workdir: Path, size: int, rounds: int) -> list[str]:
     """Generate, measure and print one volume's table; returns its goal lines."""
     channel_type, dtype, itemsize, share, _, goal = KINDS[kind]
-    shape = volume_shape(int(size * share), itemsize)
+    shape = wide_shape(int(size * share), itemsize)
     folder = workdir / kind
     folder.mkdir()
     measure(step_argv("generate", kind, workdir, "--shape", json.dumps(shape)), workdir)

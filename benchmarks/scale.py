@@ -51,6 +51,7 @@ from ndingest.tasks import CreateChannels, Verify
 from ndingest.verify import report_dir
 
 from measuring import bench_spec
+from measuring.servers import start_postgresql
 
 NDINGEST = str(Path(sys.executable).parent / "ndingest")
 EDGE = 64  # isotropic chunk = block
@@ -101,17 +102,6 @@ def plan_row(spec: Path, name: str) -> tuple[str, float, str]:
     done = f", {level0['done']:,} done" if "done" in level0 else ""
     return (name, seconds, f"{level0['blocks']:,} level-0 blocks{done}; estimate "
                            f"{found['estimate_seconds']['median']:.0f} s")
-
-
-def start_postgresql():
-    """A throwaway PostgreSQL on 127.0.0.1, as the tests start it (tests/postgres.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    import postgres
-
-    reason = postgres.unavailable_reason()
-    if reason:
-        sys.exit(f"{reason} (or pass --no-postgresql)")
-    return postgres.start_server()
 
 
 def catalog_rows(folder: Path, source: Path, catalog: str) -> list[tuple[str, float, str]]:

@@ -44,49 +44,39 @@ script on 127.0.0.1 on a free port (one uvicorn process, no keys):
    compares both channels, read back with tensorstore, voxel for voxel. Each client
    stops by itself at the deadline; a request that fails or answers other than 200 is an
    error. Goals: zero errors; both channels bit-exact.
+4. malloc churn (`measuring.churn`), one line: the minor page faults of a fresh
+   interpreter allocating and freeing 20 pairs of 16 MiB buffers (a 256^3 cutout and its
+   encoding) after a warm-up of two, with glibc's defaults against the same after
+   `malloc.few_arenas(2)` and `malloc.keep_freed(256 << 20)` (what the server sets),
+   median of 3 interpreters each. Where the C library is not glibc, a note says so.
 
-Prints Markdown tables, the goals and the machine.
+Prints Markdown tables, the malloc line, the goals and the machine.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import random
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import zlib
 from pathlib import Path
 
-from measuring import bench_spec, machine
+from measuring import NDINGEST, PYTHON, bench_spec, machine, median, percentile, verdict
+from measuring.churn import churn_line
+from measuring.load import CLIENTS, KINDS, PROCESSES, THREADS, make_labels, post_data, step_load
+from measuring.servers import HOST, Canned, Served, cutout_url, decode, grid_boxes, ingest_ok, run_timed, step_canned
+from measuring.servers import TOKEN as NAME  # dataset, project and token
+from measuring.stores import open_level0, read_zyx
+from measuring.volumes import generate_uint8, read_source
 
-BIN = Path(sys.executable).parent
-NDINGEST = str(BIN / "ndingest")
-PYTHON = str(BIN / "python")
-HOST = "127.0.0.1"
-NAME = "serve_bench"  # dataset, project and token
 RESOLUTION = (32.0, 32.0, 40.0)
 FULL = {"shape_zyx": (256, 1024, 1024), "box": 256, "load_seconds": 60.0}
 QUICK = {"shape_zyx": (64, 256, 256), "box": 128, "load_seconds": 5.0}
 PASSES = 3
-PROCESSES, THREADS = 4, 4  # 16 clients
-CLIENTS = PROCESSES * THREADS
-GET_BOX = (128, 128, 32)  # x, y, z of a load cutout (capped by the volume)
-POST_BOX = (64, 64, 16)   # x, y, z of a load POST (x capped by the client's strip)
-SLICE_SIDE = 512
-KINDS = [  # kind, share of the requests
-    ("GET blosc", 25), ("GET npz", 10), ("PNG xy", 10), ("PNG xz", 10), ("PNG yz", 10),
-    ("POST image blosc", 20), ("POST labels npz", 15),
-]
 API_KEY = "serve-bench-key"
 UNSUPPORTED = "remote REST targets are not supported yet"
 FLOOR = "local read + `blosc.pack_array` + `unpack_array`, no server (information)"
@@ -96,208 +86,7 @@ INGEST_RUNS = 5  # the remote ingest varies by up to 40 % run to run on these VM
 MB = 1e6
 
 
-# --- the server ----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """One `ndingest serve` process on 127.0.0.1; stopped with SIGTERM (then SIGKILL)."""
-
-    def __init__(self, store: Path, log: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([NDINGEST, "serve", "--store", str(store), "--host", HOST,
-                                          "--port", str(self.port), *args], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                sys.exit(f"ndingest serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/nd/sd/public_tokens/", timeout=2) as reply:
-                reply.read()
-            return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
-
-    def peak_rss_mib(self) -> float | None:
-        """The server process's peak resident memory so far (Linux), None once it has ended."""
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return None
-        kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
-        return None if kib is None else kib / 1024
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
-
-
-class Canned:
-    """A server that does no work: `--step canned` in a process of its own, answering
-    `GET /N` with the N-th body of `bodies` from memory in one write. What ndio's client
-    gets from it is the most any server of this format can give that client. On
-    `wire_port`, no HTTP: each 4-byte index read is answered with that body, bare."""
-
-    def __init__(self, bodies: list[bytes], folder: Path):
-        folder.mkdir()
-        for i, body in enumerate(bodies):
-            (folder / str(i)).write_bytes(body)
-        self.port, self.wire_port = free_port(), free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.proc = subprocess.Popen([PYTHON, str(Path(__file__).resolve()), "--step", "canned",
-                                      "--bodies", str(folder), "--url", self.url, "--wire-port", str(self.wire_port)])
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection((HOST, self.port), timeout=1).close()
-                socket.create_connection((HOST, self.wire_port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    sys.exit("the canned-body server did not start")
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(15)
-
-
-def step_canned(args: argparse.Namespace) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    folder = Path(args.bodies)
-    bodies = {f"/{p.name}": p.read_bytes() for p in folder.iterdir()}
-
-    def wire() -> None:
-        listener = socket.create_server((HOST, args.wire_port))
-        while True:
-            conn, _ = listener.accept()
-            with conn:
-                while len(head := conn.recv(4, socket.MSG_WAITALL)) == 4:
-                    conn.sendall(bodies[f"/{struct.unpack('<I', head)[0]}"])
-
-    threading.Thread(target=wire, daemon=True).start()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
-
-        def do_GET(self) -> None:
-            body = bodies[self.path]
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args) -> None:
-            pass
-
-    port = int(args.url.rsplit(":", 1)[1])
-    ThreadingHTTPServer((HOST, port), Handler).serve_forever()
-
-
-# --- the volume ----------------------------------------------------------------------------------
-
-def generate(path: Path, shape_zyx: tuple[int, int, int]) -> None:
-    """Noise over half the range plus a smooth gradient (as ingest.py), slab by slab."""
-    import h5py
-    import numpy as np
-
-    z, y, x = shape_zyx
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:y, 0:x]
-    gradient = ((xx + yy) * 64 // (x + y)).astype(np.uint8)
-    with h5py.File(path, "w") as f:
-        ds = f.create_dataset("image/CUTOUT", shape=shape_zyx, dtype="uint8", chunks=(min(16, z), 128, 128))
-        for z0 in range(0, z, 16):
-            z1 = min(z, z0 + 16)
-            slab = rng.integers(0, 128, size=(z1 - z0, y, x), dtype=np.uint8) + gradient
-            slab += (np.arange(z0, z1) * 60 // max(1, z)).astype(np.uint8)[:, None, None]
-            ds[z0:z1] = slab
-
-
-def read_source(path: Path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return f["image/CUTOUT"][...]
-
-
-def open_level0(volume: Path):
-    import tensorstore as ts
-
-    return ts.open({"driver": "neuroglancer_precomputed", "kvstore": {"driver": "file", "path": f"{volume}/"},
-                    "scale_index": 0, "open": True,
-                    "context": {"cache_pool": {"total_bytes_limit": 0}}}).result()
-
-
-def read_zyx(handle, box) -> "object":
-    """(z, y, x) voxels of box ((x0, x1), (y0, y1), (z0, z1)), as the server reads them."""
-    (x0, x1), (y0, y1), (z0, z1) = box
-    return handle[x0:x1, y0:y1, z0:z1, 0].read(order="F").result().T
-
-
-def run_timed(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    """A whole process's wall time (after a sync, so earlier writeback is not its cost)."""
-    os.sync()
-    started = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    return time.perf_counter() - started, proc
-
-
-def ingest_ok(argv: list[str], cwd: Path) -> float:
-    seconds, proc = run_timed(argv, cwd)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr[-5000:]}")
-    return seconds
-
-
 # --- 1. cutouts ----------------------------------------------------------------------------------
-
-def grid_boxes(shape_zyx: tuple[int, int, int], side: int) -> list:
-    z, y, x = shape_zyx
-    sz = min(side, z)
-    return [((x0, x0 + side), (y0, y0 + side), (z0, z0 + sz))
-            for z0 in range(0, z - sz + 1, sz) for y0 in range(0, y - side + 1, side)
-            for x0 in range(0, x - side + 1, side)]
-
-
-def cutout_url(base: str, channel: str, fmt: str, box) -> str:
-    (x0, x1), (y0, y1), (z0, z1) = box
-    return f"{base}/nd/sd/{NAME}/{channel}/{fmt}/0/{x0},{x1}/{y0},{y1}/{z0},{z1}/"
-
-
-def decode(fmt: str, body: bytes, box):
-    import blosc
-    import numpy as np
-
-    if fmt == "blosc":
-        return blosc.unpack_array(body)[0]
-    if fmt == "npz":
-        return np.load(io.BytesIO(zlib.decompress(body)), allow_pickle=False)[0]
-    (x0, x1), (y0, y1), (z0, z1) = box
-    return np.frombuffer(body, dtype=np.uint8).reshape(z1 - z0, y1 - y0, x1 - x0)
-
 
 def bench_cutouts(server: Served, volume: Path, shape_zyx, side: int, workdir: Path) -> tuple[list[str], float, float]:
     """The cutout table's rows, blosc's ratio to tensorstore, and the ratio the same client
@@ -328,7 +117,7 @@ def bench_cutouts(server: Served, volume: Path, shape_zyx, side: int, workdir: P
         if not np.array_equal(decode("blosc", reply.content, box), read_zyx(handle, box)):
             sys.exit(f"GET blosc {box} differs from tensorstore's read of the store")
         bodies.append(reply.content)
-    canned = Canned(bodies, workdir / "canned")
+    canned = Canned(bodies, workdir / "canned", Path(__file__).resolve())
     sizes = [len(b) for b in bodies]
     del bodies
 
@@ -427,124 +216,6 @@ def bench_ingest(workdir: Path, source: Path) -> tuple[list[str], float | None, 
 
 # --- 3. load -------------------------------------------------------------------------------------
 
-def strip_of(client: int, width: int) -> tuple[int, int]:
-    """The x range client `client` alone posts into."""
-    step = width // CLIENTS
-    return client * step, (client + 1) * step
-
-
-def post_data(seed: int, kind: str, shape_zyx):
-    """A POST's voxels, regenerated from its seed when the script replays it."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    if kind == "POST image blosc":
-        return rng.integers(0, 256, size=shape_zyx, dtype=np.uint8)
-    labels = rng.integers(1, 1 << 20, size=shape_zyx, dtype=np.uint32)
-    labels[rng.random(shape_zyx) < 0.5] = 0
-    return labels
-
-
-def random_box(rng: random.Random, shape_zyx, size_xyz, x_range=None):
-    z, y, x = shape_zyx
-    lo_x, hi_x = x_range or (0, x)
-    sx, sy, sz = min(size_xyz[0], hi_x - lo_x), min(size_xyz[1], y), min(size_xyz[2], z)
-    x0 = rng.randrange(lo_x, hi_x - sx + 1)
-    y0, z0 = rng.randrange(0, y - sy + 1), rng.randrange(0, z - sz + 1)
-    return ((x0, x0 + sx), (y0, y0 + sy), (z0, z0 + sz))
-
-
-def slice_url(base: str, plane: str, rng: random.Random, shape_zyx) -> str:
-    z, y, x = shape_zyx
-    sx, sy = min(SLICE_SIDE, x), min(SLICE_SIDE, y)
-    x0, y0 = rng.randrange(0, x - sx + 1), rng.randrange(0, y - sy + 1)
-    xs, ys, zs = f"{x0},{x0 + sx}", f"{y0},{y0 + sy}", f"0,{z}"
-    parts = {"xy": (xs, ys, str(rng.randrange(z))), "xz": (xs, str(rng.randrange(y)), zs),
-             "yz": (str(rng.randrange(x)), ys, zs)}[plane]
-    return f"{base}/nd/sd/{NAME}/image/{plane}/0/{'/'.join(parts)}/"
-
-
-def client_thread(base: str, client: int, shape_zyx, start: float, deadline: float, out: dict) -> None:
-    """One client: requests one at a time from `start` until `deadline` (epoch seconds);
-    POSTs only into its own strip."""
-    import blosc
-    import numpy as np
-    import requests
-
-    rng = random.Random(1000 + client)
-    session = requests.Session()
-    kinds, weights = zip(*KINDS)
-    strip = strip_of(client, shape_zyx[2])
-    latencies = {k: [] for k in kinds}
-    accepted, uncertain, errors = [], [], []
-    serial = 0
-    time.sleep(max(0.0, start - time.time()))
-    while time.time() < deadline:
-        kind = rng.choices(kinds, weights)[0]
-        data = None
-        if kind.startswith("GET"):
-            fmt = kind.split()[1]
-            method, url = "GET", cutout_url(base, "image", fmt, random_box(rng, shape_zyx, GET_BOX))
-        elif kind.startswith("PNG"):
-            method, url = "GET", slice_url(base, kind.split()[1], rng, shape_zyx)
-        else:
-            box = random_box(rng, shape_zyx, POST_BOX, strip)
-            seed = client * 10**7 + serial
-            serial += 1
-            shape = tuple(e - b for b, e in reversed(box))
-            voxels = post_data(seed, kind, shape)
-            if kind == "POST image blosc":
-                method, url = "POST", cutout_url(base, "image", "blosc", box)
-                data = blosc.pack_array(voxels[np.newaxis])
-            else:
-                buf = io.BytesIO()
-                np.save(buf, voxels[np.newaxis])
-                method, url, data = "POST", cutout_url(base, "labels", "npz", box), zlib.compress(buf.getvalue(), 1)
-        started = time.perf_counter()
-        try:
-            reply = session.request(method, url, data=data, timeout=120)
-            ok, why = reply.status_code == 200 and len(reply.content) > 0, f"{reply.status_code} {reply.text[:200]}"
-        except requests.RequestException as exc:
-            ok, why = False, f"{type(exc).__name__}: {exc}"
-        latencies[kind].append(time.perf_counter() - started)
-        if data is not None:  # a failed POST may or may not have been written: not replayed
-            (accepted if ok else uncertain).append({"kind": kind, "box": box, "seed": seed})
-        if not ok:
-            errors.append({"kind": kind, "url": url, "why": why})
-    out[client] = {"latencies": latencies, "posts": accepted, "errors": errors, "uncertain": uncertain,
-                   "ended": time.time()}
-
-
-def step_load(args: argparse.Namespace) -> None:
-    """One client process: THREADS client threads; their logs as JSON on stdout."""
-    import threading
-
-    shape = tuple(json.loads(args.shape))
-    out: dict = {}
-    threads = [threading.Thread(target=client_thread, args=(args.url, c, shape, args.start, args.deadline, out))
-               for c in range(args.first_client, args.first_client + THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps(out))
-
-
-def make_labels(server: Served) -> None:
-    import requests
-
-    body = {"channels": {"labels": {"channel_name": "labels", "channel_type": "annotation", "datatype": "uint32",
-                                    "readonly": 0}}}
-    reply = requests.post(f"{server.url}/nd/sd/{NAME}/createChannel/", json=body, timeout=60)
-    if reply.status_code != 200:
-        sys.exit(f"createChannel: {reply.status_code} {reply.text}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def bench_load(server: Served, workdir: Path, store: Path, source, shape_zyx, seconds: float) -> tuple[list[str], dict]:
     import numpy as np
 
@@ -602,14 +273,6 @@ def bench_load(server: Served, workdir: Path, store: Path, source, shape_zyx, se
 
 # --- the parent ----------------------------------------------------------------------------------
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def bench(args: argparse.Namespace) -> int:
     size = QUICK if args.quick else FULL
     shape = size["shape_zyx"]
@@ -618,7 +281,7 @@ def bench(args: argparse.Namespace) -> int:
     servers: list[Served] = []
     try:
         source = workdir / "source.h5"
-        generate(source, shape)
+        generate_uint8(source, shape)
         served = workdir / "served"
         served.mkdir()
         (served / "spec.toml").write_text(bench_spec(NAME, source, resolution=RESOLUTION, store="store"))
@@ -664,6 +327,8 @@ def bench(args: argparse.Namespace) -> int:
         if server_peak is not None:
             print(f"The server's peak RSS over the cutouts and the load: {server_peak:.0f} MiB")
             print()
+        print(churn_line())
+        print()
         for e in load["errors"][:10]:
             print(f"error: {e['kind']} {e['url']}: {e['why']}")
         goals = [f"- cutout GETs, blosc: {blosc_ratio:.2f}x tensorstore's local read (goal >= 0.5x): "

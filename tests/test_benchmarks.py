@@ -72,4 +72,5 @@ def test_serve_benchmark_prints_every_row_and_goal(tmp_path):
     load = [line for line in goals if line.startswith("- load:")]
     assert len(load) == 2 and all(line.endswith("PASS") for line in load), out  # no errors, bit-exact
     assert "The server's peak RSS over the cutouts and the load: " in out
+    assert any(line.startswith("malloc churn: ") for line in out.splitlines()), out  # figures, or why skipped
     assert not list(tmp_path.iterdir()), "the benchmark left its temporary folder behind"
