@@ -74,15 +74,15 @@ from measuring.stores import open_level0, read_zyx
 from measuring.volumes import generate_uint8, read_source
 
 RESOLUTION = (32.0, 32.0, 40.0)
-FULL = {"shape_zyx": (256, 1024, 1024), "box": 256, "load_seconds": 60.0}
-QUICK = {"shape_zyx": (64, 256, 256), "box": 128, "load_seconds": 5.0}
+FULL = {"shape_zyx": (256, 1024, 1024), "box": 256, "load_seconds": 60.0, "ingest_runs": 5}
+QUICK = {"shape_zyx": (64, 256, 256), "box": 128, "load_seconds": 5.0, "ingest_runs": 1}  # every row, no figure
 PASSES = 3
 API_KEY = "serve-bench-key"
 UNSUPPORTED = "remote REST targets are not supported yet"
 FLOOR = "local read + `blosc.pack_array` + `unpack_array`, no server (information)"
 WIRE = "the same bodies over a bare loopback socket into one reused buffer: no HTTP, no decode (information: the wire's ceiling)"
 CEILING = "GET blosc + `blosc.unpack_array` from a server that only sends bodies held in memory (information: the ceiling)"
-INGEST_RUNS = 5  # the remote ingest varies by up to 40 % run to run on these VMs
+# ingest runs of each kind: 5 in full (the remote ingest varies by up to 40 % run to run on these VMs)
 MB = 1e6
 
 
@@ -176,11 +176,11 @@ def bench_cutouts(server: Served, volume: Path, shape_zyx, side: int, workdir: P
 
 # --- 2. ingest -----------------------------------------------------------------------------------
 
-def bench_ingest(workdir: Path, source: Path) -> tuple[list[str], float | None, str]:
+def bench_ingest(workdir: Path, source: Path, runs: int) -> tuple[list[str], float | None, str]:
     """Rows, the server/local ratio (None while unavailable) and its note: the median of
-    INGEST_RUNS runs of each, alternated, each into a fresh store (and a fresh server)."""
+    `runs` runs of each, alternated, each into a fresh store (and a fresh server)."""
     local_s, remote_s = [], []
-    for run in range(INGEST_RUNS):
+    for run in range(runs):
         local = workdir / f"ingest_local{run}"
         local.mkdir()
         (local / "spec.toml").write_text(bench_spec(NAME, source, resolution=RESOLUTION, store="store"))
@@ -307,10 +307,10 @@ def bench(args: argparse.Namespace) -> int:
         load_rows, load = bench_load(server, workdir, served / "store", read_source(source), shape, load_seconds)
         server_peak = server.peak_rss_mib()
         server.stop()
-        ingest_rows, ingest_ratio, ingest_note = bench_ingest(workdir, source)
+        ingest_rows, ingest_ratio, ingest_note = bench_ingest(workdir, source, size["ingest_runs"])
 
         print(f"Ingest of the same volume ({nbytes / 2**20:.0f} MiB), whole processes, median (min-max) "
-              f"of {INGEST_RUNS} runs each")
+              f"of {size['ingest_runs']} runs each")
         print()
         print("| step | seconds | x local |")
         print("|---|---:|---:|")
