@@ -245,7 +245,7 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import bind, create_app, exposure_warning, run, store_at
-    from .server.guard import split_list
+    from .server.guard import is_loopback, split_list
 
     store = store_at(args.store, "--store ")
     # each flag adds to its NDINGEST_ variable (the one uvicorn's factory reads)
@@ -254,9 +254,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog,
                      bound_host=args.host, allow_origins=allow_origins, allow_hosts=allow_hosts)
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
-    if warning:  # before the bind: said even when the address turns out to be taken
+    beyond = not is_loopback(args.host)
+    if warning and beyond:  # before the bind: said even when the address turns out to be taken
         _say(f"warning: serving {store} {warning}")
     sock = bind(args.host, args.port)
+    if warning and not beyond:  # this machine only: said once it listens
+        _say(f"note: serving {store} {warning}")
     print(f"ndingest serve: {store} on http://{args.host}:{sock.getsockname()[1]}/ (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     run(app, sock, debug=args.debug)
