@@ -167,8 +167,8 @@ def exposure_warning(host: str, *, has_keys: bool) -> str | None:
     if is_loopback(host):
         return (f"on {host} without --api-keys: any user or program of this machine may write "
                 "(web pages may not: their Origin, Sec-Fetch-Site, Host and form Content-Types are refused)")
-    return (f"on {host} over plain http, where browsers send no Sec-Fetch-Site, so only --api-keys keeps "
-            "a web page's GET setPropagate out; without --api-keys: anyone who can reach it may write")
+    return ("over plain http, where browsers send no Sec-Fetch-Site so only --api-keys keeps a web page's "
+            f"GET setPropagate out, on {host} without --api-keys: anyone who can reach it may write")
 
 
 def bind(host: str, port: int) -> socket.socket:
