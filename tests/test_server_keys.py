@@ -67,15 +67,27 @@ def test_keys_are_never_logged(tmp_path, caplog):
     assert key_id("sup3r-secret") in caplog.text
 
 
-@pytest.mark.parametrize("host, has_keys, warned", [
-    ("127.0.0.1", False, False), ("localhost", False, False), ("::1", False, False),
-    ("0.0.0.0", False, True), ("192.168.1.20", False, True), ("lab-server", False, True), ("::", False, True),
-    ("0.0.0.0", True, False),
+@pytest.mark.parametrize("host, has_keys, loopback", [
+    ("127.0.0.1", False, True), ("localhost", False, True), ("::1", False, True),
+    ("0.0.0.0", False, False), ("192.168.1.20", False, False), ("lab-server", False, False), ("::", False, False),
 ])
-def test_serve_warns_only_when_it_listens_beyond_this_machine_without_keys(host, has_keys, warned):
+def test_serve_says_what_is_open_wherever_it_listens_without_keys(host, has_keys, loopback):
+    """Loopback without keys is open to this machine's users and programs (not web pages);
+    off loopback, to anyone, and plain http gives browsers no Sec-Fetch-Site to refuse a
+    page's GET setPropagate by (issue 28: loopback without keys was called safe)."""
     from ndingest.server import exposure_warning
 
     warning = exposure_warning(host, has_keys=has_keys)
-    assert (warning is not None) == warned
-    if warned:
-        assert host in warning and "--api-keys" in warning
+    assert warning is not None and host in warning and "--api-keys" in warning
+    if loopback:
+        assert "this machine may write" in warning and "web pages may not" in warning
+    else:
+        assert "anyone who can reach it may write" in warning
+        assert "Sec-Fetch-Site" in warning and "setPropagate" in warning
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "lab-server"])
+def test_serve_warns_of_nothing_with_keys(host):
+    from ndingest.server import exposure_warning
+
+    assert exposure_warning(host, has_keys=True) is None

@@ -245,13 +245,21 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import bind, create_app, exposure_warning, run, store_at
+    from .server.guard import is_loopback, split_list
 
     store = store_at(args.store, "--store ")
-    app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog)
+    # each flag adds to its NDINGEST_ variable (the one uvicorn's factory reads)
+    allow_origins = split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")) + tuple(args.allow_origin)
+    allow_hosts = split_list(os.environ.get("NDINGEST_ALLOW_HOST")) + tuple(args.allow_host)
+    app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog,
+                     bound_host=args.host, allow_origins=allow_origins, allow_hosts=allow_hosts)
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
-    if warning:  # before the bind: said even when the address turns out to be taken
+    beyond = not is_loopback(args.host)
+    if warning and beyond:  # before the bind: said even when the address turns out to be taken
         _say(f"warning: serving {store} {warning}")
     sock = bind(args.host, args.port)
+    if warning and not beyond:  # this machine only: said once it listens
+        _say(f"note: serving {store} {warning}")
     print(f"ndingest serve: {store} on http://{args.host}:{sock.getsockname()[1]}/ (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     run(app, sock, debug=args.debug)
@@ -328,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-keys", metavar="FILE", help="keys that may write and read private tokens, one a line")
     p.add_argument("--catalog", metavar="URL", help="the store's catalog when it is not STORE/catalog.sqlite "
                                                    "(postgresql://…, as the spec's store.catalog)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (scheme://host[:port]) whose pages may write here and read private "
+                        "projects' precomputed files (repeatable; also NDINGEST_ALLOW_ORIGIN)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name answered besides localhost and loopback addresses; off loopback, "
+                        "the only names answered (repeatable; also NDINGEST_ALLOW_HOST)")
     p.set_defaults(func=cmd_serve)
     return parser
 

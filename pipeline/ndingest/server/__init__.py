@@ -5,7 +5,9 @@ Modules:
 - `context`: the store, its catalog, the key ring and channel lookups every route uses;
   `nd_routes` mounts a route under both ndstore prefixes (`/nd/sd/`, `/ocp/ca/`).
 - `reads`: project info, public tokens and datasets, cutout GETs, PNG slices.
-- `precomputed`: each channel's precomputed files over HTTP, with CORS and Range.
+- `precomputed`: each channel's precomputed files over HTTP, with Range.
+- `guard`: what keeps web pages out (Host, Origin, Sec-Fetch-Site and form Content-Type
+  checks) and the CORS of `/precomputed/` (`*` for public projects only).
 - `page`: `GET /`, an HTML overview with thumbnails and neuroglancer links.
 - `keys`, `writes`, `locks`, `resources`, `propagate`: the API keys, cutout POSTs (each
   recorded by `ndingest.edits`, which `verify` reads) and their chunk locks, the resource
@@ -18,7 +20,6 @@ generic line, its traceback only in the server's log.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..errors import CatalogConflict, RequestError, SpecError
 from ..kvpath import KvPath
 from ..urls import is_url
 from .context import ServerContext
-from .precomputed import Cors
+from .guard import Cors, Guard, WebPolicy, is_loopback, split_list
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +102,13 @@ def store_at(text: str, named: str) -> Path | KvPath:
 
 
 def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: int = 1 << 30,
-               catalog_url: str | None = None) -> Starlette:
+               catalog_url: str | None = None, bound_host: str = "127.0.0.1",
+               allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = ()) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
     catalog `STORE/catalog.sqlite` or the database `catalog_url` names. A bucket's prefix
-    (a KvPath, its catalog a database) is served read-only (`ReadOnly`).
+    (a KvPath, its catalog a database) is served read-only (`ReadOnly`). `bound_host` (the
+    address it listens on: loopback by default), `allow_origins` and `allow_hosts` are what
+    `guard` admits from browsers.
 
     Also tunes this process's malloc (see `malloc`): a cutout's buffers come from freed heap,
     not fresh pages; two arenas bound what is kept to 2 x KEEP_FREED. `uvicorn --workers`
@@ -114,7 +118,9 @@ def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: 
     ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
-    middleware = [Middleware(Cors)] + ([Middleware(ReadOnly, store=str(store))] if ctx.read_only else [])
+    policy = WebPolicy(bound_host, tuple(allow_origins), tuple(allow_hosts))
+    middleware = [Middleware(Guard, policy=policy), Middleware(Cors, is_public=ctx.project_is_public, policy=policy)]
+    middleware += [Middleware(ReadOnly, store=str(store))] if ctx.read_only else []
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         RequestError: _request_error,
         CatalogConflict: _conflict,
@@ -131,8 +137,11 @@ def app_from_env() -> Starlette:
     `uvicorn ndingest.server:app_from_env --factory --workers 4`: the store from
     NDINGEST_STORE (a folder, or s3://bucket/prefix served read-only), the keys file from
     NDINGEST_API_KEYS (unset: writes are open), a PostgreSQL catalog from NDINGEST_CATALOG
-    (unset: STORE/catalog.sqlite). Safe with several workers: writes lock per chunk across
-    processes (see writes)."""
+    (unset: STORE/catalog.sqlite); what browsers may do (see guard) from NDINGEST_HOST (the
+    address uvicorn binds, as its --host; unset: loopback, so Host must be localhost or a
+    loopback address), NDINGEST_ALLOW_ORIGIN and NDINGEST_ALLOW_HOST (comma- or
+    space-separated, as serve's --allow-origin and --allow-host). Safe with several workers:
+    writes lock per chunk across processes (see writes)."""
     import os
 
     store = os.environ.get("NDINGEST_STORE", "")
@@ -141,19 +150,25 @@ def app_from_env() -> Starlette:
     where = store_at(store, "NDINGEST_STORE=")
     keys = os.environ.get("NDINGEST_API_KEYS") or None
     return create_app(where, api_keys=Path(keys) if keys else None,
-                      catalog_url=os.environ.get("NDINGEST_CATALOG") or None)
+                      catalog_url=os.environ.get("NDINGEST_CATALOG") or None,
+                      bound_host=os.environ.get("NDINGEST_HOST") or "127.0.0.1",
+                      allow_origins=split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")),
+                      allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")))
 
 
 def exposure_warning(host: str, *, has_keys: bool) -> str | None:
-    """What `serve` warns of when it listens beyond this machine with writes open (ndio's
-    writes send no key, so without --api-keys anyone who can reach it may write)."""
-    try:
-        local = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = host == "localhost"
-    if local or has_keys:
+    """What is open where `serve` listens, or None when nothing is (keys configured).
+    ndio's writes send no key, so without --api-keys whoever reaches the address may write:
+    on loopback, every user and program of this machine (not web pages: see guard); beyond
+    it, anyone, and over plain http browsers send no Sec-Fetch-Site, so a page's `<img>` may
+    send the GET setPropagate: only --api-keys protects it there."""
+    if has_keys:
         return None
-    return f"on {host} without --api-keys: anyone who can reach it may write"
+    if is_loopback(host):
+        return (f"on {host} without --api-keys: any user or program of this machine may write "
+                "(web pages may not: their Origin, Sec-Fetch-Site, Host and form Content-Types are refused)")
+    return ("over plain http, where browsers send no Sec-Fetch-Site so only --api-keys keeps a web page's "
+            f"GET setPropagate out, on {host} without --api-keys: anyone who can reach it may write")
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -8,9 +8,9 @@
 
 so `precomputed://http://HOST:PORT/precomputed/DATASET/PROJECT/CHANNEL` opens in
 neuroglancer and CloudVolume. `Range` requests are answered 206 (sharded volumes are read by
-byte range; Starlette's FileResponse does the ranges, 416 when unsatisfiable), and every
-answer carries CORS headers (`Cors`, preflights included). A missing chunk is a 404, which
-both readers take as fill.
+byte range; Starlette's FileResponse does the ranges, 416 when unsatisfiable). CORS is
+`guard.Cors`: `*` for public projects, a private one's only to an `--allow-origin` origin.
+A missing chunk is a 404, which both readers take as fill.
 
 Only files inside that channel's folder are ever served: a path with `..`, `.` or empty
 parts (percent-encoded or not: the server decodes before routing), a hidden name, or one
@@ -24,11 +24,9 @@ import logging
 import os
 from pathlib import Path
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import NotFound
 from ..kvpath import KvPath
@@ -36,44 +34,6 @@ from ..targets import VolumeRef
 from .context import ServerContext
 
 logger = logging.getLogger(__name__)
-
-PREFIX = "/precomputed/"
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "Content-Range, Content-Length, Accept-Ranges, ETag, Last-Modified",
-}
-PREFLIGHT_HEADERS = {
-    **CORS_HEADERS,
-    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
-    "Access-Control-Allow-Headers": "Range, If-Range, Authorization, Content-Type, Cache-Control",
-    "Access-Control-Max-Age": "86400",
-}
-
-
-class Cors:
-    """CORS for everything under `/precomputed/`: headers on every answer (errors too),
-    and OPTIONS preflights answered here, before routing (they need no channel)."""
-
-    def __init__(self, app: ASGIApp, prefix: str = PREFIX):
-        self.app = app
-        self.prefix = prefix
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] == "OPTIONS" and "access-control-request-method" in Headers(scope=scope):
-            await Response(status_code=204, headers=PREFLIGHT_HEADERS)(scope, receive, send)
-            return
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in CORS_HEADERS.items():
-                    headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
 
 
 def safe_parts(path: str) -> list[str]:
