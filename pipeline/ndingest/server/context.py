@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from .. import catalog
 from ..blocks import Box, Vec3, chunk_shape
 from ..downsample import factors, level_extent
-from ..errors import BadBox, NotFound, SpecError, StateConflict, StoreError
+from ..errors import BadBox, Forbidden, NotFound, SpecError, StateConflict, StoreError
 from ..kvpath import KvPath
 from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, parse_info, scale_key, tensorstore_spec
 
@@ -61,6 +61,14 @@ class LevelView:
     chunk: Vec3
 
 
+def refuse_readonly(row: dict) -> None:
+    """ndstore's rule: a readonly channel takes no write (cutout POST, setPropagate, window
+    PATCH, DELETE, deleteChannel) but the channel PATCH that sets `readonly` to 0."""
+    if row["readonly"]:
+        raise Forbidden(f"channel {row['channel_name']!r} is readonly: PATCH its readonly to 0 before writing "
+                        f"to it or deleting it")
+
+
 @dataclass(frozen=True)
 class ChannelView:
     """A channel as the server sees it: its catalog row, its volumes and their levels.
@@ -92,6 +100,11 @@ class ChannelView:
     @property
     def readonly(self) -> bool:
         return bool(self.row["readonly"])
+
+    def writable(self) -> "ChannelView":
+        """This channel, for a write; 403 naming it when it is readonly."""
+        refuse_readonly(self.row)
+        return self
 
     @property
     def time_range(self) -> tuple[int, int]:

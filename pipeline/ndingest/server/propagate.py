@@ -208,7 +208,7 @@ def routes(ctx: ServerContext) -> list:
         value = request.path_params["value"]
         if value not in ("0", "1"):
             raise RequestError(f"setPropagate/{value}/: only 0 (mark the levels stale) or 1 (rebuild them) can be set")
-        channel = ctx.channel(ctx.token(request.path_params["token"]), request.path_params["channel"])
+        channel = ctx.channel(ctx.token(request.path_params["token"]), request.path_params["channel"]).writable()
         if value == "1":
             request_rebuild(ctx, channel)
         else:

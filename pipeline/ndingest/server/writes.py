@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..blocks import Box
 from ..edits import read_edits, record_edit
-from ..errors import BodyTooLarge, Forbidden, RequestError
+from ..errors import BodyTooLarge, RequestError
 from ..markers import flush_filesystem
 from ..targets import VolumeRef, is_sharded, write_box
 from ..wire import cutouts
@@ -134,10 +134,7 @@ def parse_mode(request: Request) -> str:
 
 def writable_channel(ctx: ServerContext, token_name: str, channel_name: str) -> ChannelView:
     """The channel a POST writes; 404 if unknown, 403 if readonly."""
-    channel = ctx.channel(ctx.token(token_name), channel_name)
-    if channel.readonly:
-        raise Forbidden(f"channel {channel.name!r} is readonly")
-    return channel
+    return ctx.channel(ctx.token(token_name), channel_name).writable()
 
 
 def parse_target(channel: ChannelView, p: dict) -> tuple[Box, range]:
