@@ -424,14 +424,14 @@ class ServerContext:
         return found[0] if found else None
 
     # --- keys ------------------------------------------------------------------------------
-    def require_key(self, request) -> str | None:
-        """The request's key id (first 8 hex digits of its sha256), or None when the server
-        has no key file; 401 without a key, 403 with a wrong one."""
+    def require_key(self, request):
+        """Who sent the request's key (`keys.Holder`: its id and its name in the keys
+        file), or None when the server has no key file; 401 without a key, 403 with a wrong one."""
         if self.keyring is None:
             return None
-        return self.keyring.check(request.headers.get("authorization"))
+        return self.keyring.holder(request.headers.get("authorization"))
 
-    def check_read(self, token: TokenView, request) -> str | None:
+    def check_read(self, token: TokenView, request):
         """Public tokens read without a key; private ones need one when keys are configured."""
         if token.public:
             return None
