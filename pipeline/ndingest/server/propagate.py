@@ -199,7 +199,7 @@ def routes(ctx: ServerContext) -> list:
         ctx.check_read(token, request)
         channel = ctx.channel(token, request.path_params["channel"])
         state = read_state(ctx, channel)
-        if state == UNDER_WAY:
+        if state == UNDER_WAY and not ctx.read_only:  # a bucket store has no build lock: its pipeline builds
             ensure_builder(ctx, channel)  # a builder that died with its process is restarted
         return PlainTextResponse(str(state))
 

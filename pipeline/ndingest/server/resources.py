@@ -54,6 +54,8 @@ from .writes import read_body
 logger = logging.getLogger(__name__)
 
 JSON_LIMIT = 1 << 20  # bytes of a resource body
+JSON_DEPTH = 32  # nesting of a resource body: its values are flat, ndio's bodies two or three deep
+MAX_WHOLE = 1 << 40  # whole numbers (sizes, offsets, times, levels) are below it: the catalog's are 64-bit
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -67,10 +69,14 @@ def check_name(value: Any, field: str) -> str:
 
 
 def _int(value: Any, field: str, *, low: int | None = None, high: int | None = None) -> int:
+    """A whole number in low..high, and always below 2^40 either way (so no catalog insert
+    overflows)."""
     if isinstance(value, bool):
         value = int(value)
     if not isinstance(value, int):
         raise RequestError(f"{field} = {value!r} is not a whole number")
+    if abs(value) >= MAX_WHOLE:
+        raise RequestError(f"{field} = {value} is out of range (its size must be below 2^40)")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in {low}..{high}"
         raise RequestError(f"{field} = {value} must be {bounds}")
@@ -434,13 +440,36 @@ def refuse_if_used(what: str, users: list[str]) -> None:
 # --- the request's edge --------------------------------------------------------------------------
 async def json_body(request: Request) -> dict:
     body = await read_body(request, JSON_LIMIT)
+    check_depth(body)
     try:
         value = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(f"body is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise RequestError(f"body is a JSON {type(value).__name__}, not an object")
     return value
+
+
+def check_depth(body: bytes, limit: int = JSON_DEPTH) -> None:
+    """400 for a body nested deeper than `limit` (json.loads recurses: 100k `[` is a
+    RecursionError), counted over its brackets outside strings before it is parsed."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                raise RequestError(f"body is nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
 
 
 def check_visible(ctx: ServerContext, request: Request, public: int) -> None:
