@@ -105,16 +105,16 @@ def test_the_same_rows_again_are_a_no_op_and_other_values_a_conflict_naming_the_
     assert not rest.rows_present([channel("same", datatype="uint8")])
 
 
-def test_a_window_set_by_patch_reaches_the_channel_row_and_only_the_window_may_change(server):
+def test_a_window_set_by_patch_reaches_the_channel_row_and_only_the_window_and_readonly_may_change(server):
     rest = rest_catalog(server.url)
     rest.ensure_rows([channel("windowed")])
     rest.set_window(PR, "windowed", (3.0, 250.5))
     row = rest.find_channel(PR, "windowed")
     assert (row["startwindow"], row["endwindow"]) == (3.0, 250.5)
     url = f"{server.url}/nd/resource/dataset/{DS}/project/{PR}/channel/windowed/"
-    reply = requests.patch(url, json={"startwindow": 1, "endwindow": 2, "readonly": 1},
+    reply = requests.patch(url, json={"startwindow": 1, "endwindow": 2, "channel_datatype": "uint16"},
                            headers={"Authorization": f"Token {KEY}"}, timeout=30)
-    assert reply.status_code == 400 and "readonly" in reply.text
+    assert reply.status_code == 400 and "channel_datatype" in reply.text
     assert requests.patch(url, json={"startwindow": 1, "endwindow": 2}, timeout=30).status_code == 401
     assert rest.find_channel(PR, "windowed")["startwindow"] == 3.0
 

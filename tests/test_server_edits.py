@@ -51,3 +51,22 @@ def test_a_time_series_edit_touches_only_its_time_points(tmp_path):
     whole = box((0, 64), (0, 64), (0, 16))
     assert edit.touches(whole, level=0, factors=Vec3(2, 2, 1), t=2)
     assert not edit.touches(whole, level=0, factors=Vec3(2, 2, 1), t=1)
+
+
+def test_a_record_names_its_key_by_name_and_old_records_with_key_ids_still_read(tmp_path):
+    import json
+
+    from ndingest.edits import Edit, edits_dir
+
+    record_edit(tmp_path, [box((0, 4), (0, 4), (0, 1))], key_name="ann", when=100.0)
+    record_edit(tmp_path, [box((0, 4), (0, 4), (0, 1))], when=150.0)
+    old = {"boxes": ["0-4_0-4_0-1"], "times": None, "when": 50.0, "key": "0ldc0ffe", "mode": "overwrite", "level": 0}
+    (edits_dir(tmp_path) / "00000000000000000001-1-aaaaaaaa.json").write_text(json.dumps(old))  # before names
+    first, named, nameless = read_edits(tmp_path)
+    assert (first.key_id, first.key_name, first.by, first.when) == ("0ldc0ffe", None, "0ldc0ffe", 50.0)
+    assert (named.key_id, named.key_name, named.by) == (None, "ann", "ann")
+    assert (nameless.key_id, nameless.key_name, nameless.by) == (None, None, None)
+    listed = [e.to_listing() for e in (first, named, nameless)]
+    assert [e["key"] for e in listed] == [None, "ann", None]
+    assert "0ldc0ffe" not in json.dumps(listed)  # no key material, an old record's id neither
+    assert [Edit.from_record(e, where="listing").by for e in listed] == [None, "ann", None]  # as a remote verify reads it

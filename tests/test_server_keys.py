@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from ndingest.errors import Forbidden, SpecError, Unauthorized
-from ndingest.server.keys import KeyRing, key_id, parse_keys
+from ndingest.server.keys import Holder, KeyRing, key_id, parse_keys, parse_named_keys
 
 
 def ring(tmp_path, text: str) -> KeyRing:
@@ -91,3 +91,18 @@ def test_serve_warns_of_nothing_with_keys(host):
     from ndingest.server import exposure_warning
 
     assert exposure_warning(host, has_keys=True) is None
+
+
+def test_a_keys_line_is_key_or_key_and_name_whitespace_between():
+    text = "alpha\n  beta   Bea Smith \n# gamma not-a-key\n\ndelta\tops\n"
+    assert parse_named_keys(text) == [("alpha", None), ("beta", "Bea Smith"), ("delta", "ops")]
+    assert parse_keys(text) == ["alpha", "beta", "delta"]
+
+
+def test_a_valid_key_is_known_by_its_name_and_a_nameless_one_by_none(tmp_path):
+    keys = ring(tmp_path, "alpha ann\nbeta\ngamma   gus\n")
+    assert keys.holder("Token alpha") == Holder(key_id("alpha"), "ann")
+    assert keys.holder("Token gamma") == Holder(key_id("gamma"), "gus")
+    assert keys.holder("Token beta") == Holder(key_id("beta"), None)
+    with pytest.raises(Forbidden):
+        keys.holder("Token alpha ann")  # the name is not part of the key

@@ -3,14 +3,15 @@
 Layout, beside the channel's ingest markers (`markers.channel_dir`)::
 
     STORE/_markers/DATASET/PROJECT/CHANNEL/edits/
-        {time_ns}-{pid}-{random}.json     one per accepted POST: boxes, time points, key id
+        {time_ns}-{pid}-{random}.json     one per accepted POST: boxes, time points, key name
         latest                            the name of the newest record (a stamp a level
                                           rebuild compares, to notice POSTs made meanwhile)
 
 A record is written after the POST's voxels and before the server answers, so every voxel
 a client changed is covered by some record (a record of a POST that failed half-way only
-over-reports). Records name a key by its id (the first 8 hex digits of its SHA-256), never
-by the key.
+over-reports). Records name a key by its name in the server's keys file (`KEY NAME`), or
+not at all; never by the key. Records written before names (`"key"`: the first 8 hex digits
+of the key's SHA-256) are still read, and that id is never listed by the server.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ SUFFIX = ".json"
 @dataclass(frozen=True)
 class Edit:
     """One accepted POST: level-0 `boxes` (absolute, exact), at time points `times` (None
-    for a channel that is not a time series), when (seconds since the epoch), by which key."""
+    for a channel that is not a time series), when (seconds since the epoch), by which key:
+    `key_name` (its name in the keys file) or, in records written before names, `key_id`."""
 
     boxes: tuple[Box, ...]
     times: tuple[int, ...] | None
@@ -43,6 +45,12 @@ class Edit:
     key_id: str | None
     mode: str
     level: int = 0
+    key_name: str | None = None
+
+    @property
+    def by(self) -> str | None:
+        """What names the key that made it, if anything does."""
+        return self.key_name or self.key_id
 
     def touches(self, box: Box, *, level: int, factors: Vec3, t: int | None = None) -> bool:
         """Whether this edit changed any voxel of `box` at `level` (of time point `t`):
@@ -61,9 +69,18 @@ class Edit:
         return False
 
     def to_record(self) -> dict:
-        """The record's JSON fields (its file, and `GET {token}/{channel}/edits/`)."""
-        return {"boxes": [b.to_key() for b in self.boxes], "times": list(self.times) if self.times is not None else None,
-                "when": self.when, "key": self.key_id, "mode": self.mode, "level": self.level}
+        """The record's JSON fields, as its file keeps them (`key`: an old record's key id)."""
+        record = {"boxes": [b.to_key() for b in self.boxes],
+                  "times": list(self.times) if self.times is not None else None,
+                  "when": self.when, "key": self.key_id, "mode": self.mode, "level": self.level}
+        if self.key_name is not None:
+            record["key_name"] = self.key_name
+        return record
+
+    def to_listing(self) -> dict:
+        """What `GET {token}/{channel}/edits/` shows: no key material, only the key's name
+        (`key` and `key_name`; null when the keys file gives it none)."""
+        return {**self.to_record(), "key": self.key_name, "key_name": self.key_name}
 
     @classmethod
     def from_record(cls, record: dict, *, where: str) -> "Edit":
@@ -72,8 +89,10 @@ class Edit:
             return cls(
                 boxes=tuple(Box.from_key(k) for k in record["boxes"]),
                 times=tuple(int(t) for t in record["times"]) if record.get("times") is not None else None,
-                when=float(record["when"]), key_id=record.get("key"), mode=str(record.get("mode", "overwrite")),
+                when=float(record["when"]), mode=str(record.get("mode", "overwrite")),
                 level=int(record.get("level", 0)),
+                # a listing's `key` is the name (it has `key_name`); a file's is an old key id
+                key_id=None if "key_name" in record else record.get("key"), key_name=record.get("key_name"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"{where}: not an edit record: {exc}") from exc
@@ -90,8 +109,9 @@ def edits_dir(channel_markers: Path) -> Path:
     return channel_markers / EDITS
 
 
-def record_edit(channel_markers: Path, boxes: list[Box], *, key_id: str | None, when: float | None = None,
-                times: list[int] | None = None, mode: str = "overwrite", durable: bool = False) -> Path:
+def record_edit(channel_markers: Path, boxes: list[Box], *, key_id: str | None = None, key_name: str | None = None,
+                when: float | None = None, times: list[int] | None = None, mode: str = "overwrite",
+                durable: bool = False) -> Path:
     """Write one edit record and point `latest` at it; returns the record's path.
 
     `durable=False` leaves the fsync to the caller's one flush per POST (with the voxels)."""
@@ -99,10 +119,10 @@ def record_edit(channel_markers: Path, boxes: list[Box], *, key_id: str | None, 
     name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
     path = edits_dir(channel_markers) / f"{name}{SUFFIX}"
     edit = Edit(boxes=tuple(boxes), times=tuple(times) if times is not None else None, when=when,
-                key_id=key_id, mode=mode)
+                key_id=key_id, mode=mode, key_name=key_name)
     write_json(path, edit.to_record(), durable=durable)
     atomic_write(edits_dir(channel_markers) / LATEST, name.encode(), durable=durable)
-    logger.info("edit %s: %d box(es) by key %s", name, len(boxes), key_id or "(none)")
+    logger.info("edit %s: %d box(es) by key %s", name, len(boxes), edit.by or "(none)")
     return path
 
 

@@ -120,7 +120,7 @@ def _verify_block(plan: Plan, cp: ChannelPlan, store: Target, task: BlockTask, b
         if edit is not None:
             when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(edit.when))
             return {**row, "status": EDITED, "detail": f"changed by a cutout POST at {when} by key "
-                                                       f"{edit.key_id or '(none: the server had no keys)'}"}, stored
+                                                       f"{edit.by or '(none: no keys, or a key without a name)'}"}, stored
     if mismatch is not None:
         z, y, x = mismatch.first_zyx
         first = (box.begin.x + x, box.begin.y + y, box.begin.z + z)

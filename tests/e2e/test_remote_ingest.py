@@ -73,7 +73,7 @@ def keyed(tmp_path_factory):
     """A server with a keys file, on an empty store: (server, its store folder)."""
     folder = tmp_path_factory.mktemp("remote-ingest")
     (folder / "store").mkdir()
-    (folder / "keys.txt").write_text(f"# the test's key\n{KEY}\n")
+    (folder / "keys.txt").write_text(f"# the test's key\n{KEY} ingester\n")
     with serving(folder / "store", api_keys=folder / "keys.txt") as server:
         yield server, folder / "store"
 
@@ -198,7 +198,7 @@ def test_verify_of_a_server_names_blocks_posted_since_as_edited_and_still_finds_
     rows = list(csv.DictReader((here / "_reports" / DATASET / PROJECT / "verify.csv").open()))
     edited = [r for r in rows if r["status"] == "edited since ingest"]
     assert {(r["channel"], r["level"]) for r in edited} == {("image", "0"), ("image", "1")}, edited
-    assert all(key_id(KEY) in r["detail"] for r in edited)
+    assert all("by key ingester" in r["detail"] and key_id(KEY) not in r["detail"] for r in edited)  # its name
     assert all(r["status"] == "ok" for r in rows if r not in edited)
 
     chunk = sorted((store / DATASET / PROJECT / "annotation" / "32_32_40").iterdir())[-1]

@@ -133,3 +133,24 @@ def test_a_cutout_reads_the_volumes_info_from_the_bucket_at_most_every_few_secon
     bucket = bucket_store["store"].split("/")[2]
     assert s3_server.requests_since(mark, f"GET /{bucket}/") >= 5  # the chunks: moto logs what it answered
     assert s3_server.requests_since(mark, "/image/info ") <= 3
+
+
+def test_getpropagate_while_the_catalog_says_building_answers_1(server, bucket_store):
+    """A pipeline on another host building the levels (propagate 1): the server reads it,
+    and starts no builder of its own (a bucket has no build lock; it was a 500)."""
+    import sqlalchemy as sa
+
+    from ndingest import catalog
+
+    engine = catalog.engine_for(bucket_store["catalog"], create=False)
+    where = catalog.channels.c.channel_name == "image"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(catalog.channels).where(where).values(propagate=catalog.PROPAGATE_UNDER_WAY))
+        for _ in range(2):
+            reply = requests.get(f"{server.url}/nd/sd/{TOKEN}/image/getPropagate/", timeout=30)
+            assert reply.status_code == 200 and reply.text == "1", reply.text + server.log()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.update(catalog.channels).where(where).values(propagate=catalog.PROPAGATE_DONE))
+        engine.dispose()

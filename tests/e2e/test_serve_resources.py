@@ -141,6 +141,10 @@ def test_deletechannel_refuses_an_unknown_name_before_deleting_anything(url):
     assert "nope" in answer(reply, 404)
     assert "gone" in requests.get(f"{url}/nd/sd/{TOKEN}/info/", timeout=30).json()["channels"]
     reply = requests.post(f"{url}/nd/sd/{TOKEN}/deleteChannel/", json={"channels": ["gone"]}, timeout=30)
+    assert "'gone'" in answer(reply, 403)  # readonly: ndstore's deleteChannel deletes only writable channels
+    assert "gone" in requests.get(f"{url}/nd/sd/{TOKEN}/info/", timeout=30).json()["channels"]
+    answer(requests.patch(resource(url, "project", PROJECT, "channel", "gone"), json={"readonly": 0}, timeout=30), 200)
+    reply = requests.post(f"{url}/nd/sd/{TOKEN}/deleteChannel/", json={"channels": ["gone"]}, timeout=30)
     assert answer(reply, 200) == "SUCCESS"
     assert "gone" not in requests.get(f"{url}/nd/sd/{TOKEN}/info/", timeout=30).json()["channels"]
 

@@ -48,7 +48,7 @@ def test_verify_reports_posted_blocks_as_edited_and_still_checks_the_rest(tmp_pa
     made = ingest_store(tmp_path / "s", tutorial_data, levels=1)
     store, spec = made["store"], made["spec"]
     keys = tmp_path / "keys.txt"
-    keys.write_text(f"# editors\n{KEY}\n")
+    keys.write_text(f"# editors\n{KEY}  the editor\n")
     with serving(store, api_keys=keys) as server:
         box = "1000,1064/2000,2064/1000,1016"  # one corner of the volume: x, y, z
         reply = requests.post(f"{server.url}/nd/sd/{TUTORIAL[1]}/image/npz/0/{box}/",
@@ -64,7 +64,8 @@ def test_verify_reports_posted_blocks_as_edited_and_still_checks_the_rest(tmp_pa
     edited = [r for r in rows if r["status"] == "edited since ingest"]
     assert edited and {r["channel"] for r in edited} == {"image"}
     assert {r["level"] for r in edited} == {"0", "1"}  # the block and the stale level above it
-    assert all(key_id(KEY) in r["detail"] for r in edited), edited[0]["detail"]
+    assert all("by key the editor" in r["detail"] for r in edited), edited[0]["detail"]  # the key's name
+    assert not any(key_id(KEY) in r["detail"] for r in rows)
     assert KEY not in "".join(r["detail"] for r in rows)
     assert all(r["status"] == "ok" for r in rows if r not in edited)
 

@@ -29,6 +29,7 @@ from ndingest.server.keys import key_id
 from serving import HOST, Server, free_port, serving
 
 KEY = "writer-key-for-tests"
+KEY_NAME = "test-writer"  # its name in the keys file, which edit records show
 DATASET, PROJECT, TOKEN = "wds", "wpr", "wtok"
 OFFSET = (1001, 2003, 7)            # x, y, z: odd, so levels round their edges
 SIZE = (300, 200, 40)
@@ -122,10 +123,10 @@ def start_workers(store: Path, folder: Path, *, max_body: int) -> Server:
         time.sleep(0.1)
 
 
-def server_fixtures(name: str, *, channels: dict = CHANNELS, key: str = KEY):
+def server_fixtures(name: str, *, channels: dict = CHANNELS, key: str = KEY, key_name: str = KEY_NAME):
     """A module's fixtures: `store` (empty at first), `url` of a server on it, made through
     the resource API with `channels`, and `keyed_url` of a second server on the same store
-    with `key` in its keys file. Assign them to those names in the module."""
+    with `key` in its keys file, named `key_name`. Assign them to those names in the module."""
     @pytest.fixture(scope="module")
     def store(tmp_path_factory) -> Path:
         path = tmp_path_factory.mktemp(name) / "store"
@@ -141,7 +142,7 @@ def server_fixtures(name: str, *, channels: dict = CHANNELS, key: str = KEY):
     @pytest.fixture(scope="module")
     def keyed_url(store, url, tmp_path_factory):
         keys = tmp_path_factory.mktemp(f"{name}-keys") / "keys.txt"
-        keys.write_text(f"# writers\n{key}\n")
+        keys.write_text(f"# writers\n{key} {key_name}\n")
         with serving(store, api_keys=keys) as server:
             yield server.url
 
@@ -353,17 +354,21 @@ def test_with_keys_a_wrong_key_is_403(keyed_url):
     assert "nope" not in bad(reply, 403)
 
 
-def test_with_keys_a_known_key_writes_and_the_edit_names_its_id(keyed_url, store):
+def test_with_keys_a_known_key_writes_and_the_edit_names_it_by_name_only(keyed_url, store):
     box = ((1280, 1290), (2150, 2160), (30, 31))
     new = np.full(shape_of(box), 9, np.uint8)
     reply = post(keyed_url, "img", box, new, headers={"Authorization": f"Token {KEY}"})
     assert reply.status_code == 200, reply.text
     np.testing.assert_array_equal(get(keyed_url, "img", box), new)  # public token: read without a key
     edits = read_edits(channel_dir(store, DATASET, PROJECT, "img"))
-    mine = [e for e in edits if e.key_id == key_id(KEY)]
+    mine = [e for e in edits if e.key_name == KEY_NAME]
+    assert not any(e.key_id for e in edits)
     assert [tuple(zip(b.begin, b.end)) for e in mine for b in e.boxes] == [box]
     assert abs(mine[0].when - time.time()) < 60
-    assert not any(KEY in p.read_text() for p in (channel_dir(store, DATASET, PROJECT, "img") / "edits").iterdir())
+    assert not any(KEY in p.read_text() or key_id(KEY) in p.read_text()
+                   for p in (channel_dir(store, DATASET, PROJECT, "img") / "edits").iterdir())
+    listed = requests.get(f"{keyed_url}/nd/sd/{TOKEN}/img/edits/", timeout=30)
+    assert KEY_NAME in listed.text and key_id(KEY) not in listed.text and KEY not in listed.text
 
 
 def test_with_keys_propagation_and_channel_writes_need_a_key(keyed_url):

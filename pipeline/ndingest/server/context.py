@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from .. import catalog
 from ..blocks import Box, Vec3, chunk_shape
 from ..downsample import factors, level_extent
-from ..errors import BadBox, NotFound, SpecError, StateConflict, StoreError
+from ..errors import BadBox, Forbidden, NotFound, SpecError, StateConflict, StoreError
 from ..kvpath import KvPath
 from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, parse_info, scale_key, tensorstore_spec
 
@@ -61,6 +61,14 @@ class LevelView:
     chunk: Vec3
 
 
+def refuse_readonly(row: dict) -> None:
+    """ndstore's rule: a readonly channel takes no write (cutout POST, setPropagate, window
+    PATCH, DELETE, deleteChannel) but the channel PATCH that sets `readonly` to 0."""
+    if row["readonly"]:
+        raise Forbidden(f"channel {row['channel_name']!r} is readonly: PATCH its readonly to 0 before writing "
+                        f"to it or deleting it")
+
+
 @dataclass(frozen=True)
 class ChannelView:
     """A channel as the server sees it: its catalog row, its volumes and their levels.
@@ -92,6 +100,11 @@ class ChannelView:
     @property
     def readonly(self) -> bool:
         return bool(self.row["readonly"])
+
+    def writable(self) -> "ChannelView":
+        """This channel, for a write; 403 naming it when it is readonly."""
+        refuse_readonly(self.row)
+        return self
 
     @property
     def time_range(self) -> tuple[int, int]:
@@ -411,14 +424,14 @@ class ServerContext:
         return found[0] if found else None
 
     # --- keys ------------------------------------------------------------------------------
-    def require_key(self, request) -> str | None:
-        """The request's key id (first 8 hex digits of its sha256), or None when the server
-        has no key file; 401 without a key, 403 with a wrong one."""
+    def require_key(self, request):
+        """Who sent the request's key (`keys.Holder`: its id and its name in the keys
+        file), or None when the server has no key file; 401 without a key, 403 with a wrong one."""
         if self.keyring is None:
             return None
-        return self.keyring.check(request.headers.get("authorization"))
+        return self.keyring.holder(request.headers.get("authorization"))
 
-    def check_read(self, token: TokenView, request) -> str | None:
+    def check_read(self, token: TokenView, request):
         """Public tokens read without a key; private ones need one when keys are configured."""
         if token.public:
             return None

@@ -199,7 +199,7 @@ def routes(ctx: ServerContext) -> list:
         ctx.check_read(token, request)
         channel = ctx.channel(token, request.path_params["channel"])
         state = read_state(ctx, channel)
-        if state == UNDER_WAY:
+        if state == UNDER_WAY and not ctx.read_only:  # a bucket store has no build lock: its pipeline builds
             ensure_builder(ctx, channel)  # a builder that died with its process is restarted
         return PlainTextResponse(str(state))
 
@@ -208,7 +208,7 @@ def routes(ctx: ServerContext) -> list:
         value = request.path_params["value"]
         if value not in ("0", "1"):
             raise RequestError(f"setPropagate/{value}/: only 0 (mark the levels stale) or 1 (rebuild them) can be set")
-        channel = ctx.channel(ctx.token(request.path_params["token"]), request.path_params["channel"])
+        channel = ctx.channel(ctx.token(request.path_params["token"]), request.path_params["channel"]).writable()
         if value == "1":
             request_rebuild(ctx, channel)
         else:

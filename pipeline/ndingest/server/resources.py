@@ -11,7 +11,10 @@ takes the same fields: it creates the row (201), or, if it exists, compares the 
 body gives (201 when equal; 409 naming the field when not; fields left out take defaults
 on creation and are not compared). A channel's display window is state, not identity, so
 it changes without a conflict: PATCH a channel with `{"startwindow": lo, "endwindow": hi}`
-(both, lo <= hi; a key when the server has keys; 200 with the row). An empty PATCH `{}`
+(both, lo <= hi; a key when the server has keys; 200 with the row), and so does its
+`readonly` (0 or 1). A readonly channel refuses every write, as ndstore's do (403 naming
+it: a window PATCH, DELETE, deleteChannel, and in writes.py and propagate.py the cutout
+POST and setPropagate) but the PATCH that sets `readonly` to 0. An empty PATCH `{}`
 changes nothing: a client checks with it that the server accepts its key (`ndingest
 ingest` into a server does, before it writes). DELETE answers 204; a dataset or project that still
 has projects, tokens or channels is a 409 naming them. Creating a channel also creates
@@ -44,12 +47,15 @@ from ..markers import channel_dir
 from ..plan import max_levels
 from ..spec import CHANNEL_TYPES, DATATYPES, NAME_RE, RESERVED_NAMES
 from ..targets import LocalStore, VolumeRef, precomputed_info
-from .context import SCALING_NAMES, ServerContext, TokenView, catalog_scales, nd_routes, slash_optional
+from .context import (SCALING_NAMES, ServerContext, TokenView, catalog_scales, nd_routes, refuse_readonly,
+                      slash_optional)
 from .writes import read_body
 
 logger = logging.getLogger(__name__)
 
 JSON_LIMIT = 1 << 20  # bytes of a resource body
+JSON_DEPTH = 32  # nesting of a resource body: its values are flat, ndio's bodies two or three deep
+MAX_WHOLE = 1 << 40  # whole numbers (sizes, offsets, times, levels) are below it: the catalog's are 64-bit
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -63,10 +69,14 @@ def check_name(value: Any, field: str) -> str:
 
 
 def _int(value: Any, field: str, *, low: int | None = None, high: int | None = None) -> int:
+    """A whole number in low..high, and always below 2^40 either way (so no catalog insert
+    overflows)."""
     if isinstance(value, bool):
         value = int(value)
     if not isinstance(value, int):
         raise RequestError(f"{field} = {value!r} is not a whole number")
+    if abs(value) >= MAX_WHOLE:
+        raise RequestError(f"{field} = {value} is out of range (its size must be below 2^40)")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in {low}..{high}"
         raise RequestError(f"{field} = {value} must be {bounds}")
@@ -290,22 +300,45 @@ def row_from_body(kind: Kind, body: dict, names: Mapping[str, str]) -> catalog.R
     return catalog.Row(kind.table, kind.key, values, kind.name, ignore=(*not_given, *kind.state))
 
 
-def window_update(body: dict) -> tuple[float, float] | None:
-    """A PATCH body's new window (None for `{}`: nothing to change); only the window may
-    change this way, and both of its ends at once."""
-    fields = ("startwindow", "endwindow")
-    unknown = sorted(set(body) - set(fields))
+@dataclass(frozen=True)
+class ChannelUpdate:
+    """What a channel PATCH changes: its window (both ends), its readonly flag, or nothing."""
+
+    window: tuple[float, float] | None = None
+    readonly: int | None = None
+
+    def allowed_on(self, row: dict) -> None:
+        """A readonly channel takes one write: the PATCH that sets readonly to 0 (and with
+        it, the window). `{}` changes nothing, so it stays a key check on any channel."""
+        if self.readonly != 0 and (self.window is not None or self.readonly is not None):
+            refuse_readonly(row)
+
+
+def channel_update(body: dict) -> ChannelUpdate:
+    """A PATCH body's changes; only the window (both of its ends at once) and `readonly`
+    may change this way."""
+    window_fields = ("startwindow", "endwindow")
+    unknown = sorted(set(body) - {*window_fields, "readonly"})
     if unknown:
-        raise RequestError(f"channel PATCH: only startwindow and endwindow can change this way, not "
-                           f"{', '.join(unknown)}")
-    if not body:
-        return None
-    if set(body) != set(fields):
+        raise RequestError(f"channel PATCH: only startwindow and endwindow, and readonly, can change this way, "
+                           f"not {', '.join(unknown)}")
+    readonly = _int(body["readonly"], "readonly", low=0, high=1) if "readonly" in body else None
+    given = set(body) & set(window_fields)
+    if not given:
+        return ChannelUpdate(None, readonly)
+    if given != set(window_fields):
         raise RequestError("channel PATCH: give both startwindow and endwindow")
     lo, hi = _float(body["startwindow"], "startwindow"), _float(body["endwindow"], "endwindow")
     if lo > hi:
         raise RequestError(f"channel PATCH: startwindow {lo} is above endwindow {hi}")
-    return (lo, hi)
+    return ChannelUpdate((lo, hi), readonly)
+
+
+def set_readonly(ctx: ServerContext, project: str, channel: str, readonly: int) -> None:
+    table = catalog.channels
+    with ctx.engine_for_writes().begin() as conn:
+        conn.execute(sa.update(table).where(table.c.project == project, table.c.channel_name == channel)
+                     .values(readonly=readonly))
 
 
 # --- the catalog and the store -----------------------------------------------------------------
@@ -381,8 +414,9 @@ def create_channel(ctx: ServerContext, row: catalog.Row, *, dataset_row: dict) -
 
 
 def delete_channel(ctx: ServerContext, name: str, *, dataset: str, project: str) -> None:
-    """The channel's row, then its volumes and markers (edits, locks, ingest markers)."""
-    must_find(ctx, catalog.channels, "channel", project=project, channel_name=name)
+    """The channel's row, then its volumes and markers (edits, locks, ingest markers);
+    403 naming it when it is readonly."""
+    refuse_readonly(must_find(ctx, catalog.channels, "channel", project=project, channel_name=name))
     catalog.delete_channel(ctx.engine_for_writes(), project, name)
     for folder in (ctx.store / dataset / project / name, channel_dir(ctx.store, dataset, project, name)):
         try:
@@ -406,13 +440,36 @@ def refuse_if_used(what: str, users: list[str]) -> None:
 # --- the request's edge --------------------------------------------------------------------------
 async def json_body(request: Request) -> dict:
     body = await read_body(request, JSON_LIMIT)
+    check_depth(body)
     try:
         value = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(f"body is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise RequestError(f"body is a JSON {type(value).__name__}, not an object")
     return value
+
+
+def check_depth(body: bytes, limit: int = JSON_DEPTH) -> None:
+    """400 for a body nested deeper than `limit` (json.loads recurses: 100k `[` is a
+    RecursionError), counted over its brackets outside strings before it is parsed."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                raise RequestError(f"body is nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
 
 
 def check_visible(ctx: ServerContext, request: Request, public: int) -> None:
@@ -452,16 +509,22 @@ def routes(ctx: ServerContext) -> list:
         return Response(status_code=204)
 
     async def patch(kind: Kind, request: Request) -> Response:
-        """A channel's window (only a channel has a PATCH route); `{}` checks the key and the channel."""
+        """A channel's window or readonly flag (only a channel has a PATCH route); `{}`
+        checks the key and the channel. readonly is lifted before the window is set."""
         assert kind is CHANNEL
         ctx.require_key(request)
-        window = window_update(await json_body(request))
+        change = channel_update(await json_body(request))
         names = request.path_params
 
         def update() -> dict:
-            lookup(ctx, kind, names)
-            if window is not None:
-                catalog.set_window(ctx.engine_for_writes(), names["project"], names["channel"], window)
+            change.allowed_on(lookup(ctx, kind, names)[kind.name])
+            project, channel = names["project"], names["channel"]
+            if change.readonly == 0:
+                set_readonly(ctx, project, channel, 0)
+            if change.window is not None:
+                catalog.set_window(ctx.engine_for_writes(), project, channel, change.window)
+            if change.readonly == 1:
+                set_readonly(ctx, project, channel, 1)
             return find_row(ctx, kind, names)
         return JSONResponse(public_row(await run_in_threadpool(update)))
 
@@ -503,8 +566,9 @@ def routes(ctx: ServerContext) -> list:
             raise RequestError('deleteChannel: body must be {"channels": [NAME, ...]}')
 
         def delete() -> None:
-            for name in names:
-                ctx.channel(token, name)  # 404 naming it, before anything is deleted
+            found = [ctx.channel(token, name) for name in names]  # 404 naming it, before anything is deleted
+            for channel in found:
+                channel.writable()  # 403 naming a readonly one, likewise
             for name in names:
                 delete_channel(ctx, name, dataset=token.dataset_name, project=token.project_name)
         await run_in_threadpool(delete)

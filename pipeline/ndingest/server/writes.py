@@ -20,9 +20,10 @@ concurrent requests, threads and `uvicorn --workers` processes.
   chunk rewrites its shard file, and the POST is written in one transaction. flock works between
   threads (one open file each) and between processes; tensorstore keeps no cache here
   (`cache_pool` 0), so every read-modify-write starts from what is on disk.
-- After the voxels: an edit record (`edits.record_edit`), one flush of the store's file
-  system, then `propagate` 0, then 200. `GET {token}/{channel}/edits/` (not ndstore's)
-  lists the records as JSON, for a `verify` of a store behind a server.
+- After the voxels: an edit record (`edits.record_edit`: the key's name in the keys file,
+  if it has one, never the key or its id), one flush of the store's file system, then
+  `propagate` 0, then 200. `GET {token}/{channel}/edits/` (not ndstore's) lists the
+  records as JSON, for a `verify` of a store behind a server; `key` is that name or null.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..blocks import Box
 from ..edits import read_edits, record_edit
-from ..errors import BodyTooLarge, Forbidden, RequestError
+from ..errors import BodyTooLarge, RequestError
 from ..markers import flush_filesystem
 from ..targets import VolumeRef, is_sharded, write_box
 from ..wire import cutouts
@@ -68,7 +69,7 @@ def keeps_old_labels(channel_type: str, mode: str) -> bool:
 
 
 def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: range, array: np.ndarray,
-                 mode: str, key_id: str | None) -> None:
+                 mode: str, key_name: str | None) -> None:
     """Write one decoded POST (`array` (z, y, x), or (t, z, y, x) for a time series) under
     the chunk locks, record the edit, flush, and mark the levels above stale."""
     handles = ctx.handles
@@ -84,7 +85,7 @@ def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: r
             if keeps_old_labels(channel.channel_type, mode):
                 voxels = np.where(voxels != 0, voxels, handles.read(ref, WRITE_LEVEL, box))
             write_voxels(handles, ref, WRITE_LEVEL, box, voxels)
-    record_edit(markers, [box], key_id=key_id, times=list(times) if channel.is_timeseries else None, mode=mode)
+    record_edit(markers, [box], key_name=key_name, times=list(times) if channel.is_timeseries else None, mode=mode)
     flush_filesystem(ctx.store)
     propagate.mark_stale(ctx, channel)
 
@@ -134,10 +135,7 @@ def parse_mode(request: Request) -> str:
 
 def writable_channel(ctx: ServerContext, token_name: str, channel_name: str) -> ChannelView:
     """The channel a POST writes; 404 if unknown, 403 if readonly."""
-    channel = ctx.channel(ctx.token(token_name), channel_name)
-    if channel.readonly:
-        raise Forbidden(f"channel {channel.name!r} is readonly")
-    return channel
+    return ctx.channel(ctx.token(token_name), channel_name).writable()
 
 
 def parse_target(channel: ChannelView, p: dict) -> tuple[Box, range]:
@@ -152,7 +150,8 @@ def parse_target(channel: ChannelView, p: dict) -> tuple[Box, range]:
 def routes(ctx: ServerContext) -> list:
     async def post_cutout(request: Request) -> Response:
         p = request.path_params
-        key_id = ctx.require_key(request)
+        holder = ctx.require_key(request)
+        key_name = holder.name if holder is not None else None
         fmt = cutouts.check_format(p["fmt"])
         mode = parse_mode(request)
         declared_length(request, ctx.max_body)
@@ -164,7 +163,7 @@ def routes(ctx: ServerContext) -> list:
 
         def decode_and_write() -> None:
             array = cutouts.decode(fmt, body, datatype=channel.datatype, shape=shape, channel=channel.name)
-            write_cutout(ctx, channel, box=box, times=times, array=array, mode=mode, key_id=key_id)
+            write_cutout(ctx, channel, box=box, times=times, array=array, mode=mode, key_name=key_name)
 
         await run_in_threadpool(decode_and_write)
         return PlainTextResponse(f"wrote {box} of {channel.name}\n")
@@ -174,7 +173,7 @@ def routes(ctx: ServerContext) -> list:
         token = ctx.token(request.path_params["token"])
         ctx.check_read(token, request)
         channel = ctx.channel(token, request.path_params["channel"])
-        return JSONResponse([e.to_record() for e in read_edits(channel_markers(ctx, channel))])
+        return JSONResponse([e.to_listing() for e in read_edits(channel_markers(ctx, channel))])
 
     cut = "{token}/{channel}/{fmt}/{res}/{x}/{y}/{z}/"
     return [
