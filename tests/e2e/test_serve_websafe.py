@@ -12,13 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import requests
 
 from serving import HOST, Server, free_port, serving
+from test_serve_factory import wait_for
 from test_serve_writes import DATASET, PROJECT, TOKEN, box_url, get, make_store, npz, resource
 
 TRUSTED = "http://trusted.example:8000"  # --allow-origin
@@ -205,15 +205,7 @@ def test_the_uvicorn_factory_takes_the_same_settings_from_the_environment(store,
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     server = Server(f"http://{HOST}:{port}", port, proc, tmp_path / "uvicorn.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{server.url}/nd/sd/public_tokens/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
+        wait_for(server)
         info = f"{server.url}/nd/sd/{TOKEN}/info/"
         assert requests.get(info, headers={"Host": "evil.example"}, timeout=30).status_code == 400
         assert requests.get(info, headers={"Host": LAB}, timeout=30).status_code == 200
