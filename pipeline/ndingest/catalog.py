@@ -435,6 +435,16 @@ def set_window(engine: sa.Engine, project: str, channel: str, window: tuple[floa
         )
 
 
+def set_readonly(engine: sa.Engine, project: str, channel: str, readonly: int) -> None:
+    """The channel's readonly flag (a channel PATCH to `serve`)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(channels)
+            .where(channels.c.project == project, channels.c.channel_name == channel)
+            .values(readonly=readonly)
+        )
+
+
 def dataset_row(dataset: DatasetSpec, *, size_xyz: Vec3, levels: int) -> Row:
     res = dataset.voxel_resolution_nm
     values = {

@@ -121,10 +121,10 @@ def _run_builder(ctx: ServerContext, channel: ChannelView, fd: int) -> None:
 def _build_while_wanted(ctx: ServerContext, channel: ChannelView) -> None:
     try:
         while read_state(ctx, channel) == UNDER_WAY:
-            stamp = latest_edit(_markers(ctx, channel))
+            stamp = latest_edit(channel_markers(ctx, channel))
             rebuild_levels(ctx, channel)
             flush_filesystem(ctx.store)
-            if latest_edit(_markers(ctx, channel)) == stamp and set_state(ctx, channel, DONE, only_from=(UNDER_WAY,)):
+            if latest_edit(channel_markers(ctx, channel)) == stamp and set_state(ctx, channel, DONE, only_from=(UNDER_WAY,)):
                 logger.info("propagate %s/%s: levels rebuilt", channel.token.name, channel.name)
                 return
     except Exception:  # a thread has no caller: log it, and say "stale" rather than "building" forever
@@ -133,10 +133,6 @@ def _build_while_wanted(ctx: ServerContext, channel: ChannelView) -> None:
             set_state(ctx, channel, NOT, only_from=(UNDER_WAY,))
         except (NdingestError, sa.exc.SQLAlchemyError):
             logger.exception("propagate %s/%s: cannot mark the levels stale", channel.token.name, channel.name)
-
-
-def _markers(ctx: ServerContext, channel: ChannelView) -> Path:
-    return channel_markers(ctx, channel)
 
 
 def rebuild_levels(ctx: ServerContext, channel: ChannelView) -> None:

@@ -334,13 +334,6 @@ def channel_update(body: dict) -> ChannelUpdate:
     return ChannelUpdate((lo, hi), readonly)
 
 
-def set_readonly(ctx: ServerContext, project: str, channel: str, readonly: int) -> None:
-    table = catalog.channels
-    with ctx.engine_for_writes().begin() as conn:
-        conn.execute(sa.update(table).where(table.c.project == project, table.c.channel_name == channel)
-                     .values(readonly=readonly))
-
-
 # --- the catalog and the store -----------------------------------------------------------------
 def public_row(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "id"}
@@ -520,11 +513,11 @@ def routes(ctx: ServerContext) -> list:
             change.allowed_on(lookup(ctx, kind, names)[kind.name])
             project, channel = names["project"], names["channel"]
             if change.readonly == 0:
-                set_readonly(ctx, project, channel, 0)
+                catalog.set_readonly(ctx.engine_for_writes(), project, channel, 0)
             if change.window is not None:
                 catalog.set_window(ctx.engine_for_writes(), project, channel, change.window)
             if change.readonly == 1:
-                set_readonly(ctx, project, channel, 1)
+                catalog.set_readonly(ctx.engine_for_writes(), project, channel, 1)
             return find_row(ctx, kind, names)
         return JSONResponse(public_row(await run_in_threadpool(update)))
 
