@@ -244,7 +244,7 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import bind, create_app, exposure_warning, run, store_at
+    from .server import bind, budget, create_app, exposure_warning, run, store_at
     from .server.guard import is_loopback, split_list
 
     store = store_at(args.store, "--store ")
@@ -252,7 +252,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     allow_origins = split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")) + tuple(args.allow_origin)
     allow_hosts = split_list(os.environ.get("NDINGEST_ALLOW_HOST")) + tuple(args.allow_host)
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog,
-                     bound_host=args.host, allow_origins=allow_origins, allow_hosts=allow_hosts)
+                     bound_host=args.host, allow_origins=allow_origins, allow_hosts=allow_hosts,
+                     memory_mib=args.memory if args.memory is not None else budget.memory_from_env(os.environ),
+                     memory_wait=budget.wait_from_env(os.environ))
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
     beyond = not is_loopback(args.host)
     if warning and beyond:  # before the bind: said even when the address turns out to be taken
@@ -342,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host name answered besides localhost and loopback addresses; off loopback, "
                         "the only names answered (repeatable; also NDINGEST_ALLOW_HOST)")
+    p.add_argument("--memory", type=int, metavar="MiB",
+                   help="this process's memory budget for requests' voxels and malloc's kept heap "
+                        "(default 1024; also NDINGEST_MEMORY): larger requests are 413, the rest wait "
+                        "their turn, a 503 after 30 s")
     p.set_defaults(func=cmd_serve)
     return parser
 

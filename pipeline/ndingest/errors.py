@@ -107,6 +107,17 @@ class BodyTooLarge(RequestError):
     status = 413
 
 
+class Busy(RequestError):
+    """The server's memory budget stayed taken for as long as a request may wait: 503, and
+    `Retry-After` says when to ask again."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InternalError(NdingestError):
     """A bug (not an NdingestError) in a task, replayed from its failure record in the
     process that started the run; `traceback` is the task's, for the log file the CLI

@@ -40,18 +40,40 @@ def plane_pixels(zyx: np.ndarray, plane: str) -> np.ndarray:
     return {"xy": lambda a: a[0], "xz": lambda a: a[:, 0, :], "yz": lambda a: a[:, :, 0]}[plane](zyx)
 
 
+TILE_PIXELS = 1 << 18  # pixels coloured at once: a few 2 MiB float64/uint64 temporaries, whatever the plane
+
+
+def row_tiles(rows: int, cols: int) -> list[slice]:
+    """Row bands of about TILE_PIXELS pixels (at least one row), top to bottom."""
+    step = max(1, TILE_PIXELS // max(1, cols))
+    return [slice(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
 def window_to_uint8(pixels: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Linear map of [lo, hi] to [0, 255], rounded half up, clipped outside the window."""
+    """Linear map of [lo, hi] to [0, 255], rounded half up, clipped outside the window;
+    band by band, so the float64 temporaries are a tile's, never the plane's."""
     lo, hi = float(window[0]), float(window[1])
-    values = pixels.astype(np.float64)
-    if hi <= lo:
-        return np.where(values > lo, 255, 0).astype(np.uint8)
-    return np.clip(np.floor((values - lo) * 255.0 / (hi - lo) + 0.5), 0, 255).astype(np.uint8)
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for band in row_tiles(*pixels.shape):
+        values = pixels[band].astype(np.float64)
+        if hi <= lo:
+            out[band] = np.where(values > lo, 255, 0)
+        else:
+            out[band] = np.clip(np.floor((values - lo) * 255.0 / (hi - lo) + 0.5), 0, 255)
+    return out
 
 
 def label_colours(labels: np.ndarray) -> np.ndarray:
     """RGB per label from a 64-bit mix of the id (splitmix64's finaliser); zero is black,
-    every other id gets channels in 48..255 so no segment is drawn black."""
+    every other id gets channels in 48..255 so no segment is drawn black. Band by band:
+    the uint64 temporaries are a tile's, never the plane's."""
+    out = np.empty((*labels.shape, 3), dtype=np.uint8)
+    for band in row_tiles(*labels.shape):
+        out[band] = _colours(labels[band])
+    return out
+
+
+def _colours(labels: np.ndarray) -> np.ndarray:
     h = labels.astype(np.uint64)
     with np.errstate(over="ignore"):
         h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from .. import malloc
+from . import budget
 from ..errors import CatalogConflict, RequestError, SpecError
 from ..kvpath import KvPath
 from ..urls import is_url
@@ -38,7 +39,6 @@ from .guard import Cors, Guard, WebPolicy, is_loopback, split_list
 
 logger = logging.getLogger(__name__)
 
-KEEP_FREED = 256 << 20  # freed heap each malloc arena keeps (two arenas: see create_app)
 
 # each module's `routes(ctx)`, in this order: reads, precomputed and page first, then the write side
 ROUTE_MODULES = ("reads", "precomputed", "page", "writes", "resources", "autoingest")
@@ -51,6 +51,8 @@ def _one_line(text: str) -> str:
 async def _request_error(request: Request, exc: Exception) -> PlainTextResponse:
     status = getattr(exc, "status", 400)
     headers = {"WWW-Authenticate": "Token"} if status == 401 else None
+    if getattr(exc, "retry_after", None) is not None:  # errors.Busy: the memory budget stayed taken
+        headers = {"Retry-After": str(exc.retry_after)}
     return PlainTextResponse(_one_line(str(exc)), status_code=status, headers=headers)
 
 
@@ -103,19 +105,26 @@ def store_at(text: str, named: str) -> Path | KvPath:
 
 def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: int = 1 << 30,
                catalog_url: str | None = None, bound_host: str = "127.0.0.1",
-               allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = ()) -> Starlette:
+               allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
+               memory_mib: int = budget.DEFAULT_MEMORY_MIB, memory_wait: float = budget.WAIT_SECONDS) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
     catalog `STORE/catalog.sqlite` or the database `catalog_url` names. A bucket's prefix
     (a KvPath, its catalog a database) is served read-only (`ReadOnly`). `bound_host` (the
     address it listens on: loopback by default), `allow_origins` and `allow_hosts` are what
-    `guard` admits from browsers.
+    `guard` admits from browsers. `memory_mib` is the process's memory budget (see
+    `budget`): what requests' voxels hold at once plus the freed heap malloc keeps; a
+    request waits up to `memory_wait` seconds for its share.
 
     Also tunes this process's malloc (see `malloc`): a cutout's buffers come from freed heap,
-    not fresh pages; two arenas bound what is kept to 2 x KEEP_FREED. `uvicorn --workers`
-    processes build their app here too."""
+    not fresh pages; two arenas bound what is kept to 2 x budget.keep_freed_bytes, counted in
+    the budget. `uvicorn --workers` processes build their app here too."""
+    if memory_mib < budget.MIN_MEMORY_MIB:
+        raise SpecError(f"--memory {memory_mib}: the memory budget is at least {budget.MIN_MEMORY_MIB} MiB")
+    memory = memory_mib * budget.MiB
     malloc.few_arenas()
-    malloc.keep_freed(KEEP_FREED)
+    malloc.keep_freed(budget.keep_freed_bytes(memory))
     ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
+    ctx.budget = budget.MemoryBudget(budget.request_bytes(memory), wait_seconds=memory_wait)
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
     policy = WebPolicy(bound_host, tuple(allow_origins), tuple(allow_hosts))
@@ -140,7 +149,8 @@ def app_from_env() -> Starlette:
     (unset: STORE/catalog.sqlite); what browsers may do (see guard) from NDINGEST_HOST (the
     address uvicorn binds, as its --host; unset: loopback, so Host must be localhost or a
     loopback address), NDINGEST_ALLOW_ORIGIN and NDINGEST_ALLOW_HOST (comma- or
-    space-separated, as serve's --allow-origin and --allow-host). Safe with several workers:
+    space-separated, as serve's --allow-origin and --allow-host); each worker's memory
+    budget in MiB from NDINGEST_MEMORY (serve's --memory). Safe with several workers:
     writes lock per chunk across processes (see writes)."""
     import os
 
@@ -153,7 +163,8 @@ def app_from_env() -> Starlette:
                       catalog_url=os.environ.get("NDINGEST_CATALOG") or None,
                       bound_host=os.environ.get("NDINGEST_HOST") or "127.0.0.1",
                       allow_origins=split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")),
-                      allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")))
+                      allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")),
+                      memory_mib=budget.memory_from_env(os.environ), memory_wait=budget.wait_from_env(os.environ))
 
 
 def exposure_warning(host: str, *, has_keys: bool) -> str | None:

@@ -26,6 +26,7 @@ from ..downsample import factors, level_extent
 from ..errors import BadBox, Forbidden, NotFound, SpecError, StateConflict, StoreError
 from ..kvpath import KvPath
 from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, parse_info, scale_key, tensorstore_spec
+from .budget import DEFAULT_MEMORY_MIB, MiB, MemoryBudget, request_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +334,9 @@ class ServerContext:
     _engine_file: tuple[int, int] | None = field(default=None, repr=False)  # the SQLite file it opened
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     handles: VolumeHandles = field(init=False, repr=False)
+    # what requests' voxels may hold at once (serve --memory less malloc's kept heap: create_app)
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(request_bytes(DEFAULT_MEMORY_MIB * MiB)),
+                                 repr=False)
 
     def __post_init__(self) -> None:
         self.handles = VolumeHandles(self.store)

@@ -21,6 +21,7 @@ from ..blocks import Box
 from ..errors import RequestError
 from ..slices import PLANES, label_colours, plane_pixels, window_to_uint8
 from ..wire.cutouts import FORMATS, encode
+from .budget import Lease, cutout_estimate, slice_estimate
 from .context import ChannelView, ServerContext, TokenView, catalog_levels, nd_routes, parse_int
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,22 @@ def cutout_limit_check(ctx: ServerContext, channel: ChannelView, box: Box, times
                            f"ask for smaller boxes")
 
 
+class LeasedResponse(Response):
+    """An answer whose voxels' share of the memory budget is given back once it is sent (or
+    the client went away): the encoded body is held until then."""
+
+    def __init__(self, body: bytes, *, media_type: str, lease: Lease):
+        self.lease = lease.keep()
+        super().__init__(body, media_type=media_type)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.body = b""
+            self.lease.release()
+
+
 def png_bytes(picture: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -118,8 +135,18 @@ def slice_box(channel: ChannelView, plane: str, level: int, x: str, y: str, z: s
 def render_plane(ctx: ServerContext, channel: ChannelView, plane: str, level: int, box: Box, t: int) -> bytes:
     """The PNG `ndingest slice` draws for that plane (slices.py's window and colours)."""
     pixels = plane_pixels(ctx.read(channel, level, box, t), plane)
-    picture = label_colours(pixels) if channel.channel_type == "annotation" else window_to_uint8(pixels, channel.window)
+    if channel.channel_type == "annotation":
+        picture = label_colours(pixels)
+    else:
+        picture = window_to_uint8(pixels, channel.window)
+    del pixels
     return png_bytes(picture)
+
+
+def slice_bytes(channel: ChannelView, box: Box) -> int:
+    """What a slice of `box` takes from the memory budget (budget.slice_estimate)."""
+    return slice_estimate(box.shape.volume, np.dtype(channel.datatype).itemsize,
+                          pixel_bytes=3 if channel.channel_type == "annotation" else 1)
 
 
 def slice_time(channel: ChannelView, text: str | None) -> int:
@@ -157,15 +184,20 @@ def routes(ctx: ServerContext) -> list:
         if fmt in PLANES:
             box = slice_box(channel, fmt, level, p["x"], p["y"], p["z"])
             cutout_limit_check(ctx, channel, box, 1)
-            body = render_plane(ctx, channel, fmt, level, box, slice_time(channel, p.get("t")))
-            return Response(body, media_type="image/png")
+            t = slice_time(channel, p.get("t"))
+            with ctx.budget.lease(slice_bytes(channel, box), f"{fmt} slice {box} of {channel.name}") as lease:
+                body = render_plane(ctx, channel, fmt, level, box, t)
+                return LeasedResponse(body, media_type="image/png", lease=lease)
         box = channel.parse_box(p["x"], p["y"], p["z"], level)
         times = channel.parse_times(p.get("t"))
         cutout_limit_check(ctx, channel, box, len(times))
-        array = ctx.read_times(channel, level, box, times)
-        body, media_type = encode(fmt, array, channel=channel.name, channel_type=channel.channel_type,
-                                  datatype=channel.datatype)
-        return Response(body, media_type=media_type)
+        nbytes = cutout_estimate(box.shape.volume * len(times), np.dtype(channel.datatype).itemsize)
+        with ctx.budget.lease(nbytes, f"{fmt} cutout {box} of {channel.name}") as lease:
+            array = ctx.read_times(channel, level, box, times)
+            body, media_type = encode(fmt, array, channel=channel.name, channel_type=channel.channel_type,
+                                      datatype=channel.datatype)
+            del array
+            return LeasedResponse(body, media_type=media_type, lease=lease)
 
     cut = "{token}/{channel}/{fmt}/{res}/{x}/{y}/{z}/"
     return [

@@ -41,6 +41,7 @@ from ..markers import flush_filesystem
 from ..targets import VolumeRef, is_sharded, write_box
 from ..wire import cutouts
 from . import propagate
+from .budget import post_estimate
 from .context import ChannelView, ServerContext, VolumeHandles, nd_routes
 from .locks import channel_markers, flocked, lock_cell, lock_stripes
 
@@ -159,13 +160,20 @@ def routes(ctx: ServerContext) -> list:
         box, times = parse_target(channel, p)
         shape = (len(times), *reversed(box.shape)) if channel.is_timeseries else tuple(reversed(box.shape))
         check_decoded_size(shape, channel.datatype, ctx.max_body)
-        body = await read_body(request, ctx.max_body)
+        voxel_bytes = int(np.prod(shape)) * np.dtype(channel.datatype).itemsize
+        nbytes = post_estimate(int(np.prod(shape)), np.dtype(channel.datatype).itemsize,
+                               declared_length(request, ctx.max_body) or voxel_bytes)
+        await run_in_threadpool(ctx.budget.take, nbytes, f"{fmt} POST {box} to {channel.name}")
+        try:
+            body = await read_body(request, ctx.max_body)
 
-        def decode_and_write() -> None:
-            array = cutouts.decode(fmt, body, datatype=channel.datatype, shape=shape, channel=channel.name)
-            write_cutout(ctx, channel, box=box, times=times, array=array, mode=mode, key_name=key_name)
+            def decode_and_write() -> None:
+                array = cutouts.decode(fmt, body, datatype=channel.datatype, shape=shape, channel=channel.name)
+                write_cutout(ctx, channel, box=box, times=times, array=array, mode=mode, key_name=key_name)
 
-        await run_in_threadpool(decode_and_write)
+            await run_in_threadpool(decode_and_write)
+        finally:
+            ctx.budget.give_back(nbytes)
         return PlainTextResponse(f"wrote {box} of {channel.name}\n")
 
     def list_edits(request: Request) -> Response:

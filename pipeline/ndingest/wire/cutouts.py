@@ -125,7 +125,7 @@ def decode(fmt: str, body: bytes, *, datatype: str, shape: tuple[int, ...], chan
         elif fmt == "blosc":
             array = _strip_channel_axis(_decode_blosc(body, expected), shape, fmt)
         else:
-            array = _decode_hdf5(body, channel, shape)
+            array = _decode_hdf5(body, channel, dtype, shape)
     except RequestError:
         raise
     except _PARSE_ERRORS as exc:
@@ -237,10 +237,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise RequestError("blosc body's pickle refers to a persistent object; only numpy arrays are accepted")
 
 
-def _decode_hdf5(body: bytes, channel: str | None, shape: tuple[int, ...]) -> np.ndarray:
+def _decode_hdf5(body: bytes, channel: str | None, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """The `CUTOUT` dataset of an in-memory HDF5 file; never one stored outside the body
     (external raw files, virtual datasets, links to other files would read the server's
-    own files into the volume), and no link is followed to find it."""
+    own files into the volume), and no link is followed to find it. Its dtype, shape and
+    chunks are checked from the header before a byte of it is read (`check_hdf5_layout`)."""
     import h5py
 
     if not body.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -252,9 +253,25 @@ def _decode_hdf5(body: bytes, channel: str | None, shape: tuple[int, ...]) -> np
         if dset.external or dset.is_virtual:
             raise RequestError("hdf5 body's CUTOUT is stored outside the body (external or virtual); "
                                "send the voxels themselves")
-        if dset.shape != shape:
-            raise RequestError(f"hdf5 body's CUTOUT has shape {dset.shape}; the box needs {shape} ((t,) z, y, x)")
-        return dset[()]
+        check_hdf5_layout(dset.dtype, dset.shape, dset.chunks, dtype=dtype, shape=shape)
+        out = np.empty(shape, dtype=dtype)
+        if out.size:
+            dset.read_direct(out)
+        return out
+
+
+def check_hdf5_layout(found_dtype: np.dtype, found_shape: tuple[int, ...], chunks: tuple[int, ...] | None, *,
+                      dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """An HDF5 body's CUTOUT as its header describes it must be exactly the channel's dtype
+    (no sub-array dtype, which multiplies what a read holds: ('f8', (64,)) is 512 bytes a
+    voxel) and the box's shape, in chunks no larger than the box on any axis, so reading it
+    holds no more than the box's bytes plus one chunk. RequestError (400) otherwise."""
+    if found_dtype != dtype:
+        raise RequestError(f"hdf5 body's CUTOUT holds {found_dtype} voxels; the channel stores {dtype.name}")
+    if tuple(found_shape) != shape:
+        raise RequestError(f"hdf5 body's CUTOUT has shape {tuple(found_shape)}; the box needs {shape} ((t,) z, y, x)")
+    if chunks is not None and any(c > max(1, s) for c, s in zip(chunks, shape)):
+        raise RequestError(f"hdf5 body's CUTOUT is stored in chunks of {tuple(chunks)}, larger than the box {shape}")
 
 
 def _hard(group, name: str):
