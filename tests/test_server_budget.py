@@ -80,4 +80,4 @@ def test_malloc_kept_heap_counts_against_the_budget():
 def test_estimates_count_what_a_route_holds_at_once():
     assert post_estimate(1000, 2, 500) == 500 + 1000 * 2 * 4
     # a 4k x 4k uint64 annotation plane: the plane read, three RGB copies, the tiles
-    assert slice_estimate(4096 * 4096, 8, pixel_bytes=3) == 4096 * 4096 * 17 + 16 * MiB
+    assert slice_estimate(4096 * 4096, 8, pixel_bytes=3) == 4096 * 4096 * 17 + 8 * MiB

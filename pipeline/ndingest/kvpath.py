@@ -147,6 +147,26 @@ class KvPath:
             raise FileNotFoundError(2, "no such object", str(self))
         return bytes(result.value)
 
+    def read_range(self, start: int, stop: int | None = None) -> tuple[bytes, int | None]:
+        """Bytes [start, stop) of the object in one ranged GET (stop None: to its end; start
+        < 0: its last -start bytes), and its whole size when that shows (else None): a
+        shard file is read by the range asked, never whole. A range that runs past the end
+        is cut at it; FileNotFoundError for a missing object, EOFError when `start` lies at
+        or past its end."""
+        try:
+            result = self.bucket.kvstore().read(self.key, byte_range=slice(start, stop)).result()
+        except ValueError as exc:
+            if "OUT_OF_RANGE" not in str(exc):
+                raise StoreError(f"{self}: cannot read bytes {start}..{stop}: {exc}") from exc
+            if stop is None:
+                raise EOFError(f"{self}: no byte at {start}") from None
+            data, _ = self.read_range(start, None)  # runs past the end: the part before it
+            return data, start + len(data)
+        if result.state != "value":
+            raise FileNotFoundError(2, "no such object", str(self))
+        data = bytes(result.value)
+        return data, (start + len(data) if stop is None and start >= 0 else None)
+
     def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return self.read_bytes().decode(encoding, errors)
 

@@ -40,7 +40,7 @@ def plane_pixels(zyx: np.ndarray, plane: str) -> np.ndarray:
     return {"xy": lambda a: a[0], "xz": lambda a: a[:, 0, :], "yz": lambda a: a[:, :, 0]}[plane](zyx)
 
 
-TILE_PIXELS = 1 << 18  # pixels coloured at once: a few 2 MiB float64/uint64 temporaries, whatever the plane
+TILE_PIXELS = 1 << 17  # pixels coloured at once: a few 1 MiB float64/uint64 temporaries, whatever the plane
 
 
 def row_tiles(rows: int, cols: int) -> list[slice]:
@@ -74,13 +74,22 @@ def label_colours(labels: np.ndarray) -> np.ndarray:
 
 
 def _colours(labels: np.ndarray) -> np.ndarray:
+    """One band's colours, in place where numpy allows (a band's uint64 arrays, two at once)."""
     h = labels.astype(np.uint64)
     with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        h = h ^ (h >> np.uint64(31))
-    rgb = np.stack([(h >> np.uint64(s)) & np.uint64(0xFF) for s in (0, 8, 16)], axis=-1)
-    rgb = (48 + rgb * np.uint64(208) // np.uint64(256)).astype(np.uint8)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    rgb = np.empty((*labels.shape, 3), dtype=np.uint8)
+    for i, shift in enumerate((0, 8, 16)):
+        channel = h >> np.uint64(shift)
+        channel &= np.uint64(0xFF)
+        channel *= np.uint64(208)
+        channel //= np.uint64(256)
+        channel += np.uint64(48)
+        rgb[..., i] = channel
     rgb[labels == 0] = 0
     return rgb
 

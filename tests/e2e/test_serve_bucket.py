@@ -70,13 +70,36 @@ def test_byte_ranges_of_an_object_are_206_and_a_bad_one_416(server):
     assert whole.json()["type"] == "image"
     part = requests.get(base, headers={"Range": "bytes=2-9"}, timeout=30)
     assert part.status_code == 206 and part.content == whole.content[2:10]
-    assert part.headers["content-range"] == f"bytes 2-9/{len(whole.content)}"
+    # only the range is read from the bucket, so the object's size is not known: `*` (RFC 9110 14.4)
+    assert part.headers["content-range"] == "bytes 2-9/*"
+    rest = requests.get(base, headers={"Range": "bytes=5-"}, timeout=30)  # read to the end: the size shows
+    assert rest.status_code == 206 and rest.content == whole.content[5:]
+    assert rest.headers["content-range"] == f"bytes 5-{len(whole.content) - 1}/{len(whole.content)}"
     tail = requests.get(base, headers={"Range": "bytes=-5"}, timeout=30)
     assert tail.status_code == 206 and tail.content == whole.content[-5:]
+    assert tail.headers["content-range"] == f"bytes {len(whole.content) - 5}-{len(whole.content) - 1}/{len(whole.content)}"
     beyond = requests.get(base, headers={"Range": f"bytes={len(whole.content)}-"}, timeout=30)
-    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(whole.content)}"
+    assert beyond.status_code == 416
+    past = requests.get(base, headers={"Range": f"bytes={len(whole.content) - 3}-{len(whole.content) + 99}"}, timeout=30)
+    assert past.status_code == 206 and past.content == whole.content[-3:]  # cut at the end, as RFC 9110 says
     assert requests.get(base.replace("/info", "/no-such-object"), timeout=30).status_code == 404
     assert requests.get(base.replace("/info", "/../../catalog"), timeout=30).status_code == 404
+
+
+def test_a_range_of_a_large_object_is_all_that_is_read_from_the_bucket(server, s3_server, bucket_store):
+    """A shard file of 24 MiB: a chunk's range of it is one ranged GET (moto answers 206),
+    never the whole object (a 200), and the answer is those bytes."""
+    bucket, prefix = bucket_store["store"].split("/", 3)[2:]
+    blob = np.random.default_rng(3).integers(0, 256, 24 << 20, dtype=np.uint8).tobytes()
+    key = f"{prefix}/{DATASET}/{TOKEN}/image/shards/big.shard"
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=blob)
+    mark = len(s3_server.lines())
+    url = f"{server.url}/precomputed/{DATASET}/{TOKEN}/image/shards/big.shard"
+    part = requests.get(url, headers={"Range": "bytes=12000000-12065535"}, timeout=30)
+    assert part.status_code == 206 and part.content == blob[12000000:12065536], part.text
+    assert part.headers["content-range"] == "bytes 12000000-12065535/*"
+    gets = [line for line in s3_server.lines()[mark:] if f"GET /{bucket}/{key}" in line]
+    assert gets and all('" 206' in line for line in gets), gets
 
 
 @pytest.mark.parametrize("method, path", [

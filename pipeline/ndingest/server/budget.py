@@ -44,7 +44,7 @@ ARENAS = 2  # malloc.few_arenas() in create_app
 CUTOUT_FACTOR = 4  # GET: the read, its C-order copy, the encoder's buffer, the encoded body
 POST_FACTOR = 4  # POST: the decoded array, the old labels read, np.where's result, tensorstore's copy
 SLICE_PICTURE_COPIES = 3  # PNG: the picture, PIL's copy of it, the compressed PNG (at most as large)
-SLICE_TILE_BYTES = 16 * MiB  # the row tiles' temporaries (slices.TILE_PIXELS x a few uint64 arrays)
+SLICE_TILE_BYTES = 8 * MiB  # the bands' temporaries (slices.TILE_PIXELS x a few uint64 arrays)
 
 
 class TooLarge(BodyTooLarge):

@@ -8,7 +8,8 @@
 
 so `precomputed://http://HOST:PORT/precomputed/DATASET/PROJECT/CHANNEL` opens in
 neuroglancer and CloudVolume. `Range` requests are answered 206 (sharded volumes are read by
-byte range; Starlette's FileResponse does the ranges, 416 when unsatisfiable). CORS is
+byte range; Starlette's FileResponse does the ranges, 416 when unsatisfiable; in a bucket
+store only the range asked is read from the bucket). CORS is
 `guard.Cors`: `*` for public projects, a private one's only to an `--allow-origin` origin.
 A missing chunk is a 404, which both readers take as fill.
 
@@ -82,9 +83,45 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
     return (start, stop) if start < size and start < stop else False
 
 
+def requested_range(header: str | None) -> tuple[int, int | None] | None:
+    """The one range `bytes=a-b` or `bytes=a-` asks, as [start, stop) for a ranged read
+    (stop None: to the end), before the object's size is known; None for no Range, a
+    suffix `bytes=-n` (whose start needs the size) or one `byte_range` answers whole."""
+    if not header or "," in header:
+        return None
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or not first.isdigit() or (last and not last.isdigit()):
+        return None
+    if last and int(last) < int(first):
+        return None
+    return int(first), (int(last) + 1 if last else None)
+
+
 def object_response(target: KvPath, range_header: str | None, media_type: str) -> Response:
-    """An object of a bucket store: whole, or the one byte range asked (206; 416 when
-    unsatisfiable), read whole from the bucket (a shard file too: no ranged GET here)."""
+    """An object of a bucket store. `bytes=a-b` or `bytes=a-`: that range alone is read
+    from the bucket (one ranged GET: a multi-GB shard file is never read whole for a chunk
+    of it) and answered 206; its Content-Range names the object's size when the read shows
+    it, else `*` (RFC 9110 14.4); past the end, 416. No Range, or a suffix `bytes=-n`:
+    the object is read whole, as `whole_object_response` answers it."""
+    wanted = requested_range(range_header)
+    if wanted is None:
+        return whole_object_response(target, range_header, media_type)
+    headers = {"Accept-Ranges": "bytes"}
+    try:
+        data, size = target.read_range(*wanted)
+    except FileNotFoundError:
+        raise NotFound("no such file") from None
+    except EOFError:
+        return Response(status_code=416, headers=headers)  # no size known: no Content-Range
+    start, total = wanted[0], "*" if size is None else str(size)
+    return Response(data, status_code=206, media_type=media_type,
+                    headers={**headers, "Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}"})
+
+
+def whole_object_response(target: KvPath, range_header: str | None, media_type: str) -> Response:
+    """An object read whole from the bucket: answered whole, or the suffix asked (206; 416
+    when unsatisfiable)."""
     try:
         data = target.read_bytes()
     except FileNotFoundError:
