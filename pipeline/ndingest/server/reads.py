@@ -100,8 +100,12 @@ def cutout_limit_check(ctx: ServerContext, channel: ChannelView, box: Box, times
 
 
 class LeasedResponse(Response):
-    """An answer whose voxels' share of the memory budget is given back once it is sent (or
-    the client went away): the encoded body is held until then."""
+    """An answer whose share of the memory budget is given back once its body is sent (or
+    the client went away). The body goes out in SEND_PIECE pieces: uvicorn waits for the
+    socket to drain before each, so a slow client holds the lease, not a second copy of
+    the body in the transport's buffer."""
+
+    SEND_PIECE = 1 << 20
 
     def __init__(self, body: bytes, *, media_type: str, lease: Lease):
         self.lease = lease.keep()
@@ -109,7 +113,11 @@ class LeasedResponse(Response):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            body, piece = memoryview(self.body), self.SEND_PIECE
+            for at in range(0, max(1, len(body)), piece):
+                await send({"type": "http.response.body", "body": bytes(body[at:at + piece]),
+                            "more_body": at + piece < len(body)})
         finally:
             self.body = b""
             self.lease.release()
