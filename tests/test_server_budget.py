@@ -81,3 +81,20 @@ def test_estimates_count_what_a_route_holds_at_once():
     assert post_estimate(1000, 2, 500) == 500 + 1000 * 2 * 4
     # a 4k x 4k uint64 annotation plane: the plane read, three RGB copies, the tiles
     assert slice_estimate(4096 * 4096, 8, pixel_bytes=3) == 4096 * 4096 * 17 + 8 * MiB
+
+
+def test_serve_memory_and_its_variable_set_the_budget(tmp_path, monkeypatch):
+    from ndingest.errors import SpecError
+    from ndingest.server import app_from_env, create_app
+
+    assert create_app(tmp_path, memory_mib=512).state.ctx.budget.total == request_bytes(512 * MiB)
+    monkeypatch.setenv("NDINGEST_STORE", str(tmp_path))
+    monkeypatch.setenv("NDINGEST_MEMORY", "2048")
+    monkeypatch.setenv("NDINGEST_MEMORY_WAIT", "0.5")
+    budget = app_from_env().state.ctx.budget
+    assert budget.total == request_bytes(2048 * MiB) and budget.wait_seconds == 0.5
+    monkeypatch.setenv("NDINGEST_MEMORY", "lots")
+    with pytest.raises(SpecError, match="NDINGEST_MEMORY='lots'"):
+        app_from_env()
+    with pytest.raises(SpecError, match="--memory 16: .* at least 64 MiB"):
+        create_app(tmp_path, memory_mib=16)
