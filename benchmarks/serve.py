@@ -44,7 +44,17 @@ script on 127.0.0.1 on a free port (one uvicorn process, no keys):
    compares both channels, read back with tensorstore, voxel for voxel. Each client
    stops by itself at the deadline; a request that fails or answers other than 200 is an
    error. Goals: zero errors; both channels bit-exact.
-4. malloc churn (`measuring.churn`), one line: the minor page faults of a fresh
+4. heavy (`measuring.heavy`): then, on the same server (`serve`'s default budget,
+   --memory 1024), 16 clients (4 processes of 4 threads) for --heavy-seconds (default 60;
+   --quick 3; 0 skips it) asking for what the memory budget is for: 256^3 cutouts of the
+   volume in every format (hdf5, npz, blosc, raw: 10 % each), PNG slices of a second
+   volume `serve_plane` of x 4096, y 4096, z 16 uint8 (--quick: 1024 x 1024 x 16), ingested
+   into the same store before the server starts (not timed): the whole xy plane (20 %),
+   whole xz and yz planes (4096 x 16; 10 % each), and 256^3 blosc POSTs of random voxels
+   (20 %). A 503 (the budget stayed taken 30 s) is counted, not an error. Goals: no 5xx
+   but 503s, at most 5 % 503s, and the server's peak RSS (over the whole run) at most its
+   budget + 300 MiB.
+5. malloc churn (`measuring.churn`), one line: the minor page faults of a fresh
    interpreter allocating and freeing 20 pairs of 16 MiB buffers (a 256^3 cutout and its
    encoding) after a warm-up of two, with glibc's defaults against the same after
    `malloc.few_arenas(2)` and `malloc.keep_freed(256 << 20)` (what the server sets),
@@ -65,8 +75,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from measuring import NDINGEST, PYTHON, bench_spec, machine, median, percentile, verdict
+from measuring import NDINGEST, PYTHON, bench_spec, heavy, machine, median, percentile, verdict
 from measuring.churn import churn_line
+from measuring.heavy import PLANE, step_heavy
 from measuring.load import CLIENTS, KINDS, PROCESSES, THREADS, make_labels, post_data, step_load
 from measuring.servers import HOST, Canned, Served, cutout_url, decode, grid_boxes, ingest_ok, run_timed, step_canned
 from measuring.servers import TOKEN as NAME  # dataset, project and token
@@ -74,8 +85,13 @@ from measuring.stores import open_level0, read_zyx
 from measuring.volumes import generate_uint8, read_source
 
 RESOLUTION = (32.0, 32.0, 40.0)
-FULL = {"shape_zyx": (256, 1024, 1024), "box": 256, "load_seconds": 60.0, "ingest_runs": 5}
-QUICK = {"shape_zyx": (64, 256, 256), "box": 128, "load_seconds": 5.0, "ingest_runs": 1}  # every row, no figure
+FULL = {"shape_zyx": (256, 1024, 1024), "box": 256, "load_seconds": 60.0, "ingest_runs": 5,
+        "plane_zyx": (16, 4096, 4096), "heavy_seconds": 60.0}
+QUICK = {"shape_zyx": (64, 256, 256), "box": 128, "load_seconds": 5.0, "ingest_runs": 1,  # every row, no figure
+         "plane_zyx": (16, 1024, 1024), "heavy_seconds": 3.0}
+BUDGET_MIB = 1024  # serve's default --memory: the heavy phase's server runs with it
+RSS_MARGIN_MIB = 300  # the goal: peak RSS <= budget + this (Python, tensorstore, the libraries)
+BUSY_SHARE = 0.05  # the goal: at most this share of the heavy phase's requests 503
 PASSES = 3
 API_KEY = "serve-bench-key"
 UNSUPPORTED = "remote REST targets are not supported yet"
@@ -271,6 +287,28 @@ def bench_load(server: Served, workdir: Path, store: Path, source, shape_zyx, se
                   "elapsed": elapsed}
 
 
+# --- 4. heavy ------------------------------------------------------------------------------------
+
+def bench_heavy(server: Served, workdir: Path, shapes: dict, seconds: float) -> tuple[list[str], dict]:
+    start = time.time() + 3.0
+    deadline = start + seconds
+    procs = [subprocess.Popen([PYTHON, str(Path(__file__).resolve()), "--step", "heavy", "--url", server.url,
+                               "--shape", json.dumps(shapes), "--start", repr(start), "--deadline", repr(deadline),
+                               "--first-client", str(p * heavy.THREADS)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=workdir, text=True)
+             for p in range(heavy.PROCESSES)]
+    logs: dict = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=seconds + 900)
+        if proc.returncode != 0:
+            sys.exit(f"a heavy client exited {proc.returncode}:\n{err[-3000:]}")
+        logs.update(json.loads(out))
+    elapsed = max(log["ended"] for log in logs.values()) - start
+    rows, totals = heavy.summary(logs, elapsed)
+    totals["elapsed"] = elapsed
+    return rows, totals
+
+
 # --- the parent ----------------------------------------------------------------------------------
 
 def bench(args: argparse.Namespace) -> int:
@@ -286,6 +324,12 @@ def bench(args: argparse.Namespace) -> int:
         served.mkdir()
         (served / "spec.toml").write_text(bench_spec(NAME, source, resolution=RESOLUTION, store="store"))
         ingest_ok([NDINGEST, "ingest", "spec.toml"], served)  # not timed
+        heavy_seconds = args.heavy_seconds if args.heavy_seconds is not None else size["heavy_seconds"]
+        if heavy_seconds > 0:  # the heavy phase's 4k x 4k planes, in the same store
+            plane_source = workdir / "plane.h5"
+            generate_uint8(plane_source, size["plane_zyx"])
+            (served / "plane.toml").write_text(bench_spec(PLANE, plane_source, resolution=RESOLUTION, store="store"))
+            ingest_ok([NDINGEST, "ingest", "plane.toml"], served)  # not timed
         z, y, x = shape
         nbytes = x * y * z
 
@@ -306,6 +350,11 @@ def bench(args: argparse.Namespace) -> int:
 
         load_rows, load = bench_load(server, workdir, served / "store", read_source(source), shape, load_seconds)
         server_peak = server.peak_rss_mib()
+        heavy_rows, heavy_totals = [], None
+        if heavy_seconds > 0:
+            heavy_rows, heavy_totals = bench_heavy(server, workdir, {"main": list(shape),
+                                                                    "plane": list(size["plane_zyx"])}, heavy_seconds)
+            heavy_peak = server.peak_rss_mib()
         server.stop()
         ingest_rows, ingest_ratio, ingest_note = bench_ingest(workdir, source, size["ingest_runs"])
 
@@ -327,6 +376,21 @@ def bench(args: argparse.Namespace) -> int:
         if server_peak is not None:
             print(f"The server's peak RSS over the cutouts and the load: {server_peak:.0f} MiB")
             print()
+        if heavy_totals is not None:
+            pz, py, px = size["plane_zyx"]
+            print(f"Heavy: {heavy.PROCESSES * heavy.THREADS} clients for {heavy_totals['elapsed']:.1f} s "
+                  f"(--heavy-seconds {heavy_seconds:g}), `serve --memory {BUDGET_MIB}` (its default); 256^3 boxes "
+                  f"of the volume, whole planes of x {px}, y {py}, z {pz} uint8")
+            print()
+            print("| request | count | 200 | 503 | other 5xx | other | p50 ms | p99 ms |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            print("\n".join(heavy_rows))
+            print()
+            print(f"The server's peak RSS over the whole run: {heavy_peak:.0f} MiB "
+                  f"(budget {BUDGET_MIB} MiB + {RSS_MARGIN_MIB} MiB = {BUDGET_MIB + RSS_MARGIN_MIB} MiB)")
+            print()
+            for failure in heavy_totals["failures"][:10]:
+                print(f"heavy: {failure}")
         print(churn_line())
         print()
         for e in load["errors"][:10]:
@@ -346,6 +410,15 @@ def bench(args: argparse.Namespace) -> int:
         goals.append(f"- load: image and labels bit-exact after every accepted POST replayed "
                      f"({', '.join(f'{k} {verdict(v)}' for k, v in load['exact'].items())}; "
                      f"{load['uncertain']} POSTs failed and so undetermined): {verdict(exact)}")
+        if heavy_totals is not None:
+            share = heavy_totals["503"] / max(1, heavy_totals["total"])
+            goals.append(f"- heavy: {heavy_totals['5xx']} 5xx but 503s and {heavy_totals['other']} other failures in "
+                         f"{heavy_totals['total']} requests ({heavy_totals['rate']:.1f}/s) (goal: none): "
+                         f"{verdict(heavy_totals['5xx'] == 0 and heavy_totals['other'] == 0)}")
+            goals.append(f"- heavy: {heavy_totals['503']} 503s, {share:.1%} of the requests (goal <= "
+                         f"{BUSY_SHARE:.0%}): {verdict(share <= BUSY_SHARE)}")
+            goals.append(f"- heavy: server peak RSS {heavy_peak:.0f} MiB (goal <= budget + {RSS_MARGIN_MIB} = "
+                         f"{BUDGET_MIB + RSS_MARGIN_MIB} MiB): {verdict(heavy_peak <= BUDGET_MIB + RSS_MARGIN_MIB)}")
         print("Goals:")
         print("\n".join(goals))
         print()
@@ -364,9 +437,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="x 256, y 256, z 64 and a 5 s load: checks the script runs")
     parser.add_argument("--load-seconds", type=float, help="length of the load (default 60; --quick 5)")
+    parser.add_argument("--heavy-seconds", type=float,
+                        help="length of the heavy phase (default 60; --quick 3; 0 skips it and its plane volume)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--tmp", metavar="DIR", help="where to make the temporary folder (default: system temp dir)")
-    parser.add_argument("--step", choices=("load", "canned"), help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=("load", "canned", "heavy"), help=argparse.SUPPRESS)
     parser.add_argument("--bodies", help=argparse.SUPPRESS)
     parser.add_argument("--wire-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -377,6 +452,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.step == "load":
         step_load(args)
+        return 0
+    if args.step == "heavy":
+        step_heavy(args)
         return 0
     if args.step == "canned":
         step_canned(args)
