@@ -6,14 +6,14 @@ import threading
 
 import pytest
 
-from ndingest.errors import Busy
-from ndingest.server.budget import (MiB, Ledger, MemoryBudget, TooLarge, keep_freed_bytes, post_estimate,
+from ndingest.errors import BodyTooLarge, Busy
+from ndingest.server.budget import (MiB, Ledger, MemoryBudget, keep_freed_bytes, post_estimate,
                                     request_bytes, slice_estimate)
 
 
 def test_a_request_larger_than_the_whole_budget_is_413_naming_both():
     ledger = Ledger(100 * MiB)
-    with pytest.raises(TooLarge, match=r"needs about 101 MiB .*budget of 100 MiB") as caught:
+    with pytest.raises(BodyTooLarge, match=r"needs about 101 MiB .*budget of 100 MiB") as caught:
         ledger.enqueue(101 * MiB, "xy slice")
     assert caught.value.status == 413 and not ledger.waiting
 
@@ -78,7 +78,8 @@ def test_malloc_kept_heap_counts_against_the_budget():
 
 
 def test_estimates_count_what_a_route_holds_at_once():
-    assert post_estimate(1000, 2, 500) == 500 + 1000 * 2 * 4
+    assert post_estimate((10, 10, 10), "uint16", 500) == 500 + 1000 * 2 * 4
+    assert post_estimate((10, 10, 10), "uint16", None) == 1000 * 2 * 5  # no Content-Length: the voxels' bytes
     # a 4k x 4k uint64 annotation plane: the plane read, three RGB copies, the tiles
     assert slice_estimate(4096 * 4096, 8, pixel_bytes=3) == 4096 * 4096 * 17 + 8 * MiB
 

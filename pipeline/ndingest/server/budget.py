@@ -1,11 +1,11 @@
 """One memory budget per server process: each request that holds voxels takes its estimate
-before it touches one, and gives it back when its answer is made.
+before it touches one, and gives it back once its answer is sent.
 
     budget = MemoryBudget(768 << 20, wait_seconds=30)
     with budget.lease(nbytes, what="xy slice of image"):   # 413, or wait, or 503
         ...
 
-- A request larger than the whole budget can never run: `TooLarge` (413) naming the limit
+- A request larger than the whole budget can never run: `BodyTooLarge` (413) naming the limit
   and the estimate, at once.
 - Otherwise it waits its turn: grants go in arrival order (a small request does not jump
   ahead of a big one that fits first), so a big one is not starved by a stream of small
@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
+import numpy as np
+
 from ..errors import BodyTooLarge, Busy, SpecError
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,6 @@ SLICE_PICTURE_COPIES = 3  # PNG: the picture, PIL's copy of it, the compressed P
 SLICE_TILE_BYTES = 8 * MiB  # the bands' temporaries (slices.TILE_PIXELS x a few uint64 arrays)
 
 
-class TooLarge(BodyTooLarge):
-    """A request whose estimate exceeds the whole budget: it could never run (413)."""
-
-
 @dataclass
 class Ledger:
     """Who holds how much of `total` bytes, and who waits, in arrival order.
@@ -65,7 +63,7 @@ class Ledger:
 
     def enqueue(self, nbytes: int, what: str) -> int:
         if nbytes > self.total:
-            raise TooLarge(f"{what} needs about {nbytes >> 20} MiB ({nbytes} bytes), more than this server's "
+            raise BodyTooLarge(f"{what} needs about {nbytes >> 20} MiB ({nbytes} bytes), more than this server's "
                            f"memory budget of {self.total >> 20} MiB (serve --memory); ask for smaller boxes")
         ticket = next(self._tickets)
         self.waiting.append((ticket, nbytes))
@@ -103,7 +101,7 @@ class MemoryBudget:
         return self.ledger.total
 
     def take(self, nbytes: int, what: str) -> None:
-        """Take `nbytes`, waiting in line up to `wait_seconds`; TooLarge or Busy otherwise."""
+        """Take `nbytes`, waiting in line up to `wait_seconds`; BodyTooLarge or Busy otherwise."""
         deadline = time.monotonic() + self.wait_seconds
         with self._changed:
             ticket = self.ledger.enqueue(nbytes, what)
@@ -185,9 +183,11 @@ def cutout_estimate(voxels: int, itemsize: int) -> int:
     return voxels * itemsize * CUTOUT_FACTOR
 
 
-def post_estimate(voxels: int, itemsize: int, body_bytes: int) -> int:
-    """The body as it arrived (compressed or not) plus what decoding and writing hold."""
-    return body_bytes + voxels * itemsize * POST_FACTOR
+def post_estimate(shape: tuple[int, ...], datatype: str, body_bytes: int | None) -> int:
+    """The body as it arrives (its Content-Length; without one, as many bytes as its voxels)
+    plus what decoding and writing hold."""
+    voxel_bytes = math.prod(shape) * np.dtype(datatype).itemsize
+    return (voxel_bytes if body_bytes is None else body_bytes) + voxel_bytes * POST_FACTOR
 
 
 def slice_estimate(pixels: int, itemsize: int, *, pixel_bytes: int) -> int:

@@ -160,9 +160,7 @@ def routes(ctx: ServerContext) -> list:
         box, times = parse_target(channel, p)
         shape = (len(times), *reversed(box.shape)) if channel.is_timeseries else tuple(reversed(box.shape))
         check_decoded_size(shape, channel.datatype, ctx.max_body)
-        voxel_bytes = int(np.prod(shape)) * np.dtype(channel.datatype).itemsize
-        nbytes = post_estimate(int(np.prod(shape)), np.dtype(channel.datatype).itemsize,
-                               declared_length(request, ctx.max_body) or voxel_bytes)
+        nbytes = post_estimate(shape, channel.datatype, declared_length(request, ctx.max_body))  # before the body
         await run_in_threadpool(ctx.budget.take, nbytes, f"{fmt} POST {box} to {channel.name}")
         try:
             body = await read_body(request, ctx.max_body)
