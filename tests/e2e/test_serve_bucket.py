@@ -88,7 +88,8 @@ def test_byte_ranges_of_an_object_are_206_and_a_bad_one_416(server):
 
 def test_a_range_of_a_large_object_is_all_that_is_read_from_the_bucket(server, s3_server, bucket_store):
     """A shard file of 24 MiB: a chunk's range of it is one ranged GET (moto answers 206),
-    never the whole object (a 200), and the answer is those bytes."""
+    never the whole object (a 200), and the answer is those bytes; the whole object, asked
+    without a Range, is read a piece at a time, never whole."""
     bucket, prefix = bucket_store["store"].split("/", 3)[2:]
     blob = np.random.default_rng(3).integers(0, 256, 24 << 20, dtype=np.uint8).tobytes()
     key = f"{prefix}/{DATASET}/{TOKEN}/image/shards/big.shard"
@@ -100,6 +101,11 @@ def test_a_range_of_a_large_object_is_all_that_is_read_from_the_bucket(server, s
     assert part.headers["content-range"] == "bytes 12000000-12065535/*"
     gets = [line for line in s3_server.lines()[mark:] if f"GET /{bucket}/{key}" in line]
     assert gets and all('" 206' in line for line in gets), gets
+    mark = len(s3_server.lines())
+    whole = requests.get(url, timeout=60)  # no Range: streamed from ranged reads of 8 MiB
+    assert whole.status_code == 200 and whole.content == blob
+    gets = [line for line in s3_server.lines()[mark:] if f"GET /{bucket}/{key}" in line]
+    assert sum('" 206' in line for line in gets) >= 3 and not any('" 200' in line for line in gets), gets
 
 
 @pytest.mark.parametrize("method, path", [

@@ -24,9 +24,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import NotFound
@@ -102,9 +103,12 @@ def object_response(target: KvPath, range_header: str | None, media_type: str) -
     """An object of a bucket store. `bytes=a-b` or `bytes=a-`: that range alone is read
     from the bucket (one ranged GET: a multi-GB shard file is never read whole for a chunk
     of it) and answered 206; its Content-Range names the object's size when the read shows
-    it, else `*` (RFC 9110 14.4); past the end, 416. No Range, or a suffix `bytes=-n`:
-    the object is read whole, as `whole_object_response` answers it."""
+    it, else `*` (RFC 9110 14.4); past the end, 416. No Range: read and sent a piece at a
+    time (`streamed_object_response`). A suffix `bytes=-n` or several ranges: the object
+    is read whole (`whole_object_response`)."""
     wanted = requested_range(range_header)
+    if range_header is None:
+        return streamed_object_response(target, media_type)
     if wanted is None:
         return whole_object_response(target, range_header, media_type)
     headers = {"Accept-Ranges": "bytes"}
@@ -119,9 +123,42 @@ def object_response(target: KvPath, range_header: str | None, media_type: str) -
                     headers={**headers, "Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}"})
 
 
+OBJECT_PIECE = 8 << 20  # bytes of a bucket object read at once when it is answered whole
+
+
+def streamed_object_response(target: KvPath, media_type: str) -> Response:
+    """A bucket object answered whole, read OBJECT_PIECE bytes at a time (ranged GETs), so a
+    multi-GB shard file never sits in memory whole: one piece with a Content-Length when
+    it fits, else the pieces streamed as they are read."""
+    headers = {"Accept-Ranges": "bytes"}
+    try:
+        first, _ = target.read_range(0, OBJECT_PIECE)
+    except FileNotFoundError:
+        raise NotFound("no such file") from None
+    except EOFError:
+        first = b""  # an empty object
+    if len(first) < OBJECT_PIECE:
+        return Response(first, media_type=media_type, headers=headers)
+
+    def pieces() -> Iterator[bytes]:
+        yield first
+        at = len(first)
+        while True:
+            try:
+                piece, _ = target.read_range(at, at + OBJECT_PIECE)
+            except EOFError:
+                return
+            yield piece
+            if len(piece) < OBJECT_PIECE:
+                return
+            at += len(piece)
+
+    return StreamingResponse(pieces(), media_type=media_type, headers=headers)
+
+
 def whole_object_response(target: KvPath, range_header: str | None, media_type: str) -> Response:
-    """An object read whole from the bucket: answered whole, or the suffix asked (206; 416
-    when unsatisfiable)."""
+    """An object read whole from the bucket for a Range this does not read by itself (a
+    suffix, several ranges): answered whole, or the suffix asked (206; 416 when unsatisfiable)."""
     try:
         data = target.read_bytes()
     except FileNotFoundError:
