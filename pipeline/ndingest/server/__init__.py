@@ -30,15 +30,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from .. import malloc
-from . import budget
 from ..errors import CatalogConflict, RequestError, SpecError
 from ..kvpath import KvPath
 from ..urls import is_url
+from . import budget
 from .context import ServerContext
 from .guard import Cors, Guard, WebPolicy, is_loopback, split_list
 
 logger = logging.getLogger(__name__)
-
 
 # each module's `routes(ctx)`, in this order: reads, precomputed and page first, then the write side
 ROUTE_MODULES = ("reads", "precomputed", "page", "writes", "resources", "autoingest")
