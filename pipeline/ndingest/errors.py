@@ -94,6 +94,10 @@ class StateConflict(RequestError):
     status = 409
 
 
+class ChannelGone(StateConflict):
+    """The channel a write waited for was deleted meanwhile (its folder renamed away)."""
+
+
 class NotSupported(RequestError):
     """A request this server cannot serve as it is set up (e.g. autoIngest with a
     PostgreSQL catalog)."""

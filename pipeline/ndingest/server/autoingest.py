@@ -92,6 +92,18 @@ def find_job(store: Path, project: str) -> Path:
     return max(found)[1]
 
 
+def running_job(store: Path, project: str, channel: str) -> Path | None:
+    """The folder of the running job that writes `channel` of `project`, if one does (a
+    delete of the channel is refused meanwhile, its fetch included, before its ingest
+    takes the channel's lock)."""
+    try:
+        folder = find_job(store, project)
+    except NotFound:
+        return None
+    status = read_status(store, folder)
+    return folder if status.get("state") == RUNNING and channel in status.get("channels", []) else None
+
+
 # --- the background job ----------------------------------------------------------------------------
 def ingest_argv(body: Path, store: Path) -> list[str]:
     """`ndingest ingest BODY --store STORE` with this server's interpreter (its venv), whatever PATH holds."""
