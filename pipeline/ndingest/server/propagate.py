@@ -18,8 +18,9 @@ free) is restarted by the next `getPropagate/` or `setPropagate/1/` that sees it
 
 Like a POST, setPropagate and each block a builder writes run inside the channel's gate
 (`locks.channel_gate`): setPropagate is 409 while an ingest of the channel runs, and a
-builder stops (levels stale, 0) when one starts; a delete waits for the block under way,
-and the builder then stops without writing another (`ChannelGone`).
+builder stops when one starts (leaving the state to the ingest, which builds the levels
+and marks them); a delete waits for the block under way, and the builder then stops
+without writing another (`ChannelGone`).
 """
 from __future__ import annotations
 
@@ -137,9 +138,8 @@ def _build_while_wanted(ctx: ServerContext, channel: ChannelView) -> None:
                 return
     except ChannelGone:  # deleted meanwhile: its row, if any, is a new channel's
         logger.info("propagate %s/%s: the channel was deleted; rebuild stopped", channel.token.name, channel.name)
-    except StateConflict as exc:  # an ingest of the channel began: it builds the levels itself
+    except StateConflict as exc:  # an ingest of the channel holds it: the state is the ingest's to set
         logger.info("propagate %s/%s: rebuild stopped: %s", channel.token.name, channel.name, exc)
-        set_state(ctx, channel, NOT, only_from=(UNDER_WAY,))
     except Exception:  # a thread has no caller: log it, and say "stale" rather than "building" forever
         logger.exception("propagate %s/%s: rebuild failed", channel.token.name, channel.name)
         try:
