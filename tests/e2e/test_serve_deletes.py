@@ -9,15 +9,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import threading
 import time
 
 import numpy as np
 import requests
 
-from ndingest.channellock import ingest_holding
+from ndingest.channellock import ChannelGate, ingest_holding
 from ndingest.markers import channel_dir
 from ndingest.server.locks import LOCK_STRIPES, flocked
+from serving import NDINGEST, TIMESERIES, timeseries_spec
 from test_serve_propagate import wait_for_state
 from test_serve_writes import DATASET, OFFSET, PROJECT, SIZE, TOKEN, bad, full_box, get, post, resource, \
     server_fixtures, shape_of
@@ -63,7 +65,11 @@ def gone(store, name: str, timeout: float = 10) -> bool:
 
 def holds_write_lock(store, name: str) -> bool:
     """Whether a request holds the channel's write lock (shared) now."""
-    path = channel_dir(store, DATASET, PROJECT, name) / "write.lock"
+    return is_locked(channel_dir(store, DATASET, PROJECT, name) / "write.lock")
+
+
+def is_locked(path) -> bool:
+    """Whether another process or open file holds an flock on `path` now."""
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDWR)
@@ -149,6 +155,29 @@ def test_while_an_ingest_holds_the_channel_writes_and_deletes_are_409_naming_it(
     assert post(url, "busy", box, np.ones(shape_of(box), np.uint8)).status_code == 200  # the lock went with it
     assert requests.delete(channel, timeout=30).status_code == 204
     assert gone(store, "busy")
+
+
+def test_ndingest_ingest_holds_its_channel_for_the_run_after_writes_under_way_end(tmp_path):
+    """A real `ndingest ingest` of a small local store, started while a write of serve is
+    under way (held here with serve's own gate): it takes the channel's ingest lock, waits
+    for the write, then runs to exit 0, and lets go of the lock with its process."""
+    spec, _ = timeseries_spec(tmp_path)
+    markers = channel_dir(tmp_path / "store", TIMESERIES[0], TIMESERIES[1], "frames")
+    with ChannelGate(markers, "frames") as gate:
+        with gate.writing():
+            run = subprocess.Popen([NDINGEST, "ingest", str(spec)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+            deadline = time.monotonic() + 60
+            while not is_locked(markers / "ingest.lock") and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            held = is_locked(markers / "ingest.lock")
+            waiting = run.poll() is None
+        output, _ = run.communicate(timeout=120)
+        assert held and waiting, output
+        assert run.returncode == 0, output
+        assert "timeseries.toml" in (markers / "ingest.holder").read_text()
+        with gate.writing():  # the lock went with the process
+            pass
 
 
 def test_a_post_that_fails_part_way_leaves_propagate_0_and_its_edit_recorded(url, store):
