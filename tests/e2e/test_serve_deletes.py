@@ -91,7 +91,7 @@ def test_a_delete_waits_for_a_post_under_way_and_the_channel_made_again_reads_ze
         while not holds_write_lock(store, "race") and time.monotonic() < deadline:
             time.sleep(0.02)
         again, answers = in_thread(lambda: (delete_channel(url, "race"), create_channel(url, "race")))
-        again.join(1.0)
+        again.join(0.5)  # sequencing only: the old code deleted and made it again at once
     posting.join(60)
     again.join(60)
     assert posted[0].status_code == 200, posted[0].text  # it began first: it ends first

@@ -20,8 +20,8 @@ ingest` into a server does, before it writes). DELETE answers 204; a dataset or 
 has projects, tokens or channels is a 409 naming them. Creating a channel also creates
 its precomputed volume(s), with the scales the dataset row implies (what an ingest
 writes); deleting one (`delete_channel`) takes its locks, renames its volumes and markers
-out of the way, then deletes its row, so a channel made again under its name starts empty. Writes need a key when the server
-has keys; GETs of what is not public too.
+out of the way, then deletes its row, so a channel made again under its name starts
+empty. Writes need a key when the server has keys; GETs of what is not public too.
 
 The four kinds differ only in data, so they are rows of one table (`KINDS`): each `Kind`
 names its fields, its parent, whether its name is unique in its parent or in the whole
@@ -37,6 +37,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
