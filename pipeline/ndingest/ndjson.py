@@ -40,7 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RequestError, SourceError
+import numpy as np
+
+from . import fetchpolicy
+from .errors import FetchRefused, RequestError, SourceError
 from .markers import atomic_write
 from .spec import DATATYPES, JOBS, NAME_RE, RESERVED_NAMES, job_folder
 from .wire.client import Client
@@ -321,9 +324,11 @@ def spec_text(job: Job, store: Path) -> str:
 
 
 # --- fetching the sources --------------------------------------------------------------------------
-def _fetch(url: str, part: Path) -> None:
+def _fetch(url: str, part: Path, cap: int | None) -> None:
     parts = urllib.parse.urlsplit(url)
     import requests
+
+    from .wire.client import decoded_pieces
 
     client = Client(f"{parts.scheme}://{parts.netloc}", key=None)  # retries connection errors and 5xx
     try:
@@ -333,21 +338,23 @@ def _fetch(url: str, part: Path) -> None:
             if urllib.parse.urlsplit(reply.url).scheme not in ("http", "https"):
                 raise SourceError(f"{url}: redirected to {reply.url}, which is not http(s)")
             with open(part, "wb") as out:
-                for piece in reply.iter_content(1 << 20):
+                for piece in decoded_pieces(reply, url, cap=cap):
                     out.write(piece)
+    except FetchRefused as exc:
+        raise FetchRefused(str(exc) if str(exc).startswith(url) else f"{url}: {exc}") from None
     except requests.RequestException as exc:
         raise SourceError(f"{url}: cannot fetch it: {type(exc).__name__}") from None
 
 
-def download(url: str, target: Path) -> None:
-    """One file by http(s), to a temp name and then renamed; a target already there is
-    complete and kept."""
+def download(url: str, target: Path, cap: int | None = None) -> None:
+    """One file by http(s), to a temp name and then renamed, at most `cap` bytes (decoded);
+    a target already there is complete and kept."""
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     part = _part(target)
     try:
-        _fetch(url, part)
+        _fetch(url, part, cap)
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)
@@ -358,6 +365,34 @@ def _part(target: Path) -> Path:
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
     return Path(name)
+
+
+def declared_bytes(job: Job, channel: ChannelJob) -> int:
+    """What the body says a channel holds: x × y × z × t × bytes per voxel."""
+    x, y, z = job.size
+    return x * y * z * job.time_points * np.dtype(channel.datatype).itemsize
+
+
+def job_policy(job: Job, policy: fetchpolicy.FetchPolicy) -> fetchpolicy.FetchPolicy:
+    """`policy` (the server's) for this job: its own `sources/` folder readable, each slice
+    body capped at `volume_cap` of the largest page the body declares (x × y × bytes per voxel)."""
+    pages = [job.size[0] * job.size[1] * np.dtype(c.datatype).itemsize for c in job.channels
+             if c.file_format == "slice"]
+    return policy.with_slice_bytes(fetchpolicy.volume_cap(max(pages)) if pages else None)
+
+
+def refuse_files(job: Job, policy: fetchpolicy.FetchPolicy) -> None:
+    """A RequestError naming the first `file://` data_url outside `policy.allow_files` (its
+    path resolved: a symlink out is outside). A slice folder is checked here as a folder;
+    each slice file again where the job reads it."""
+    for c in job.channels:
+        if urllib.parse.urlsplit(c.data_url).scheme != "file":
+            continue
+        from .webslices import file_path
+
+        if not fetchpolicy.is_inside(file_path(c.data_url), policy.allow_files):
+            raise RequestError(f"channels.{c.name}.data_url = {c.data_url!r}: a file outside the folders "
+                               f"serve --allow-files (NDINGEST_ALLOW_FILES) allows is not read")
 
 
 def source_size(job: Job, channel: ChannelJob, store: Path) -> tuple[int, int, int]:
@@ -384,8 +419,9 @@ def prepare_job(store: Path, job: Job, *, say=None) -> Path:
     files are read where they are), check every source's size, and write the spec
     STORE/_jobs/TOKEN.toml; its path. A rerun fetches only what is missing."""
     sources = job_dir(store, job.token) / "sources"
-    items = [(c.data_url, hdf5_file(c, sources)) for c in job.channels
-             if c.file_format == "hdf5" and not c.data_url.startswith("file:")]
+    capped = fetchpolicy.current() is not None  # a job posted to serve
+    items = [(c.data_url, hdf5_file(c, sources), fetchpolicy.volume_cap(declared_bytes(job, c)) if capped else None)
+             for c in job.channels if c.file_format == "hdf5" and not c.data_url.startswith("file:")]
     if items and say is not None:
         say(f"fetching {len(items)} HDF5 source files into {sources}")
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:

@@ -87,9 +87,15 @@ def store(tmp_path_factory):
     return path
 
 
+def reading_test_files(tmp_path_factory) -> tuple[str, ...]:
+    """What lets a job read this session's test files: `file://` URLs under pytest's temp
+    folder (each test's `tmp_path`), and the file server on 127.0.0.1."""
+    return ("--allow-files", str(tmp_path_factory.getbasetemp()), "--fetch-from", HOST)
+
+
 @pytest.fixture(scope="module")
-def url(store):
-    with serving(store) as server:
+def url(store, tmp_path_factory):
+    with serving(store, args=reading_test_files(tmp_path_factory)) as server:
         yield server.url
 
 
@@ -97,7 +103,7 @@ def url(store):
 def keyed_url(store, url, tmp_path_factory):
     keys = tmp_path_factory.mktemp("autoingest-keys") / "keys.txt"
     keys.write_text(f"{KEY}\n")
-    with serving(store, api_keys=keys) as server:
+    with serving(store, api_keys=keys, args=reading_test_files(tmp_path_factory)) as server:
         yield server.url
 
 

@@ -31,6 +31,7 @@ from starlette.responses import PlainTextResponse
 
 from .. import malloc
 from ..errors import CatalogConflict, RequestError, SpecError
+from ..fetchpolicy import make_policy
 from ..kvpath import KvPath
 from ..urls import is_url
 from .context import ServerContext
@@ -103,12 +104,14 @@ def store_at(text: str, named: str) -> Path | KvPath:
 
 def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: int = 1 << 30,
                catalog_url: str | None = None, bound_host: str = "127.0.0.1",
-               allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = ()) -> Starlette:
+               allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
+               allow_files: tuple[str, ...] = (), fetch_from: tuple[str, ...] = ()) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
     catalog `STORE/catalog.sqlite` or the database `catalog_url` names. A bucket's prefix
     (a KvPath, its catalog a database) is served read-only (`ReadOnly`). `bound_host` (the
     address it listens on: loopback by default), `allow_origins` and `allow_hosts` are what
-    `guard` admits from browsers.
+    `guard` admits from browsers; `allow_files` (folders) and `fetch_from` (HOST[:PORT]) what
+    auto-ingest jobs may read besides public http(s) addresses (`ndingest.fetchpolicy`).
 
     Also tunes this process's malloc (see `malloc`): a cutout's buffers come from freed heap,
     not fresh pages; two arenas bound what is kept to 2 x KEEP_FREED. `uvicorn --workers`
@@ -116,6 +119,7 @@ def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: 
     malloc.few_arenas()
     malloc.keep_freed(KEEP_FREED)
     ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
+    ctx.fetch_policy = make_policy(allow_files, fetch_from)  # SpecError naming a bad folder or host
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
     policy = WebPolicy(bound_host, tuple(allow_origins), tuple(allow_hosts))
@@ -140,7 +144,9 @@ def app_from_env() -> Starlette:
     (unset: STORE/catalog.sqlite); what browsers may do (see guard) from NDINGEST_HOST (the
     address uvicorn binds, as its --host; unset: loopback, so Host must be localhost or a
     loopback address), NDINGEST_ALLOW_ORIGIN and NDINGEST_ALLOW_HOST (comma- or
-    space-separated, as serve's --allow-origin and --allow-host). Safe with several workers:
+    space-separated, as serve's --allow-origin and --allow-host); what auto-ingest jobs may
+    read from NDINGEST_ALLOW_FILES and NDINGEST_FETCH_FROM (likewise, as --allow-files and
+    --fetch-from). Safe with several workers:
     writes lock per chunk across processes (see writes)."""
     import os
 
@@ -153,7 +159,9 @@ def app_from_env() -> Starlette:
                       catalog_url=os.environ.get("NDINGEST_CATALOG") or None,
                       bound_host=os.environ.get("NDINGEST_HOST") or "127.0.0.1",
                       allow_origins=split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")),
-                      allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")))
+                      allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")),
+                      allow_files=split_list(os.environ.get("NDINGEST_ALLOW_FILES")),
+                      fetch_from=split_list(os.environ.get("NDINGEST_FETCH_FROM")))
 
 
 def exposure_warning(host: str, *, has_keys: bool) -> str | None:

@@ -19,6 +19,11 @@ file meets it) and the ingest subprocess inherits it until it ends. The ingest i
 subprocess, so a crash of it never takes the server down; a job whose server died while it
 ran (state "running", lock free) reads as failed. A job that failed may be posted again: the
 ingest resumes. With `--api-keys`, posting needs a key (ndio sends none: 401).
+
+What a job may read is `ndingest.fetchpolicy`'s: a `file://` data_url outside `serve
+--allow-files` is 400 at the POST; the subprocess gets the policy in its environment
+(`job_env`), so its fetches reach public addresses only unless `--fetch-from` names them,
+its downloads are capped, and it reads no HDF5 dataset stored in other files.
 """
 from __future__ import annotations
 
@@ -35,10 +40,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import catalog
-from ..errors import NotFound, NotSupported, StateConflict
+from .. import catalog, fetchpolicy
+from ..errors import NotFound, NotSupported, RequestError, StateConflict
 from ..markers import atomic_write
-from ..ndjson import Job, job_dir, jobs_dir, load_nd_json, parse_job, spec_path, write_spec
+from ..ndjson import Job, job_dir, job_policy, jobs_dir, load_nd_json, parse_job, refuse_files, spec_path, write_spec
 from ..runlock import try_lock
 from ..spec import NAME_RE
 from .context import ServerContext, nd_routes
@@ -99,13 +104,21 @@ def ingest_argv(body: Path, store: Path) -> list[str]:
             "--store", str(store)]
 
 
+def job_env(policy: fetchpolicy.FetchPolicy, job: Job, folder: Path) -> dict:
+    """The ingest subprocess's environment: this server's, plus the job's `fetchpolicy`
+    (NDINGEST_JOB_POLICY), which it and the Luigi workers it forks inherit."""
+    found = job_policy(job, policy).with_files(folder / "sources")
+    return {**os.environ, fetchpolicy.ENV: found.to_env()}
+
+
 def last_error(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ndingest:")]
     return (errors or lines or ["no output"])[-1]
 
 
-def run_job(store: Path, job: Job, folder: Path, lock_fd: int, more: dict) -> None:
+def run_job(store: Path, job: Job, folder: Path, lock_fd: int, more: dict,
+            policy: fetchpolicy.FetchPolicy = fetchpolicy.FetchPolicy()) -> None:
     """Run `ndingest ingest` on the job's body (fetch, spec, Luigi DAG) as a subprocess; the
     status says how it ended. Holds the project's lock (`lock_fd`) until the end."""
     try:
@@ -113,7 +126,8 @@ def run_job(store: Path, job: Job, folder: Path, lock_fd: int, more: dict) -> No
             # the ingest inherits the project's lock: should this server die, no second ingest
             # of the project starts while the first still runs
             code = subprocess.run(ingest_argv(folder / "nd.json", store), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, cwd=folder, pass_fds=(lock_fd,)).returncode
+                                  stdin=subprocess.DEVNULL, cwd=folder, pass_fds=(lock_fd,),
+                                  env=job_env(policy, job, folder)).returncode
         if code != 0:
             write_status(folder, FAILED, f"ndingest ingest exited {code}: {last_error(folder / 'ingest.log')}", **more)
             return
@@ -162,7 +176,7 @@ def start_job(ctx: ServerContext, job: Job, body: bytes) -> None:
         write_spec(store, job)
         write_status(folder, RUNNING, "checking the sources and ingesting; `ndingest status SPEC` for its blocks",
                      **more)
-        threading.Thread(target=run_job, args=(store, job, folder, fd, more), daemon=True,
+        threading.Thread(target=run_job, args=(store, job, folder, fd, more, ctx.fetch_policy), daemon=True,
                          name=f"autoingest-{job.project}").start()
     except BaseException:
         os.close(fd)
@@ -175,6 +189,10 @@ def routes(ctx: ServerContext) -> list:
         ctx.require_key(request)
         raw = await read_body(request, JSON_LIMIT)
         job = parse_job(raw)
+        try:
+            refuse_files(job, ctx.fetch_policy)
+        except RequestError as exc:
+            raise RequestError(f"autoIngest: {exc}") from None
         # the body as JSON, even when it came as ndio's Python repr: what the subprocess reads
         body = json.dumps(load_nd_json(raw), default=str).encode()
         await run_in_threadpool(start_job, ctx, job, body)

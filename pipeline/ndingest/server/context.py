@@ -24,6 +24,7 @@ from .. import catalog
 from ..blocks import Box, Vec3, chunk_shape
 from ..downsample import factors, level_extent
 from ..errors import BadBox, Forbidden, NotFound, SpecError, StateConflict, StoreError
+from ..fetchpolicy import FetchPolicy
 from ..kvpath import KvPath
 from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, parse_info, scale_key, tensorstore_spec
 
@@ -329,6 +330,7 @@ class ServerContext:
     keyring: object | None = None  # keys.KeyRing, or None: no --api-keys given
     max_body: int = 1 << 30
     catalog_url: str | None = None  # a postgresql:// catalog (`serve --catalog`); None: STORE/catalog.sqlite
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)  # what auto-ingest jobs may read
     _engine: sa.Engine | None = field(default=None, repr=False)
     _engine_file: tuple[int, int] | None = field(default=None, repr=False)  # the SQLite file it opened
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
