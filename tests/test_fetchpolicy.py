@@ -134,8 +134,8 @@ def get(url: str) -> bytes:
 
 def test_a_job_refuses_loopback_by_address_and_by_name_at_connect_time(ports, monkeypatch):
     monkeypatch.setenv(fetchpolicy.ENV, FetchPolicy().to_env())
-    for host in (HOST, "localhost"):
-        url = f"http://{host}:{ports[0]}/ok"
+    for url in (f"http://{HOST}:{ports[0]}/ok", f"http://localhost:{ports[0]}/ok",
+                f"https://localhost:{ports[0]}/ok"):  # https: refused before the TLS handshake
         with pytest.raises(FetchRefused, match=rf"^{url}: .*loopback address"):
             get(url)
 
