@@ -139,6 +139,56 @@ def virtual_h5(path, secret_h5) -> None:
         f.create_virtual_dataset("em/CUTOUT", layout)
 
 
+# --- the jobs: posted all at once, so their subprocesses run side by side --------------------------
+def make_sources(where, web: str) -> dict[str, tuple[str, dict]]:
+    """{project: (the server that gets it, its body)}; each project's test checks its end."""
+    import tifffile
+
+    slices = where["allowed"] / "slices" / "fs_slink" / "em"  # a slice that links out of --allow-files
+    slices.mkdir(parents=True)
+    for z, page in enumerate(volume(2)):
+        tifffile.imwrite(slices / f"{z:04d}.tif", page)
+    tifffile.imwrite(where["outside"] / "page.tif", volume(3)[0])
+    (slices / "0002.tif").unlink()
+    (slices / "0002.tif").symlink_to(where["outside"] / "page.tif")
+    with h5py.File(where["web"] / "loop.h5", "w") as f:
+        f.create_dataset("em/CUTOUT", data=volume(4))
+    with h5py.File(where["web"] / "big.h5", "w") as f:
+        f.create_dataset("em/CUTOUT", data=volume(5))  # 256 bytes declared: the cap is 512 + 1 MiB
+        f.create_dataset("padding", data=np.random.default_rng(6).integers(0, 256, 2 << 20, dtype=np.uint8))
+    external_h5(where["web"] / "external.h5", where["outside"] / "secret.bin")
+    with h5py.File(where["outside"] / "secret_array.h5", "w") as f:
+        f.create_dataset("secret", data=np.frombuffer(SECRET, np.uint8).reshape(SHAPE))
+    virtual_h5(where["web"] / "virtual.h5", where["outside"] / "secret_array.h5")
+    return {
+        "fs_slink": ("allowing", body("fs_slink", (where["allowed"] / "slices").as_uri(), file_format="SLICE",
+                                      file_type="tif")),
+        "fs_loop_plain": ("plain", body("fs_loop_plain", f"{web}/loop.h5")),
+        "fs_loop_allowed": ("allowing", body("fs_loop_allowed", f"{web}/loop.h5")),
+        "fs_big": ("allowing", body("fs_big", f"{web}/big.h5")),
+        "fs_bomb": ("allowing", body("fs_bomb", f"{web}/bomb", file_format="SLICE", file_type="tif")),
+        "fs_external": ("allowing", body("fs_external", f"{web}/external.h5")),
+        "fs_virtual": ("allowing", body("fs_virtual", f"{web}/virtual.h5")),
+    }
+
+
+@pytest.fixture(scope="module")
+def jobs(where, web, plain, allowing) -> dict[str, dict]:
+    """{project: its final state} of every job of `make_sources`, each posted (200) to its server."""
+    servers = {"plain": plain, "allowing": allowing}
+    posted = make_sources(where, web)
+    for project, (server, job) in posted.items():
+        reply = post(servers[server], job)
+        assert reply.status_code == 200, (project, reply.text)  # a slice folder inside: checked file by file
+    return {project: finished(servers[server], project) for project, (server, _) in posted.items()}
+
+
+def assert_failed(jobs: dict, base: str, project: str, line: str) -> None:
+    state = jobs[project]
+    assert state["state"] == "failed" and line in state["message"], state
+    assert not published(base, project)
+
+
 # --- file:// --------------------------------------------------------------------------------------
 def test_a_file_url_outside_allow_files_is_400_naming_it_and_nothing_is_served(where, plain, allowing):
     secret = where["outside"] / "secret.h5"
@@ -157,80 +207,34 @@ def test_a_file_url_outside_allow_files_is_400_naming_it_and_nothing_is_served(w
         assert not published(base, project)
 
 
-def test_a_slice_file_that_links_out_of_allow_files_fails_the_job_naming_it(where, allowing):
-    import tifffile
-
-    folder = where["allowed"] / "slices" / "fs_slink" / "em"
-    folder.mkdir(parents=True)
-    for z, page in enumerate(volume(2)):
-        tifffile.imwrite(folder / f"{z:04d}.tif", page)
-    tifffile.imwrite(where["outside"] / "page.tif", volume(3)[0])
-    (folder / "0002.tif").unlink()
-    (folder / "0002.tif").symlink_to(where["outside"] / "page.tif")
-    job = body("fs_slink", (where["allowed"] / "slices").as_uri(), file_format="SLICE", file_type="tif")
-    assert post(allowing, job).status_code == 200  # the folder is inside: each file is checked where it is read
-    state = finished(allowing, "fs_slink")
-    assert state["state"] == "failed", state
-    assert "0002.tif: outside the folders serve --allow-files" in state["message"], state
-    assert not published(allowing, "fs_slink")
+def test_a_slice_file_that_links_out_of_allow_files_fails_the_job_naming_it(jobs, allowing):
+    assert_failed(jobs, allowing, "fs_slink", "0002.tif: outside the folders serve --allow-files")
 
 
 # --- addresses and caps ---------------------------------------------------------------------------
-def test_an_http_job_from_loopback_fails_without_fetch_from_and_runs_with_it(where, web, plain, allowing):
-    data = volume(4)
-    with h5py.File(where["web"] / "loop.h5", "w") as f:
-        f.create_dataset("em/CUTOUT", data=data)
-    url = f"{web}/loop.h5"
-    assert post(plain, body("fs_loop_plain", url)).status_code == 200
-    state = finished(plain, "fs_loop_plain")
-    assert state["state"] == "failed", state
-    assert url in state["message"] and "127.0.0.1, a loopback address" in state["message"], state
-    assert not published(plain, "fs_loop_plain")
-    assert post(allowing, body("fs_loop_allowed", url)).status_code == 200
-    assert finished(allowing, "fs_loop_allowed")["state"] == "done"
-    assert np.array_equal(cutout(allowing, "fs_loop_allowed"), data)
+def test_an_http_job_from_loopback_fails_without_fetch_from_and_runs_with_it(jobs, web, plain, allowing):
+    assert_failed(jobs, plain, "fs_loop_plain", f"{web}/loop.h5: 127.0.0.1:")
+    assert "is 127.0.0.1, a loopback address" in jobs["fs_loop_plain"]["message"]
+    assert jobs["fs_loop_allowed"]["state"] == "done", jobs["fs_loop_allowed"]
+    assert np.array_equal(cutout(allowing, "fs_loop_allowed"), volume(4))
 
 
-def test_a_download_over_its_cap_fails_naming_the_url_and_nothing_is_published(where, web, allowing):
-    with h5py.File(where["web"] / "big.h5", "w") as f:
-        f.create_dataset("em/CUTOUT", data=volume(5))  # 256 bytes declared: the cap is 512 + 1 MiB
-        f.create_dataset("padding", data=np.random.default_rng(6).integers(0, 256, 2 << 20, dtype=np.uint8))
-    url = f"{web}/big.h5"
-    assert post(allowing, body("fs_big", url)).status_code == 200
-    state = finished(allowing, "fs_big")
-    assert state["state"] == "failed", state
-    assert f"{url}: the answer holds more than 1,049,088 bytes (decoded)" in state["message"], state
-    assert not published(allowing, "fs_big")
+def test_a_download_over_its_cap_fails_naming_the_url_and_nothing_is_published(jobs, web, allowing):
+    assert_failed(jobs, allowing, "fs_big", f"{web}/big.h5: the answer holds more than 1,049,088 bytes (decoded)")
 
 
-def test_a_gzip_bomb_slice_fails_at_its_cap(web, allowing):
-    job = body("fs_bomb", f"{web}/bomb", file_format="SLICE", file_type="tif")
-    assert post(allowing, job).status_code == 200
-    state = finished(allowing, "fs_bomb")
-    assert state["state"] == "failed", state
+def test_a_gzip_bomb_slice_fails_at_its_cap(jobs, web, allowing):
     # a page of 8 x 8 uint8: 2 x 64 + 1 MiB, counted as the body inflates
-    assert f"{web}/bomb/fs_bomb/em/0000.tif: the answer holds more than 1,048,704 bytes (decoded)" \
-        in state["message"], state
-    assert not published(allowing, "fs_bomb")
+    assert_failed(jobs, allowing, "fs_bomb",
+                  f"{web}/bomb/fs_bomb/em/0000.tif: the answer holds more than 1,048,704 bytes (decoded)")
 
 
 # --- HDF5 stored in other files -------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["external", "virtual"])
 def test_an_hdf5_stored_in_other_files_fails_naming_the_dataset_and_nothing_of_the_secret_is_served(
-        where, web, allowing, kind):
-    source = where["web"] / f"{kind}.h5"
-    if kind == "external":
-        external_h5(source, where["outside"] / "secret.bin")
-    else:
-        with h5py.File(where["outside"] / "secret_array.h5", "w") as f:
-            f.create_dataset("secret", data=np.frombuffer(SECRET, np.uint8).reshape(SHAPE))
-        virtual_h5(source, where["outside"] / "secret_array.h5")
+        jobs, allowing, kind):
     project = f"fs_{kind}"
-    assert post(allowing, body(project, f"{web}/{kind}.h5")).status_code == 200
-    state = finished(allowing, project)
-    assert state["state"] == "failed", state
-    assert "/em/CUTOUT: its voxels are stored in other files" in state["message"], state
-    assert not published(allowing, project)
+    assert_failed(jobs, allowing, project, "/em/CUTOUT: its voxels are stored in other files")
     assert requests.get(f"{allowing}/nd/sd/{project}/em/npz/0/0,8/0,8/0,4/", timeout=30).status_code == 404
 
 
