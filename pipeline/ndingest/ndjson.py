@@ -46,7 +46,7 @@ from . import fetchpolicy
 from .errors import FetchRefused, RequestError, SourceError
 from .markers import atomic_write
 from .spec import DATATYPES, JOBS, NAME_RE, RESERVED_NAMES, job_folder
-from .wire.client import Client
+from .wire.client import Client, decoded_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -328,8 +328,6 @@ def _fetch(url: str, part: Path, cap: int | None) -> None:
     parts = urllib.parse.urlsplit(url)
     import requests
 
-    from .wire.client import decoded_pieces
-
     client = Client(f"{parts.scheme}://{parts.netloc}", key=None)  # retries connection errors and 5xx
     try:
         with client.session().get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as reply:
@@ -374,8 +372,9 @@ def declared_bytes(job: Job, channel: ChannelJob) -> int:
 
 
 def job_policy(job: Job, policy: fetchpolicy.FetchPolicy) -> fetchpolicy.FetchPolicy:
-    """`policy` (the server's) for this job: its own `sources/` folder readable, each slice
-    body capped at `volume_cap` of the largest page the body declares (x × y × bytes per voxel)."""
+    """`policy` (the server's) for this job: each slice body capped at `volume_cap` of the
+    largest page the body declares (x × y × bytes per voxel). A download's cap is its own
+    channel's (`prepare_job`)."""
     pages = [job.size[0] * job.size[1] * np.dtype(c.datatype).itemsize for c in job.channels
              if c.file_format == "slice"]
     return policy.with_slice_bytes(fetchpolicy.volume_cap(max(pages)) if pages else None)

@@ -40,6 +40,7 @@ SMALL_IN_FLIGHT = 16  # HEADs under way at once: tiny answers, so the link's lat
 TIMEOUT = (10.0, 600.0)  # s to connect, s to wait for an answer (a POST is flushed before it)
 UNREACHABLE_SECONDS = 60.0  # after a request ran out of retries, others fail at once this long
 DECODE_PIECE = 1 << 20  # bytes read, and at most decompressed, at a time by `decoded_pieces`
+ACCEPT_ENCODING = "gzip, deflate"  # what `decoded_pieces` decodes (requests would offer br too)
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -103,6 +104,7 @@ class Client:
                 max_retries=retry, pool_connections=2, pool_maxsize=max(2 * IN_FLIGHT, SMALL_IN_FLIGHT))
             found = requests.Session()
             found.trust_env = not checked  # a job's fetches go straight to the host, through no proxy
+            found.headers["Accept-Encoding"] = ACCEPT_ENCODING
             found.mount("http://", adapter)
             found.mount("https://", adapter)
             if self.key:
