@@ -9,11 +9,16 @@ import http.server
 import os
 import threading
 
+import h5py
+import numpy as np
 import pytest
+import tifffile
 
 from ndingest import fetchpolicy
 from ndingest.errors import FetchRefused, SpecError
 from ndingest.fetchpolicy import FetchPolicy, address_refusal, check_peer, host_port, is_inside
+from ndingest.sources import open_source
+from ndingest.webslices import WebSliceSource
 from ndingest.wire.client import Client, decoded_pieces
 
 HOST = "127.0.0.1"
@@ -174,3 +179,43 @@ def test_serve_flags_name_a_folder_that_is_not_there_or_a_bad_host(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(tmp_path)
     assert fetchpolicy.make_policy([str(link)], ["localhost:80"]) == FetchPolicy((str(tmp_path),), ("localhost:80",))
+
+
+# --- files a job reads, in this process under the policy a job's subprocess gets -----------------
+def test_in_a_job_a_slice_file_linking_out_of_the_allowed_folders_is_refused_naming_it(tmp_path, monkeypatch):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    outside.mkdir()
+    pages = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    for z, page in enumerate(pages):
+        path = allowed / "em" / f"{z:04d}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(outside / path.name if z == 2 else path, page)
+    (allowed / "em" / "0002.tif").symlink_to(outside / "0002.tif")
+    pattern = (allowed / "em").as_uri() + "/{z:04d}.tif"
+    monkeypatch.setenv(fetchpolicy.ENV, FetchPolicy(allow_files=(str(allowed),)).to_env())
+    with pytest.raises(FetchRefused, match=r"/em/0002\.tif: outside the folders serve --allow-files"):
+        WebSliceSource(pattern, (0, 3), cache_dir=tmp_path / "staged")
+    monkeypatch.delenv(fetchpolicy.ENV)  # the CLI: the user's own link is followed
+    source = WebSliceSource(pattern, (0, 3), cache_dir=tmp_path / "staged")
+    assert np.array_equal(source.read(source.extent), pages)
+
+
+def test_in_a_job_a_virtual_or_external_hdf5_dataset_is_refused_naming_it(tmp_path, monkeypatch):
+    secret = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("secret", data=secret)
+    (tmp_path / "raw.bin").write_bytes(secret.tobytes())
+    layout = h5py.VirtualLayout(shape=secret.shape, dtype=np.uint8)
+    layout[:] = h5py.VirtualSource(str(tmp_path / "other.h5"), "secret", shape=secret.shape)
+    with h5py.File(tmp_path / "virtual.h5", "w") as f:
+        f.create_virtual_dataset("em/CUTOUT", layout)
+    with h5py.File(tmp_path / "external.h5", "w") as f:
+        f.create_dataset("em/CUTOUT", shape=secret.shape, dtype=np.uint8, external=[(str(tmp_path / "raw.bin"), 0, 24)])
+    for name, other in (("virtual.h5", "other.h5"), ("external.h5", "raw.bin")):
+        monkeypatch.setenv(fetchpolicy.ENV, FetchPolicy(allow_files=(str(tmp_path),)).to_env())
+        with pytest.raises(FetchRefused, match=rf"{name}:/em/CUTOUT: its voxels are stored in other files "
+                                               rf"\(.*{other}\)"):
+            open_source(str(tmp_path / name))
+        monkeypatch.delenv(fetchpolicy.ENV)  # the CLI reads them
+        source = open_source(str(tmp_path / name))
+        assert np.array_equal(source.read(source.extent), secret)
