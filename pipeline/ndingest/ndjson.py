@@ -408,11 +408,11 @@ def write_spec(store: Path, job: Job) -> Path:
 
 
 def job_running(spec: Path) -> bool:
-    """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running (the
-    server's `status.json`): then a source still missing is being fetched, not lost."""
+    """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running or queued
+    (the server's `status.json`): then a source still missing is to be fetched, not lost."""
     folder = job_folder(spec)
     try:
-        return json.loads((folder / "status.json").read_text()).get("state") == "running"
+        return json.loads((folder / "status.json").read_text()).get("state") in ("running", "queued")
     except (OSError, ValueError, AttributeError, TypeError):  # TypeError: not a job's spec
         return False
 

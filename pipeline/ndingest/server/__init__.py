@@ -33,7 +33,7 @@ from .. import malloc
 from ..errors import CatalogConflict, RequestError, SpecError
 from ..kvpath import KvPath
 from ..urls import is_url
-from .context import ServerContext
+from .context import MAX_JOBS, ServerContext
 from .guard import Cors, Guard, WebPolicy, is_loopback, split_list
 
 logger = logging.getLogger(__name__)
@@ -103,19 +103,20 @@ def store_at(text: str, named: str) -> Path | KvPath:
 
 def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: int = 1 << 30,
                catalog_url: str | None = None, bound_host: str = "127.0.0.1",
-               allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = ()) -> Starlette:
+               allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
+               max_jobs: int = MAX_JOBS) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
     catalog `STORE/catalog.sqlite` or the database `catalog_url` names. A bucket's prefix
     (a KvPath, its catalog a database) is served read-only (`ReadOnly`). `bound_host` (the
     address it listens on: loopback by default), `allow_origins` and `allow_hosts` are what
-    `guard` admits from browsers.
+    `guard` admits from browsers. `max_jobs`: auto-ingest jobs running at once on the store.
 
     Also tunes this process's malloc (see `malloc`): a cutout's buffers come from freed heap,
     not fresh pages; two arenas bound what is kept to 2 x KEEP_FREED. `uvicorn --workers`
     processes build their app here too."""
     malloc.few_arenas()
     malloc.keep_freed(KEEP_FREED)
-    ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
+    ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url, max_jobs=max_jobs)
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
     policy = WebPolicy(bound_host, tuple(allow_origins), tuple(allow_hosts))
@@ -140,7 +141,8 @@ def app_from_env() -> Starlette:
     (unset: STORE/catalog.sqlite); what browsers may do (see guard) from NDINGEST_HOST (the
     address uvicorn binds, as its --host; unset: loopback, so Host must be localhost or a
     loopback address), NDINGEST_ALLOW_ORIGIN and NDINGEST_ALLOW_HOST (comma- or
-    space-separated, as serve's --allow-origin and --allow-host). Safe with several workers:
+    space-separated, as serve's --allow-origin and --allow-host); NDINGEST_MAX_JOBS (serve's --max-jobs:
+    auto-ingest jobs running at once on the store, across the workers). Safe with several workers:
     writes lock per chunk across processes (see writes)."""
     import os
 
@@ -153,7 +155,20 @@ def app_from_env() -> Starlette:
                       catalog_url=os.environ.get("NDINGEST_CATALOG") or None,
                       bound_host=os.environ.get("NDINGEST_HOST") or "127.0.0.1",
                       allow_origins=split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")),
-                      allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")))
+                      allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")),
+                      max_jobs=max_jobs_from_env())
+
+
+def max_jobs_from_env() -> int:
+    """NDINGEST_MAX_JOBS (serve's --max-jobs when that is not given): a whole number >= 1; unset: MAX_JOBS."""
+    import os
+
+    text = os.environ.get("NDINGEST_MAX_JOBS", "").strip()
+    if not text:
+        return MAX_JOBS
+    if not text.isdigit() or int(text) < 1:
+        raise SpecError(f"NDINGEST_MAX_JOBS={text!r} must be a whole number >= 1")
+    return int(text)
 
 
 def exposure_warning(host: str, *, has_keys: bool) -> str | None:

@@ -30,6 +30,7 @@ from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, parse_info, sc
 logger = logging.getLogger(__name__)
 
 SCALING_NAMES = {0: "zslices", 1: "isotropic"}
+MAX_JOBS = 2  # auto-ingest jobs running at once per store by default (`serve --max-jobs`, NDINGEST_MAX_JOBS)
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,7 @@ class ServerContext:
     keyring: object | None = None  # keys.KeyRing, or None: no --api-keys given
     max_body: int = 1 << 30
     catalog_url: str | None = None  # a postgresql:// catalog (`serve --catalog`); None: STORE/catalog.sqlite
+    max_jobs: int = MAX_JOBS  # auto-ingest jobs running at once on the store (`serve --max-jobs`)
     _engine: sa.Engine | None = field(default=None, repr=False)
     _engine_file: tuple[int, int] | None = field(default=None, repr=False)  # the SQLite file it opened
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -339,7 +341,7 @@ class ServerContext:
 
     @classmethod
     def open(cls, store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30,
-             catalog_url: str | None = None) -> "ServerContext":
+             catalog_url: str | None = None, max_jobs: int = MAX_JOBS) -> "ServerContext":
         keyring = None
         if api_keys is not None:
             from .keys import KeyRing
@@ -349,7 +351,7 @@ class ServerContext:
         elif isinstance(store, KvPath):
             raise SpecError(f"{store}: a bucket store's catalog is a database; give its postgresql:// URL "
                             f"(serve --catalog, or NDINGEST_CATALOG)")
-        return cls(store if isinstance(store, KvPath) else Path(store), keyring, max_body, catalog_url)
+        return cls(store if isinstance(store, KvPath) else Path(store), keyring, max_body, catalog_url, max_jobs)
 
     @property
     def read_only(self) -> bool:
