@@ -142,13 +142,13 @@ def queued_ahead(store: Path, me: dict) -> int:
     mine = (me["posted"], me["token"])
     return sum(1 for _, r in job_records(store)
                if r.get("state") == QUEUED and r.get("token") != me["token"]
-               and (r.get("posted", 0), str(r.get("token"))) < mine
+               and isinstance(r.get("posted"), (int, float)) and (r["posted"], str(r.get("token"))) < mine
                and NAME_RE.fullmatch(str(r.get("project", ""))) and is_alive(store, r))
 
 
 def queued_message(place: int, max_jobs: int) -> str:
-    return (f"queued, place {place}: all {max_jobs} job slots of this server's store are taken (serve --max-jobs); "
-            f"it starts when one frees")
+    slots = "its one job slot is" if max_jobs == 1 else f"all {max_jobs} of its job slots are"
+    return f"queued, place {place}: the store's {slots} taken (serve --max-jobs); it starts when one frees"
 
 
 def find_job(store: Path, project: str) -> Path:
