@@ -305,24 +305,32 @@ def test_posts_of_one_token_for_other_projects_at_once_one_wins_and_owns_the_fol
     assert json.loads((folder / "status.json").read_text())["project"] == winner  # (it fails: nothing listens)
 
 
-def test_a_taken_token_and_a_private_project_answer_one_same_line(url):
+def test_a_taken_token_and_a_private_project_answer_one_same_line(url, files):
+    base, _ = files
     resource = f"{url}/nd/resource/dataset/ai_priv_ds/"
     assert requests.post(resource, json=PRIVATE_DATASET, timeout=30).status_code == 201
     assert requests.post(f"{resource}project/ai_priv/", json={"public": 0}, timeout=30).status_code == 201
     assert requests.post(f"{resource}project/ai_priv/token/ai_priv_tok/", json={"public": 0},
                          timeout=30).status_code == 201
-    assert requests.post(f"{url}/nd/sd/autoIngest/", json=nowhere_job("ai_alike_ds", "ai_alike_a", "ai_alike_tok"),
-                         timeout=30).status_code == 200
-    lines = []
-    for project, token, owner in [("ai_alike_b", "ai_alike_tok", "ai_alike_a"),  # another project's job's token
-                                  ("ai_alike_c", "ai_priv_tok", "ai_priv"),  # another project's token in the catalog
-                                  ("ai_priv", "ai_alike_new", None)]:  # a private project
-        reply = requests.post(f"{url}/nd/sd/autoIngest/", json=nowhere_job("ai_alike_ds", project, token),
-                              timeout=30)
-        assert owner is None or repr(owner) not in reply.text, reply.text
-        lines.append(taken_line(reply, token, project))
-    assert lines[0] == lines[1] == lines[2] == "autoIngest: token T or project P is taken; choose another " \
-                                               "token_name or project_name\n", lines
+    Files.gate.clear()  # ai_alike_a's job waits for its first slice (not there: it then fails) until the end
+    try:
+        running = body("ai_alike_ds", "ai_alike_a", {"em": {**GOOD_CHANNEL, "data_url": f"{base}/slow"}})
+        running["project"]["token_name"] = "ai_alike_tok"
+        assert requests.post(f"{url}/nd/sd/autoIngest/", json=running, timeout=30).status_code == 200
+        lines = []
+        for project, token, owner in [
+                ("ai_alike_b", "ai_alike_tok", "ai_alike_a"),  # another project's job's token
+                ("ai_alike_c", "ai_priv_tok", "ai_priv"),  # another project's token in the catalog
+                ("ai_priv", "ai_alike_new", None),  # a private project
+                ("ai_alike_a", "ai_alike_other", "ai_alike_tok")]:  # a project whose job runs under another token
+            reply = requests.post(f"{url}/nd/sd/autoIngest/", json=nowhere_job("ai_alike_ds", project, token),
+                                  timeout=30)
+            assert owner is None or repr(owner) not in reply.text, reply.text
+            lines.append(taken_line(reply, token, project))
+    finally:
+        Files.gate.set()
+    assert set(lines) == {"autoIngest: token T or project P is taken; choose another token_name or project_name\n"}, \
+        lines
 
 
 def test_a_keyed_servers_job_state_answers_alike_for_a_private_project_and_a_missing_one(keyed_url):

@@ -28,9 +28,10 @@ that failed may be posted again: the ingest resumes. With `--api-keys`, posting 
 
 A POST claims the token's folder under an flock on `STORE/_jobs/TOKEN.claim`, held from the
 owner check to the last write, so two POSTs of one `token_name` never both pass the check.
-A token taken by another project (its job's or the catalog's) and a project that exists,
-private, with no job of this token, answer one same 409: no answer tells another project's
-name or a private project's existence.
+A token taken by another project (its job's or the catalog's), a project that exists,
+private, with no job of this token, and a project whose job under another token runs or
+waits answer one same 409: no answer tells another project's name or a private project's
+existence.
 """
 from __future__ import annotations
 
@@ -239,11 +240,12 @@ def taken(job: Job) -> StateConflict:
                          f"choose another token_name or project_name")
 
 
-def check_claim(ctx: ServerContext, store: Path, job: Job) -> None:
+def check_claim(ctx: ServerContext, store: Path, job: Job) -> bool:
     """May this job take its token's folder and its project? 409 (`taken`, alike) when the
     token's folder or catalog row is another project's, or the project exists, private, and
     no earlier job of this token made it; 409 naming the channel when a channel exists that
-    no failed job of ours left behind. Run under the token's claim."""
+    no failed job of ours left behind. Whether an earlier job of this token was this
+    project's. Run under the token's claim."""
     folder = job_dir(store, job.token)
     earlier = read_status(store, folder) if (folder / "status.json").exists() else None
     ours = earlier is not None and earlier.get("project") == job.project
@@ -258,6 +260,7 @@ def check_claim(ctx: ServerContext, store: Path, job: Job) -> None:
     if there and (earlier is None or earlier["state"] == DONE):
         raise StateConflict(f"autoIngest: channel {', '.join(there)} already exists in project {job.project!r}; "
                             f"choose another channel name")
+    return ours
 
 
 def start_job(ctx: ServerContext, job: Job, body: bytes) -> None:
@@ -270,8 +273,10 @@ def start_job(ctx: ServerContext, job: Job, body: bytes) -> None:
     store = Path(ctx.store).resolve()  # the subprocess runs in the job's folder
     folder = job_dir(store, job.token)
     with held_lock(claim_path(store, job.token)):  # one POST of a token at a time, check to last write
-        check_claim(ctx, store, job)
+        ours = check_claim(ctx, store, job)
         fd = try_lock(lock_path(store, job.project))
+        if fd is None and not ours:  # another token's job of the project (not in the catalog yet)
+            raise taken(job)
         if fd is None:
             raise StateConflict(f"autoIngest: an ingest of project {job.project!r} is running or queued; "
                                 f"GET autoIngest/{job.project}/ for its state")
