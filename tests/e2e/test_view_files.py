@@ -1,7 +1,8 @@
 """`ndingest view`'s own file server serves the spec's channel folders and nothing else of
 the store, under `serve`'s Host and CORS rules, and admits its viewer's page, so a private
 project still shows. A real `ndingest view` process on 127.0.0.1 over a tiny private
-project ingested by the CLI; judged with requests (no browser needed)."""
+project (made through `serve`'s resource API and a cutout POST, as an ingest would leave
+it); judged with requests (no browser needed)."""
 from __future__ import annotations
 
 import re
@@ -14,7 +15,8 @@ import requests
 pytest.importorskip("neuroglancer", reason="the view extra: pip install 'ndingest[view]'")
 pytest.importorskip("selenium", reason="the view extra: pip install 'ndingest[view]'")
 
-from conftest import NDINGEST, run_cli, spec_text, write_h5  # noqa: E402
+from conftest import NDINGEST, spec_text, write_h5  # noqa: E402
+from serving import serving  # noqa: E402
 
 DS, PR = "vds", "vpriv"
 ELSEWHERE = "https://elsewhere.example"
@@ -22,16 +24,25 @@ ELSEWHERE = "https://elsewhere.example"
 
 @pytest.fixture(scope="module")
 def viewing(tmp_path_factory):
-    """The private spec ingested, another project's file and a stray file put beside it,
+    """The private spec's store, another project's file put beside it,
     and `ndingest view` running: (viewer URL, store server URL, store folder)."""
     folder = tmp_path_factory.mktemp("view-files")
     source = write_h5(folder / "img.h5", np.arange(32 * 32 * 4, dtype=np.uint8).reshape(4, 32, 32))
     spec = folder / "spec.toml"
     spec.write_text(spec_text(image=source, dataset=DS, project=PR, offset=(0, 0, 0), resolution=(4.0, 4.0, 40.0))
                     .replace("public = true", "public = false"))
-    result = run_cli("ingest", str(spec))
-    assert result.returncode == 0, result.stderr
     store = folder / "store"
+    store.mkdir()
+    with serving(store) as server:  # the store as an ingest leaves it, made without Luigi's start-up
+        base = f"{server.url}/nd/resource/dataset/{DS}/"
+        for url, body in [(base, {"ximagesize": 32, "yimagesize": 32, "zimagesize": 4, "xvoxelres": 4.0,
+                                  "yvoxelres": 4.0, "zvoxelres": 40.0, "public": 0}),
+                          (f"{base}project/{PR}/", {"public": 0}), (f"{base}project/{PR}/token/{PR}/", {"public": 0}),
+                          (f"{base}project/{PR}/channel/image/", {"channel_type": "image", "channel_datatype": "uint8"})]:
+            assert requests.post(url, json=body, timeout=30).status_code == 201
+        reply = requests.post(f"{server.url}/nd/sd/{PR}/image/raw/0/0,32/0,32/0,4/", timeout=30,
+                              data=np.arange(32 * 32 * 4, dtype=np.uint8).tobytes())
+        assert reply.status_code == 200, reply.text
     (store / DS / "other" / "image").mkdir(parents=True)
     (store / DS / "other" / "image" / "info").write_text('{"secret": 1}')
     proc = subprocess.Popen([NDINGEST, "view", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
