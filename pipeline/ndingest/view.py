@@ -69,9 +69,10 @@ class ChannelFiles(http.server.SimpleHTTPRequestHandler):
             self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges")
         super().end_headers()
 
-    def served_path(self) -> tuple[str, bool] | None:
-        """The request's path inside a channel folder as (file system path, public); None
-        when it names nothing served (a listing included). Sets the answer's CORS first."""
+    def served_path(self) -> str | None:
+        """The file the request names inside a channel folder; None when it names nothing
+        served (a listing included). Sets the answer's CORS first (a 404 of a public
+        channel carries `*` too: neuroglancer reads a missing chunk as fill)."""
         path = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
         parts = path.split("/")[1:]
         for folder, public in self.channels.items():
@@ -86,7 +87,7 @@ class ChannelFiles(http.server.SimpleHTTPRequestHandler):
                 target = os.path.realpath(os.path.join(root, *inside))
                 if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
                     return None
-                return target, public
+                return target
         return None
 
     def refused(self) -> bool:
@@ -112,11 +113,10 @@ class ChannelFiles(http.server.SimpleHTTPRequestHandler):
     def send_head(self):
         if self.refused():
             return None
-        found = self.served_path()
-        if found is None:
+        path = self.served_path()
+        if path is None:
             self.send_error(404, "no such file")
             return None
-        path = found[0]
         wanted = RANGE_RE.fullmatch((self.headers.get("Range") or "").strip())
         f = open(path, "rb")
         size = os.fstat(f.fileno()).st_size
