@@ -3,8 +3,8 @@ is one line. One real server on 127.0.0.1 with a key file, over a small store wi
 public and a private project (test_serve_oracle.build_store), and a scratch token and
 channel that the drawn deletes may remove.
 
-The routes come from the app itself (`create_app(...).routes`), so a new route is fuzzed
-without a change here. Each example draws a route, a method (GET, POST, PUT, PATCH,
+The routes come from the app's own route modules (`server.ROUTE_MODULES`, as `create_app`
+mounts them), so a new route is fuzzed without a change here. Each example draws a route, a method (GET, POST, PUT, PATCH,
 DELETE, HEAD), path parameters (the store's names, numbers, huge and negative ones, ranges,
 unicode, `..`, empty), a body (JSON of random shape, deep nesting, huge numbers, or raw
 bytes), a Content-Type and a key (none, the right one, a wrong one). Requests go out by
@@ -46,13 +46,18 @@ AUTHS = (None, f"Token {KEY}", f"Token {KEY}", f"Token {KEY}", f"Token {KEY}", "
 def route_templates() -> list[tuple[str, tuple[str, ...]]]:
     """(path template, methods) of every route of the app, one per ndstore path: `/ocp/ca/`
     and the slash-less twins answer as `/nd/sd/` does, and are drawn as its variants."""
+    import importlib
     from pathlib import Path
 
-    from ndingest.server import create_app
+    from ndingest import server
+    from ndingest.server.context import ServerContext
 
-    app = create_app(Path("/nonexistent-store-for-route-listing"))
+    # what create_app mounts, without its malloc settings in this process
+    ctx = ServerContext.open(Path("/nonexistent-store-for-route-listing"))
+    routes = [route for name in server.ROUTE_MODULES
+              for route in importlib.import_module(f"ndingest.server.{name}").routes(ctx)]
     out: dict[str, set[str]] = {}
-    for route in app.routes:
+    for route in routes:
         path = route.path.replace("/ocp/ca/", "/nd/sd/").rstrip("/") or "/"
         out.setdefault(path, set()).update(route.methods or ())
     return sorted((path, tuple(sorted(methods))) for path, methods in out.items())
