@@ -202,7 +202,7 @@ def load_nd_json(raw: bytes | str):
     `str(dict)`). Never evaluates code: `ast.literal_eval` admits literals only."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting 100k deep
         error = exc
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from .. import malloc
-from ..errors import CatalogConflict, RequestError, SpecError
+from ..errors import CatalogConflict, RequestError, SpecError, StoreError
 from ..kvpath import KvPath
 from ..urls import is_url
 from .context import MAX_JOBS, ServerContext
@@ -90,11 +90,15 @@ class ReadOnly:
 def store_at(text: str, named: str) -> Path | KvPath:
     """The store `text` names (`named` says where it came from, for the message): a bucket's
     prefix (s3://bucket/prefix, before Path() folds it into s3:/…) or a folder; SpecError
-    if no object lies under the prefix or there is no such folder."""
+    if the bucket cannot be read or there is no such folder. A bucket is checked with one
+    request that lists nothing (`KvPath.check_readable`): each uvicorn worker calls this at
+    start, and the prefix may hold millions of keys; an empty prefix is an empty store."""
     if is_url(text):
         store = KvPath.from_url(text)
-        if not store.is_dir():
-            raise SpecError(f"{named}{store}: no object under that prefix (or the bucket cannot be read)")
+        try:
+            store.check_readable()
+        except StoreError as exc:
+            raise SpecError(f"{named}{exc}") from exc
         return store
     if not Path(text).is_dir():
         raise SpecError(f"{named}{text}: no such folder")

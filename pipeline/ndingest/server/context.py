@@ -439,6 +439,28 @@ class ServerContext:
             return None
         return self.require_key(request)
 
+    def readable_token(self, name: str, request) -> TokenView:
+        """The token a read names, its key checked before the token is looked up: with keys,
+        a name that is not a public token answers 401 (no key) or 403 (a wrong one) whether
+        it exists or not, so no answer tells a private name from a missing one; with a valid
+        key (or no key file) a missing one is 404."""
+        if self.keyring is not None and not self.is_public_token(name):
+            self.require_key(request)
+        token = self.token(name)
+        self.check_read(token, request)
+        return token
+
+    def is_public_token(self, name: str) -> bool:
+        t = catalog.tokens.c
+        return bool(self.rows(catalog.tokens, t.token_name == name, t.public == 1))
+
+    def readable_project(self, project: str, request) -> None:
+        """The key check of a read by project name (the precomputed route), before the
+        project is looked up: a project without a public token needs a key when keys are
+        configured, whether it exists or not."""
+        if self.keyring is not None and not self.project_is_public(project):
+            self.require_key(request)
+
     # --- lookups ---------------------------------------------------------------------------
     def token(self, name: str) -> TokenView:
         """The token `name` with its project and dataset; 404 naming it otherwise."""
