@@ -12,8 +12,8 @@ from PIL import Image
 from ndingest import webslices
 from ndingest.cli import main
 from ndingest.errors import RequestError, SpecError
-from ndingest.ndjson import (is_nd_json, job_dir, load_nd_json, parse_job, prepare_job, spec_path, spec_text,
-                             write_spec)
+from ndingest.ndjson import (MAX_TIME_POINTS, is_nd_json, job_dir, load_nd_json, parse_job, prepare_job,
+                             spec_path, spec_text, write_spec)
 from ndingest.spec import RESERVED_NAMES, parse_spec
 
 
@@ -56,6 +56,31 @@ def test_dataset_fields_are_checked_by_name(edit, field):
         return
     with pytest.raises(RequestError, match=f"^nd.json: {field}"):
         parse_job(json.dumps(body(**edit)), where="nd.json")
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"imagesize": [10**23, 1, 1]}, "dataset.imagesize"),
+    ({"imagesize": [1e23, 1, 1]}, "dataset.imagesize"),
+    ({"imagesize": [1 << 40, 6, 3]}, "dataset.imagesize"),
+    ({"offset": [0, 0, 1 << 40]}, "dataset.offset"),
+    ({"voxelres": [4.0, 1e300, 40.0]}, "dataset.voxelres"),
+    ({"voxelres": [4.0, float("nan"), 40.0]}, "dataset.voxelres"),
+    ({"voxelres": [4.0, float("inf"), 40.0]}, "dataset.voxelres"),
+    ({"scalinglevels": 10**30}, "dataset.scalinglevels"),
+])
+def test_numbers_past_their_bound_are_refused_naming_the_field(edit, field):
+    with pytest.raises(RequestError, match=f"^autoIngest: {field} = "):
+        parse_job(json.dumps(body(**edit)))
+    assert parse_job(json.dumps(body(imagesize=[(1 << 40) - 1, 6, 3]))).size[0] == (1 << 40) - 1  # the last one in
+
+
+def test_a_window_and_a_time_series_past_their_bounds_are_refused():
+    em = {**body()["channels"]["em"], "windowrange": [0, float("inf")]}
+    with pytest.raises(RequestError, match="channels.em.windowrange"):
+        parse_job(json.dumps(body({"em": em})))
+    with pytest.raises(RequestError, match="dataset.timerange = .* below 2\\^20"):
+        parse_job(json.dumps(timeseries_body((0, MAX_TIME_POINTS))))
+    assert parse_job(json.dumps(timeseries_body((0, MAX_TIME_POINTS - 1)))).time_points == MAX_TIME_POINTS
 
 
 def test_jobs_is_a_reserved_name_for_specs_too(tmp_path):

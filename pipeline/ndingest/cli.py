@@ -248,7 +248,7 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import bind, create_app, exposure_warning, run, store_at
+    from .server import bind, create_app, exposure_warning, max_jobs_from_env, run, store_at
     from .server.guard import is_loopback, split_list
 
     store = store_at(args.store, "--store ")
@@ -259,7 +259,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     fetch_from = split_list(os.environ.get("NDINGEST_FETCH_FROM")) + tuple(args.fetch_from)
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog,
                      bound_host=args.host, allow_origins=allow_origins, allow_hosts=allow_hosts,
-                     allow_files=allow_files, fetch_from=fetch_from)
+                     allow_files=allow_files, fetch_from=fetch_from,
+                     max_jobs=args.max_jobs or max_jobs_from_env())
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
     beyond = not is_loopback(args.host)
     if warning and beyond:  # before the bind: said even when the address turns out to be taken
@@ -271,6 +272,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     run(app, sock, debug=args.debug)
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fetch-from", action="append", default=[], metavar="HOST[:PORT]",
                    help="a loopback, private or link-local host auto-ingest jobs may fetch from (repeatable; "
                         "also NDINGEST_FETCH_FROM; default: public addresses only)")
+    p.add_argument("--max-jobs", type=_at_least_one, metavar="N",
+                   help="auto-ingest jobs running at once on the store, across worker processes; the rest "
+                        "queue (default 2, or NDINGEST_MAX_JOBS)")
     p.set_defaults(func=cmd_serve)
     return parser
 

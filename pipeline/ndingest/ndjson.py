@@ -56,6 +56,9 @@ CHANNEL_TYPES = ("image", "annotation", "timeseries")
 ND_KEYS = ("dataset", "project", "channels")
 DOWNLOAD_THREADS = 4
 DOWNLOAD_TIMEOUT = 60.0  # s without a byte from the source's server
+MAX_SIZE = 1 << 40  # bound of every size, offset and resolution of a body (sizes below 2^40)
+MAX_TIME_POINTS = 1 << 20  # bound of a time series' timerange end (t1 < 2^20)
+MAX_LEVELS = 40  # bound of scalinglevels: a size below 2^40 halves to 1 voxel within 40 levels
 
 
 # --- the body ------------------------------------------------------------------------------------
@@ -103,13 +106,15 @@ def _table(body: dict, key: str) -> dict:
     return value
 
 
-def _numbers(value, field: str, kind: type, *, positive: bool, count: int = 3) -> tuple:
+def _numbers(value, field: str, kind: type, *, positive: bool, count: int = 3, below: int = MAX_SIZE) -> tuple:
+    """`count` finite numbers in [0, below) (above 0 when `positive`): a size, offset or
+    resolution past 2^40 would overflow the catalog's integers and every plan after it."""
     ok = isinstance(value, (list, tuple)) and len(value) == count and all(
         isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) for v in value)
-    if not ok or any(v < 0 or (positive and v == 0) for v in value):
+    if not ok or not all(0 <= v < below and (v > 0 or not positive) for v in value):  # NaN fails 0 <= v
         axes = "[x, y, z]" if count == 3 else "[t0, t1]"
         raise RequestError(f"{field} = {value!r} must be {count} {'positive' if positive else 'non-negative'} "
-                           f"{'numbers' if kind is float else 'integers'} {axes}")
+                           f"{'numbers' if kind is float else 'integers'} {axes} below 2^{below.bit_length() - 1}")
     return tuple(kind(v) for v in value)
 
 
@@ -127,9 +132,9 @@ def _scaling(value) -> str:
 
 
 def _levels(value) -> int | str:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_LEVELS):
         return value
-    raise RequestError(f"dataset.scalinglevels = {value!r} must be an integer >= 0")
+    raise RequestError(f"dataset.scalinglevels = {value!r} must be an integer from 0 to {MAX_LEVELS}")
 
 
 def _time_points(ds: dict, channels: tuple[ChannelJob, ...]) -> int:
@@ -137,7 +142,7 @@ def _time_points(ds: dict, channels: tuple[ChannelJob, ...]) -> int:
         return 1
     if "timerange" not in ds:
         raise RequestError("dataset.timerange is needed for a timeseries channel ([t0, t1], inclusive)")
-    t0, t1 = _numbers(ds["timerange"], "dataset.timerange", int, positive=False, count=2)
+    t0, t1 = _numbers(ds["timerange"], "dataset.timerange", int, positive=False, count=2, below=MAX_TIME_POINTS)
     if t0 != 0 or t1 < t0:
         raise RequestError(f"dataset.timerange = {ds['timerange']!r}: time series start at 0 here ([0, t1])")
     if any(c.channel_type != "timeseries" for c in channels):
@@ -186,8 +191,9 @@ def _channel(key: str, table) -> ChannelJob:
     window = table.get("windowrange")
     if window is not None:
         if not (isinstance(window, (list, tuple)) and len(window) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in window) and window[0] <= window[1]):
-            raise RequestError(f"{where}.windowrange = {window!r} must be [low, high]")
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < MAX_SIZE for v in window)
+                and window[0] <= window[1]):
+            raise RequestError(f"{where}.windowrange = {window!r} must be [low, high], each of magnitude below 2^40")
         window = (float(window[0]), float(window[1]))
     readonly = table.get("readonly", 0)
     return ChannelJob(name, kind, datatype, check_url(table.get("data_url"), f"{where}.data_url"), fmt, file_type,
@@ -199,7 +205,7 @@ def load_nd_json(raw: bytes | str):
     `str(dict)`). Never evaluates code: `ast.literal_eval` admits literals only."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting 100k deep
         error = exc
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -437,11 +443,11 @@ def write_spec(store: Path, job: Job) -> Path:
 
 
 def job_running(spec: Path) -> bool:
-    """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running (the
-    server's `status.json`): then a source still missing is being fetched, not lost."""
+    """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running or queued
+    (the server's `status.json`): then a source still missing is to be fetched, not lost."""
     folder = job_folder(spec)
     try:
-        return json.loads((folder / "status.json").read_text()).get("state") == "running"
+        return json.loads((folder / "status.json").read_text()).get("state") in ("running", "queued")
     except (OSError, ValueError, AttributeError, TypeError):  # TypeError: not a job's spec
         return False
 
