@@ -85,6 +85,7 @@ def test_a_symlink_out_of_an_allowed_folder_is_outside(tmp_path):
     assert not is_inside(allowed / "linked_folder" / "secret.h5", [str(allowed)])
     assert not is_inside(allowed / ".." / "elsewhere" / "secret.h5", [str(allowed)])
     assert not is_inside(tmp_path / "allowed_not", [str(allowed)])  # a sibling sharing the prefix
+    assert not is_inside(str(allowed / "a\0b"), [str(allowed)])  # file:///…%00…: no 500, just outside
 
 
 def test_the_policy_round_trips_through_its_environment_variable(monkeypatch):

@@ -157,8 +157,12 @@ def check_peer(policy: FetchPolicy, host: str, port: int, peer: str) -> None:
 
 # --- files and bytes ----------------------------------------------------------------------------
 def is_inside(path: str | os.PathLike, folders) -> bool:
-    """Whether `path`, every symlink resolved, lies in one of `folders` (resolved too)."""
-    real = Path(os.path.realpath(path))
+    """Whether `path`, every symlink resolved, lies in one of `folders` (resolved too); a path
+    that cannot be resolved (a NUL byte in it) lies nowhere."""
+    try:
+        real = Path(os.path.realpath(path))
+    except (ValueError, OSError):
+        return False
     return any(real == Path(f) or Path(f) in real.parents for f in (os.path.realpath(f) for f in folders))
 
 

@@ -175,7 +175,8 @@ def test_a_file_url_outside_allow_files_is_400_naming_it_and_nothing_is_served(w
     (where["allowed"] / "link.h5").symlink_to(secret)
     cases = [(plain, "fs_file_plain", secret.as_uri()), (allowing, "fs_file_out", secret.as_uri()),
              (allowing, "fs_file_link", (where["allowed"] / "link.h5").as_uri()),
-             (allowing, "fs_file_dots", (where["allowed"].as_uri() + "/../outside/secret.h5"))]
+             (allowing, "fs_file_dots", (where["allowed"].as_uri() + "/../outside/secret.h5")),
+             (allowing, "fs_file_nul", (where["allowed"].as_uri() + "/a%00b.h5"))]
     for base, project, url in cases:
         reply = post(base, body(project, url))
         assert reply.status_code == 400, (url, reply.text)
