@@ -92,6 +92,8 @@ def check_pattern(pattern: str, z_range, t_range) -> None:
         raise SourceError(f"{pattern}: not a slice pattern: {exc}") from None
     if Path(urllib.parse.urlsplit(url).path).suffix.lower() not in SUFFIXES:
         raise SourceError(f"{pattern}: slices are TIFF or PNG files ({', '.join(SUFFIXES)})")
+    if parts.scheme == "file" and "\0" in urllib.parse.unquote(parts.path):
+        raise SourceError(f"{pattern}: a file URL's path holds no NUL byte (%00)")
 
 
 def format_url(pattern: str, z: int, t: int) -> str:
