@@ -212,8 +212,7 @@ def request_rebuild(ctx: ServerContext, channel: ChannelView) -> None:
 # --- routes ------------------------------------------------------------------------------------
 def routes(ctx: ServerContext) -> list:
     def get_propagate(request: Request) -> Response:
-        token = ctx.token(request.path_params["token"])
-        ctx.check_read(token, request)
+        token = ctx.readable_token(request.path_params["token"], request)
         channel = ctx.channel(token, request.path_params["channel"])
         state = read_state(ctx, channel)
         if state == UNDER_WAY and not ctx.read_only:  # a bucket store has no build lock: its pipeline builds

@@ -21,7 +21,9 @@ has projects, tokens or channels is a 409 naming them. Creating a channel also c
 its precomputed volume(s), with the scales the dataset row implies (what an ingest
 writes); deleting one (`delete_channel`) takes its locks, renames its volumes and markers
 out of the way, then deletes its row, so a channel made again under its name starts
-empty. Writes need a key when the server has keys; GETs of what is not public too.
+empty. Writes need a key when the server has keys; GETs of what is not public too, and
+of what does not exist, alike (401 or 403), so no answer tells a private name from a
+missing one.
 
 The four kinds differ only in data, so they are rows of one table (`KINDS`): each `Kind`
 names its fields, its parent, whether its name is unique in its parent or in the whole
@@ -424,8 +426,8 @@ def delete_channel(ctx: ServerContext, name: str, *, dataset: str, project: str)
     refuse_readonly(must_find(ctx, catalog.channels, "channel", project=project, channel_name=name))
     job = running_job(ctx.store, project, name)
     if job is not None:
-        raise StateConflict(f"channel {name!r} is being ingested by autoIngest job {job}; delete it when the "
-                            f"job has finished (GET autoIngest/{project}/)")
+        raise StateConflict(f"channel {name!r} is being ingested by autoIngest job {job} (queued or running); "
+                            f"delete it when the job has finished (GET autoIngest/{project}/)")
     markers = channel_dir(ctx.store, dataset, project, name)
     with ChannelGate(markers, name) as gate, gate.deleting():
         # again, under the locks: a delete that waited there may find it gone, or readonly
@@ -521,17 +523,25 @@ def check_depth(body: bytes, limit: int = JSON_DEPTH) -> None:
             depth -= 1
 
 
-def check_visible(ctx: ServerContext, request: Request, public: int) -> None:
-    """GETs of what is not public need a key when the server has keys."""
-    if not public:
-        ctx.require_key(request)
+def shown_without_key(ctx: ServerContext, kind: Kind, names: Mapping[str, str]) -> bool:
+    """Whether a GET of `kind`'s row answers without a key: the row that holds its `public`
+    flag (its own; a channel's project's) exists and is public. A private row and a missing
+    one are alike here, so the key is checked before anything tells them apart."""
+    owner = kind if "public" in kind.table.c else kind.parent
+    try:
+        return bool(is_public(lookup(ctx, owner, names)))
+    except NotFound:
+        return False
 
 
 def routes(ctx: ServerContext) -> list:
     async def get(kind: Kind, request: Request) -> Response:
-        """The row; the key check comes after the lookup, as it needs the row's `public`."""
-        rows = await run_in_threadpool(lookup, ctx, kind, request.path_params)
-        check_visible(ctx, request, is_public(rows))
+        """The row; with keys, one not public needs a key, a missing one too (alike: 401/403),
+        and only then is a missing one 404."""
+        names = request.path_params
+        if ctx.keyring is not None and not await run_in_threadpool(shown_without_key, ctx, kind, names):
+            ctx.require_key(request)
+        rows = await run_in_threadpool(lookup, ctx, kind, names)
         return JSONResponse(public_row(rows[kind.name]))
 
     async def post(kind: Kind, request: Request) -> Response:

@@ -189,8 +189,7 @@ def routes(ctx: ServerContext) -> list:
 
     def list_edits(request: Request) -> Response:
         """Not ndstore's: the channel's edit records, for a `verify` of a remote store."""
-        token = ctx.token(request.path_params["token"])
-        ctx.check_read(token, request)
+        token = ctx.readable_token(request.path_params["token"], request)
         channel = ctx.channel(token, request.path_params["channel"])
         return JSONResponse([e.to_listing() for e in read_edits(channel_markers(ctx, channel))])
 
