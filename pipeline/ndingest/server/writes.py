@@ -76,7 +76,8 @@ def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: r
     """Write one decoded POST (`array` (z, y, x), or (t, z, y, x) for a time series) inside
     the channel's gate (409 while an ingest of it runs) and under the chunk locks: first
     the edit record (durable) and `propagate` 0, then the voxels, a flush, and `propagate`
-    0 again (a setPropagate/1/ made while they were written rebuilt from half of them)."""
+    0 again (a setPropagate/1/ made while they were being written may have rebuilt the
+    levels from half of them)."""
     handles = ctx.handles
     markers = channel_markers(ctx, channel)
     with channel_gate(ctx, channel) as gate, gate.writing(doing="post to it"):
