@@ -12,8 +12,8 @@ from PIL import Image
 from ndingest import webslices
 from ndingest.cli import main
 from ndingest.errors import RequestError, SpecError
-from ndingest.ndjson import (is_nd_json, job_dir, load_nd_json, parse_job, prepare_job, spec_path, spec_text,
-                             write_spec)
+from ndingest.ndjson import (MAX_TIME_POINTS, is_nd_json, job_dir, load_nd_json, parse_job, prepare_job,
+                             spec_path, spec_text, write_spec)
 from ndingest.spec import RESERVED_NAMES, parse_spec
 
 
@@ -56,6 +56,31 @@ def test_dataset_fields_are_checked_by_name(edit, field):
         return
     with pytest.raises(RequestError, match=f"^nd.json: {field}"):
         parse_job(json.dumps(body(**edit)), where="nd.json")
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"imagesize": [10**23, 1, 1]}, "dataset.imagesize"),
+    ({"imagesize": [1e23, 1, 1]}, "dataset.imagesize"),
+    ({"imagesize": [1 << 40, 6, 3]}, "dataset.imagesize"),
+    ({"offset": [0, 0, 1 << 40]}, "dataset.offset"),
+    ({"voxelres": [4.0, 1e300, 40.0]}, "dataset.voxelres"),
+    ({"voxelres": [4.0, float("nan"), 40.0]}, "dataset.voxelres"),
+    ({"voxelres": [4.0, float("inf"), 40.0]}, "dataset.voxelres"),
+    ({"scalinglevels": 10**30}, "dataset.scalinglevels"),
+])
+def test_numbers_past_their_bound_are_refused_naming_the_field(edit, field):
+    with pytest.raises(RequestError, match=f"^autoIngest: {field} = "):
+        parse_job(json.dumps(body(**edit)))
+    assert parse_job(json.dumps(body(imagesize=[(1 << 40) - 1, 6, 3]))).size[0] == (1 << 40) - 1  # the last one in
+
+
+def test_a_window_and_a_time_series_past_their_bounds_are_refused():
+    em = {**body()["channels"]["em"], "windowrange": [0, float("inf")]}
+    with pytest.raises(RequestError, match="channels.em.windowrange"):
+        parse_job(json.dumps(body({"em": em})))
+    with pytest.raises(RequestError, match="dataset.timerange = .* below 2\\^20"):
+        parse_job(json.dumps(timeseries_body((0, MAX_TIME_POINTS))))
+    assert parse_job(json.dumps(timeseries_body((0, MAX_TIME_POINTS - 1)))).time_points == MAX_TIME_POINTS
 
 
 def test_jobs_is_a_reserved_name_for_specs_too(tmp_path):
@@ -200,3 +225,35 @@ def test_status_of_a_slice_job_whose_server_is_down_is_that_error_not_a_fetch(tm
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "http://127.0.0.1:9/files/nd_tk/em/0002.tif" in err, err
     assert "still being fetched" not in err
+
+
+def test_a_jobs_caps_are_twice_its_declared_sizes_plus_a_mebibyte():
+    from ndingest.fetchpolicy import FetchPolicy
+    from ndingest.ndjson import declared_bytes, job_policy
+
+    job = parse_job(json.dumps(body({
+        "em": {"channel_name": "em", "datatype": "uint8", "channel_type": "image",
+               "data_url": "http://127.0.0.1:9/files", "file_format": "SLICE", "file_type": "tif"},
+        "big": {"channel_name": "big", "datatype": "uint64", "channel_type": "image",
+                "data_url": "http://127.0.0.1:9/big.h5", "file_format": "HDF5", "file_type": "h5"}})))
+    assert [declared_bytes(job, c) for c in job.channels] == [8 * 6 * 3, 8 * 6 * 3 * 8]
+    assert job_policy(job, FetchPolicy(fetch_from=("x",))) == FetchPolicy(fetch_from=("x",),
+                                                                          slice_bytes=2 * 8 * 6 + (1 << 20))
+
+
+def test_a_file_url_is_refused_outside_the_allowed_folders_symlinks_resolved(tmp_path):
+    from ndingest.fetchpolicy import FetchPolicy
+    from ndingest.ndjson import refuse_files
+
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "out").symlink_to(tmp_path)
+    policy = FetchPolicy(allow_files=(str(tmp_path / "allowed"),))
+    for url, refused in (((tmp_path / "allowed" / "a.h5").as_uri(), False), ((tmp_path / "a.h5").as_uri(), True),
+                         ((tmp_path / "allowed" / "out" / "a.h5").as_uri(), True),
+                         ("http://127.0.0.1:9/a.h5", False)):  # addresses are checked at connect time
+        job = parse_job(json.dumps(body({"anno": hdf5_channel(url)})))
+        if refused:
+            with pytest.raises(RequestError, match=r"channels\.anno\.data_url = .*a\.h5'.*--allow-files"):
+                refuse_files(job, policy)
+        else:
+            refuse_files(job, policy)

@@ -350,3 +350,8 @@ def test_slices_staged_in_the_folder_ndingest_slice_cache_names_are_kept(server,
     assert main(["ingest", str(spec)]) == 0
     assert len(list((tmp_path / "cache").rglob("*.tif"))) == 2  # the user's cache, theirs to keep
     assert not (tmp_path / ".ndingest").exists()
+
+
+def test_a_file_pattern_with_a_nul_byte_is_one_line_naming_it():
+    with pytest.raises(SourceError, match=r"file:///tmp/a%00b/\{z:04d\}.tif: a file URL's path holds no NUL byte"):
+        webslices.check_pattern("file:///tmp/a%00b/{z:04d}.tif", (0, 2), None)

@@ -44,7 +44,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import source_table, spec_dataset_json, spec_table, summarize
+    from .inspection import linked_file_notes, source_table, spec_dataset_json, spec_table, summarize
     from .plan import load_plan
     from .progress import scan_bar, voxel_bytes
     from .sources import open_source
@@ -55,6 +55,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         plan = load_plan(target)
         with scan_bar(scan_voxels(plan), bytes_per_voxel=voxel_bytes(plan)) as bar:
             summaries = inspect_plan(plan, scan=True, progress=bar.update)
+        for line in (n for c in plan.channels.values() for n in linked_file_notes(c.source)):
+            _say(line)
         if args.json:
             print(json.dumps({"dataset": spec_dataset_json(plan.spec, levels=plan.scaling_levels),
                               "channels": {n: s.to_json() for n, s in summaries.items()}}, indent=1))
@@ -65,6 +67,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print()
         return 0
     source = open_source(target)
+    for line in linked_file_notes(source):
+        _say(line)
     with scan_bar(source.size_xyz.volume * source.time_points, bytes_per_voxel=source.dtype.itemsize) as bar:
         summary = summarize(source, progress=bar.update)
     if args.json:
@@ -244,15 +248,19 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import bind, budget, create_app, exposure_warning, run, store_at
+    from .server import bind, budget, create_app, exposure_warning, max_jobs_from_env, run, store_at
     from .server.guard import is_loopback, split_list
 
     store = store_at(args.store, "--store ")
     # each flag adds to its NDINGEST_ variable (the one uvicorn's factory reads)
     allow_origins = split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")) + tuple(args.allow_origin)
     allow_hosts = split_list(os.environ.get("NDINGEST_ALLOW_HOST")) + tuple(args.allow_host)
+    allow_files = split_list(os.environ.get("NDINGEST_ALLOW_FILES")) + tuple(args.allow_files)
+    fetch_from = split_list(os.environ.get("NDINGEST_FETCH_FROM")) + tuple(args.fetch_from)
     app = create_app(store, api_keys=Path(args.api_keys) if args.api_keys else None, catalog_url=args.catalog,
                      bound_host=args.host, allow_origins=allow_origins, allow_hosts=allow_hosts,
+                     allow_files=allow_files, fetch_from=fetch_from,
+                     max_jobs=args.max_jobs or max_jobs_from_env(),
                      memory_mib=args.memory if args.memory is not None else budget.memory_from_env(os.environ),
                      memory_wait=budget.wait_from_env(os.environ))
     warning = exposure_warning(args.host, has_keys=args.api_keys is not None)
@@ -266,6 +274,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     run(app, sock, debug=args.debug)
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host name answered besides localhost and loopback addresses; off loopback, "
                         "the only names answered (repeatable; also NDINGEST_ALLOW_HOST)")
+    p.add_argument("--allow-files", action="append", default=[], metavar="DIR",
+                   help="a folder whose files auto-ingest jobs may read by file:// URL (repeatable; also "
+                        "NDINGEST_ALLOW_FILES; default: none)")
+    p.add_argument("--fetch-from", action="append", default=[], metavar="HOST[:PORT]",
+                   help="a loopback, private or link-local host auto-ingest jobs may fetch from (repeatable; "
+                        "also NDINGEST_FETCH_FROM; default: public addresses only)")
+    p.add_argument("--max-jobs", type=_at_least_one, metavar="N",
+                   help="auto-ingest jobs running at once on the store, across worker processes; the rest "
+                        "queue (default 2, or NDINGEST_MAX_JOBS)")
     p.add_argument("--memory", type=int, metavar="MiB",
                    help="this process's memory budget for requests' voxels and malloc's kept heap "
                         "(default 1024; also NDINGEST_MEMORY): larger requests are 413, the rest wait "

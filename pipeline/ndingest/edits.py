@@ -7,8 +7,8 @@ Layout, beside the channel's ingest markers (`markers.channel_dir`)::
         latest                            the name of the newest record (a stamp a level
                                           rebuild compares, to notice POSTs made meanwhile)
 
-A record is written after the POST's voxels and before the server answers, so every voxel
-a client changed is covered by some record (a record of a POST that failed half-way only
+A record is written (durably) before the POST's first voxel, so every voxel a client
+changed is covered by some record, a POST that failed half-way included (its record only
 over-reports). Records name a key by its name in the server's keys file (`KEY NAME`), or
 not at all; never by the key. Records written before names (`"key"`: the first 8 hex digits
 of the key's SHA-256) are still read, and that id is never listed by the server.

@@ -32,6 +32,15 @@ class SourceChanged(SourceError):
     """The source differs from the one whose blocks were already written."""
 
 
+class FetchRefused(NdingestError):
+    """A job posted to `serve` reached for what its policy does not allow (`fetchpolicy`): a
+    file outside --allow-files, an address --fetch-from does not name, a body past its cap,
+    an HDF5 dataset stored in other files. Not an OSError, so that no retry loop (urllib3's,
+    a body read's) takes it for a broken connection and tries again."""
+
+    exit_code = 3
+
+
 class CatalogConflict(NdingestError):
     """The catalog already holds a dataset, project, token or channel with other values."""
 
@@ -92,6 +101,10 @@ class StateConflict(RequestError):
     """The request conflicts with the resource's state (e.g. setPropagate/1/ while built)."""
 
     status = 409
+
+
+class ChannelGone(StateConflict):
+    """The channel a write waited for was deleted meanwhile (its folder renamed away)."""
 
 
 class NotSupported(RequestError):

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from .source_base import Source
-from .sources import window_range
+from .sources import HDF5Source, hdf5_linked_files, window_range
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,16 @@ def summarize(source: Source, *, window: tuple[float, float] | None = None, scan
         window = window_range(source, progress)
     return SourceSummary(x_size=x, y_size=y, z_size=z, time_range=(0, t - 1), datatype=source.dtype.name,
                          window_range=window, axes=source.axes)
+
+
+def linked_file_notes(source: Source) -> list[str]:
+    """One line per dataset of an HDF5 source's file whose voxels live in other files
+    (external storage, virtual sources), naming them: readable here, refused in a job
+    posted to `serve`, and worth knowing before publishing what they hold."""
+    if not isinstance(source, HDF5Source):
+        return []
+    return [f"{source.path}:{name} reads its voxels from other files: {', '.join(files)}"
+            for name, files in hdf5_linked_files(source.path)]
 
 
 def _fmt(v: float) -> str:

@@ -29,6 +29,7 @@ DEFAULT_REGION = "us-east-1"
 # endpoint that is down fails in that time with one line, not after tensorstore's default
 # (32 retries up to 32 s apart: many minutes of silence).
 RETRIES = (8, "0.5s", "8s")  # max_retries, initial_delay, max_delay
+PROBE = ".ndingest-probe"  # a key no store writes (names have no dot): `check_readable` lists only it
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,18 @@ class KvPath:
 
     def is_dir(self) -> bool:
         return bool(self._keys_under())
+
+    def check_readable(self) -> None:
+        """One list request that matches no key of the store (the prefix PROBE, a name the
+        layout never writes): StoreError naming the bucket's answer when it is missing or
+        cannot be read, without listing what lies under this prefix (millions of keys, maybe)."""
+        import tensorstore as ts
+
+        probe = (self / PROBE).key
+        try:
+            self.bucket.kvstore().list(ts.KvStore.KeyRange(probe, probe + "\x00")).result()
+        except ValueError as exc:
+            raise StoreError(f"{self}: the bucket cannot be read: {str(exc).split(' [', 1)[0]}") from exc
 
     def mkdir(self, mode: int = 0o777, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to make: a "folder" exists once an object is written under it."""

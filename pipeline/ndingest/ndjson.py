@@ -40,10 +40,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RequestError, SourceError
+import numpy as np
+
+from . import fetchpolicy
+from .errors import FetchRefused, RequestError, SourceError
 from .markers import atomic_write
 from .spec import DATATYPES, JOBS, NAME_RE, RESERVED_NAMES, job_folder
-from .wire.client import Client
+from .wire.client import Client, decoded_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ CHANNEL_TYPES = ("image", "annotation", "timeseries")
 ND_KEYS = ("dataset", "project", "channels")
 DOWNLOAD_THREADS = 4
 DOWNLOAD_TIMEOUT = 60.0  # s without a byte from the source's server
+MAX_SIZE = 1 << 40  # bound of every size, offset and resolution of a body (sizes below 2^40)
+MAX_TIME_POINTS = 1 << 20  # bound of a time series' timerange end (t1 < 2^20)
+MAX_LEVELS = 40  # bound of scalinglevels: a size below 2^40 halves to 1 voxel within 40 levels
 
 
 # --- the body ------------------------------------------------------------------------------------
@@ -100,13 +106,15 @@ def _table(body: dict, key: str) -> dict:
     return value
 
 
-def _numbers(value, field: str, kind: type, *, positive: bool, count: int = 3) -> tuple:
+def _numbers(value, field: str, kind: type, *, positive: bool, count: int = 3, below: int = MAX_SIZE) -> tuple:
+    """`count` finite numbers in [0, below) (above 0 when `positive`): a size, offset or
+    resolution past 2^40 would overflow the catalog's integers and every plan after it."""
     ok = isinstance(value, (list, tuple)) and len(value) == count and all(
         isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) for v in value)
-    if not ok or any(v < 0 or (positive and v == 0) for v in value):
+    if not ok or not all(0 <= v < below and (v > 0 or not positive) for v in value):  # NaN fails 0 <= v
         axes = "[x, y, z]" if count == 3 else "[t0, t1]"
         raise RequestError(f"{field} = {value!r} must be {count} {'positive' if positive else 'non-negative'} "
-                           f"{'numbers' if kind is float else 'integers'} {axes}")
+                           f"{'numbers' if kind is float else 'integers'} {axes} below 2^{below.bit_length() - 1}")
     return tuple(kind(v) for v in value)
 
 
@@ -124,9 +132,9 @@ def _scaling(value) -> str:
 
 
 def _levels(value) -> int | str:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_LEVELS):
         return value
-    raise RequestError(f"dataset.scalinglevels = {value!r} must be an integer >= 0")
+    raise RequestError(f"dataset.scalinglevels = {value!r} must be an integer from 0 to {MAX_LEVELS}")
 
 
 def _time_points(ds: dict, channels: tuple[ChannelJob, ...]) -> int:
@@ -134,7 +142,7 @@ def _time_points(ds: dict, channels: tuple[ChannelJob, ...]) -> int:
         return 1
     if "timerange" not in ds:
         raise RequestError("dataset.timerange is needed for a timeseries channel ([t0, t1], inclusive)")
-    t0, t1 = _numbers(ds["timerange"], "dataset.timerange", int, positive=False, count=2)
+    t0, t1 = _numbers(ds["timerange"], "dataset.timerange", int, positive=False, count=2, below=MAX_TIME_POINTS)
     if t0 != 0 or t1 < t0:
         raise RequestError(f"dataset.timerange = {ds['timerange']!r}: time series start at 0 here ([0, t1])")
     if any(c.channel_type != "timeseries" for c in channels):
@@ -183,8 +191,9 @@ def _channel(key: str, table) -> ChannelJob:
     window = table.get("windowrange")
     if window is not None:
         if not (isinstance(window, (list, tuple)) and len(window) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in window) and window[0] <= window[1]):
-            raise RequestError(f"{where}.windowrange = {window!r} must be [low, high]")
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < MAX_SIZE for v in window)
+                and window[0] <= window[1]):
+            raise RequestError(f"{where}.windowrange = {window!r} must be [low, high], each of magnitude below 2^40")
         window = (float(window[0]), float(window[1]))
     readonly = table.get("readonly", 0)
     return ChannelJob(name, kind, datatype, check_url(table.get("data_url"), f"{where}.data_url"), fmt, file_type,
@@ -196,7 +205,7 @@ def load_nd_json(raw: bytes | str):
     `str(dict)`). Never evaluates code: `ast.literal_eval` admits literals only."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting 100k deep
         error = exc
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -321,7 +330,7 @@ def spec_text(job: Job, store: Path) -> str:
 
 
 # --- fetching the sources --------------------------------------------------------------------------
-def _fetch(url: str, part: Path) -> None:
+def _fetch(url: str, part: Path, cap: int | None) -> None:
     parts = urllib.parse.urlsplit(url)
     import requests
 
@@ -333,21 +342,23 @@ def _fetch(url: str, part: Path) -> None:
             if urllib.parse.urlsplit(reply.url).scheme not in ("http", "https"):
                 raise SourceError(f"{url}: redirected to {reply.url}, which is not http(s)")
             with open(part, "wb") as out:
-                for piece in reply.iter_content(1 << 20):
+                for piece in decoded_pieces(reply, url, cap=cap):
                     out.write(piece)
+    except FetchRefused as exc:
+        raise FetchRefused(str(exc) if str(exc).startswith(url) else f"{url}: {exc}") from None
     except requests.RequestException as exc:
         raise SourceError(f"{url}: cannot fetch it: {type(exc).__name__}") from None
 
 
-def download(url: str, target: Path) -> None:
-    """One file by http(s), to a temp name and then renamed; a target already there is
-    complete and kept."""
+def download(url: str, target: Path, cap: int | None = None) -> None:
+    """One file by http(s), to a temp name and then renamed, at most `cap` bytes (decoded);
+    a target already there is complete and kept."""
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     part = _part(target)
     try:
-        _fetch(url, part)
+        _fetch(url, part, cap)
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)
@@ -358,6 +369,35 @@ def _part(target: Path) -> Path:
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
     return Path(name)
+
+
+def declared_bytes(job: Job, channel: ChannelJob) -> int:
+    """What the body says a channel holds: x × y × z × t × bytes per voxel."""
+    x, y, z = job.size
+    return x * y * z * job.time_points * np.dtype(channel.datatype).itemsize
+
+
+def job_policy(job: Job, policy: fetchpolicy.FetchPolicy) -> fetchpolicy.FetchPolicy:
+    """`policy` (the server's) for this job: each slice body capped at `volume_cap` of the
+    largest page the body declares (x × y × bytes per voxel). A download's cap is its own
+    channel's (`prepare_job`)."""
+    pages = [job.size[0] * job.size[1] * np.dtype(c.datatype).itemsize for c in job.channels
+             if c.file_format == "slice"]
+    return policy.with_slice_bytes(fetchpolicy.volume_cap(max(pages)) if pages else None)
+
+
+def refuse_files(job: Job, policy: fetchpolicy.FetchPolicy) -> None:
+    """A RequestError naming the first `file://` data_url outside `policy.allow_files` (its
+    path resolved: a symlink out is outside). A slice folder is checked here as a folder;
+    each slice file again where the job reads it."""
+    for c in job.channels:
+        if urllib.parse.urlsplit(c.data_url).scheme != "file":
+            continue
+        from .webslices import file_path
+
+        if not fetchpolicy.is_inside(file_path(c.data_url), policy.allow_files):
+            raise RequestError(f"channels.{c.name}.data_url = {c.data_url!r}: a file outside the folders "
+                               f"serve --allow-files (NDINGEST_ALLOW_FILES) allows is not read")
 
 
 def source_size(job: Job, channel: ChannelJob, store: Path) -> tuple[int, int, int]:
@@ -384,8 +424,9 @@ def prepare_job(store: Path, job: Job, *, say=None) -> Path:
     files are read where they are), check every source's size, and write the spec
     STORE/_jobs/TOKEN.toml; its path. A rerun fetches only what is missing."""
     sources = job_dir(store, job.token) / "sources"
-    items = [(c.data_url, hdf5_file(c, sources)) for c in job.channels
-             if c.file_format == "hdf5" and not c.data_url.startswith("file:")]
+    capped = fetchpolicy.current() is not None  # a job posted to serve
+    items = [(c.data_url, hdf5_file(c, sources), fetchpolicy.volume_cap(declared_bytes(job, c)) if capped else None)
+             for c in job.channels if c.file_format == "hdf5" and not c.data_url.startswith("file:")]
     if items and say is not None:
         say(f"fetching {len(items)} HDF5 source files into {sources}")
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
@@ -402,11 +443,11 @@ def write_spec(store: Path, job: Job) -> Path:
 
 
 def job_running(spec: Path) -> bool:
-    """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running (the
-    server's `status.json`): then a source still missing is being fetched, not lost."""
+    """Whether the job of a job spec (STORE/_jobs/TOKEN.toml) says it is running or queued
+    (the server's `status.json`): then a source still missing is to be fetched, not lost."""
     folder = job_folder(spec)
     try:
-        return json.loads((folder / "status.json").read_text()).get("state") == "running"
+        return json.loads((folder / "status.json").read_text()).get("state") in ("running", "queued")
     except (OSError, ValueError, AttributeError, TypeError):  # TypeError: not a job's spec
         return False
 

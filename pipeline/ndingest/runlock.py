@@ -36,6 +36,18 @@ def try_lock(path: Path) -> int | None:
 
 
 @contextmanager
+def held_lock(path: Path) -> Iterator[None]:
+    """The exclusive flock on `path` for the block, waiting for it: a short check-and-write
+    that threads and processes take in turn (the kernel drops it with the process)."""
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def run_lock(path: Path) -> Iterator[None]:
     """One local-scheduler run per store and spec: an flock the kernel drops with the process."""
     fd = try_lock(path)

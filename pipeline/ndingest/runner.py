@@ -1,4 +1,5 @@
-"""Run an ingest: preflight, the run lock, `--restart`, and Luigi's DAG through Verify.
+"""Run an ingest: preflight, the run lock, the channels' locks, `--restart`, and Luigi's
+DAG through Verify.
 
 `ingest()` is what `ndingest ingest` starts (and what a server will start): the CLI only
 parses, prints and picks the exit code. Luigi's global configuration is `luigiconf`'s.
@@ -6,8 +7,10 @@ parses, prints and picks the exit code. Luigi's global configuration is `luigico
 from __future__ import annotations
 
 import logging
+import os
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from pathlib import Path
 from typing import Callable
 
 from .errors import InternalError, NdingestError, RemoteError, SpecError
@@ -83,6 +86,21 @@ def _run_lock(plan: Plan) -> AbstractContextManager:
     return run_lock(lock_path(plan))
 
 
+def _channel_locks(plan: Plan, names) -> AbstractContextManager:
+    """Each channel's ingest lock (`channellock`), shared with other ingests, held for the
+    whole run (its levels too), so `serve` on the same store refuses writes and deletes of
+    these channels meanwhile (409 naming this job). Luigi's forked workers inherit it, and
+    it goes with the process. Only a local folder store: a server takes its own locks for
+    what we post, and a bucket is read-only to `serve`."""
+    from .channellock import ingest_holding
+    from .targets import LocalStore
+
+    if not isinstance(plan.store, LocalStore) or not isinstance(plan.store.path, Path):
+        return nullcontext()
+    job = f"the ingest of {plan.spec.path} (pid {os.getpid()})"
+    return ingest_holding([plan.channel(name).markers_dir for name in names], job=job)
+
+
 def _start_workers_clean(plan: Plan, workers: int) -> None:
     """Luigi forks its worker processes; once this process has used tensorstore (an object
     store's markers are read through it), a forked child that uses it aborts. Such runs
@@ -116,10 +134,12 @@ def ingest(plan: Plan, *, workers: int = 1, scheduler_url: str | None = None, re
     preflight(plan, skip_channel=restart)
     created = [] if scheduler_url else new_folders(plan)  # under luigid, other runs share them
     try:
-        with nullcontext() if scheduler_url else _run_lock(plan):
+        with nullcontext() if scheduler_url else _run_lock(plan), ExitStack() as held:
+            held.enter_context(_channel_locks(plan, plan.channels))
             if restart:
                 restart_channel(plan, restart)
                 say(f"restart: dropped the markers of channel {restart}; writing it again")
+                held.enter_context(_channel_locks(plan, [restart]))  # its lock files went with its markers
             with monitor(plan) if monitor else nullcontext():
                 run_luigi(plan, workers=workers, scheduler_url=scheduler_url, debug=debug, say=say)
     except BaseException:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tiff
+from . import fetchpolicy, tiff
 from .blocks import Box
 from .chunked import (EMPTY_ARRAY_VOXELS, ArrayLocation, holds_a_chunk, locate_array, names_an_array_folder,
                       tensorstore_reader)
-from .errors import SourceError
+from .errors import FetchRefused, SourceError
 from .ndstore import NdstoreSource, names_a_server
 from .source_base import Source
 from .urls import names_web_slices
@@ -92,6 +92,11 @@ class HDF5Source(ArraySource):
             ds = _hdf5_object(path, f, dataset)
             self._shape, self._dtype, self._chunks = tuple(ds.shape), ds.dtype, ds.chunks
             check_hdf5_array(path, dataset, ds)
+            if fetchpolicy.current() is not None:  # a job posted to serve reads this file's own bytes only
+                files = linked_files(path, ds)
+                if files:
+                    raise FetchRefused(f"{path}:{dataset}: its voxels are stored in other files "
+                                       f"({', '.join(files)}); a job posted to serve reads only the file itself")
         self._name_dims(axes or default_axes(len(self._shape)))
         self._handle = None  # (pid, file, dataset), opened at the first read of each process
 
@@ -128,9 +133,11 @@ class HDF5Source(ArraySource):
 
 
 def open_hdf5(path: Path):
-    """Open read-only with a chunk cache big enough for block reads."""
+    """Open read-only with a chunk cache big enough for block reads (in a job posted to
+    `serve`, only a file inside its allowed folders: `fetchpolicy.check_file`)."""
     import h5py
 
+    fetchpolicy.check_file(path)
     try:
         return h5py.File(path, "r", rdcc_nbytes=HDF5_CACHE_BYTES, rdcc_nslots=100_003)
     except (OSError, ValueError) as exc:
@@ -184,6 +191,26 @@ def _check_hdf5_storage(where: str, ds, voxels: int) -> None:
     if stored == 0:
         raise SourceError(f"{where}: holds no data for its {voxels:,} voxels (shape {tuple(ds.shape)}, "
                           f"no storage allocated in the file)")
+
+
+def linked_files(path: Path, ds) -> list[str]:
+    """The other files an HDF5 dataset's voxels are read from: its external storage
+    (`create_dataset(..., external=[...])`), its virtual sources (a VDS), or, for a dataset
+    reached through an external link, the file the link opens. [] for one stored in `path`."""
+    files = [name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+             for name, *_ in (ds.external or [])]
+    if ds.is_virtual:
+        # ".": this file's own datasets, named too (any VDS is refused in a job: its sources may be external)
+        files += [str(path) if m.file_name == "." else m.file_name for m in ds.virtual_sources()]
+    if os.path.realpath(ds.file.filename) != os.path.realpath(path):
+        files.append(ds.file.filename)
+    return list(dict.fromkeys(files))
+
+
+def hdf5_linked_files(path: Path) -> list[tuple[str, list[str]]]:
+    """(dataset, the other files it reads) for each dataset of the file that reads any."""
+    with open_hdf5(path) as f:
+        return [(name, files) for name, ds in _hdf5_datasets(path, f) if (files := linked_files(path, ds))]
 
 
 def _hdf5_object(path: Path, f, name: str):

@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import catalog, markers
 from .blocks import Vec3
+from .channellock import LOCK_FILES
 from .edits import read_edits
 from .errors import SpecError
 from .ingest import block_ranges, check_manifest, ensure_manifest, size_changed, spot_check_source
@@ -324,7 +325,8 @@ def forget_failed_start(plan: Plan, created: list[Path]) -> None:
         return
     bookkeeping = {path.name for path in (lock_path(plan), failures_dir(plan))}
     try:
-        if set(markers.listdir(plan.markers_dir)) - bookkeeping:
+        if {name for name in set(markers.listdir(plan.markers_dir)) - bookkeeping
+                if not _holds_only_channel_locks(plan, name)}:
             return
         for outer, inner in zip(created, created[1:]):
             if markers.listdir(outer) != [inner.name]:
@@ -335,6 +337,17 @@ def forget_failed_start(plan: Plan, created: list[Path]) -> None:
         created[0].remove_tree()
     else:
         shutil.rmtree(created[0], ignore_errors=True)
+
+
+def _holds_only_channel_locks(plan: Plan, name: str) -> bool:
+    """Whether markers entry `name` is a channel's folder holding only its lock files
+    (`channellock`, which the run took before it failed)."""
+    if name not in plan.channels or isinstance(plan.markers_dir, KvPath):
+        return False
+    try:
+        return set(markers.listdir(plan.markers_dir / name)) <= set(LOCK_FILES)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def restart_channel(plan: Plan, channel: str) -> None:

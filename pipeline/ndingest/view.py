@@ -1,7 +1,9 @@
 """`ndingest view`: the store in a local neuroglancer, every channel of a spec as a layer.
 
-The `neuroglancer` package serves its own client and the viewer state; the store folder is
-served beside it by a static file server with CORS, so the client reads each channel as
+The `neuroglancer` package serves its own client and the viewer state; the spec's channel
+folders are served beside it by a small file server (`ChannelFiles`: nothing else of the
+store, no listings, `serve`'s Host and CORS rules, the viewer's page admitted so a private
+project shows), so the client reads each channel as
 `precomputed://http://HOST:PORT/DATASET/PROJECT/CHANNEL`, exactly as it would from a
 bucket. Both listen on 127.0.0.1 unless told otherwise.
 
@@ -18,11 +20,13 @@ import io
 import os
 import re
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MissingExtra, SpecError, StoreError
 from .plan import ChannelPlan, Plan
+from .webpolicy import WebPolicy, origin_of
 
 try:
     import neuroglancer
@@ -41,32 +45,88 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
-class CorsFiles(http.server.SimpleHTTPRequestHandler):
-    """Static files anyone may fetch (`Access-Control-Allow-Origin: *`), quietly, answering a
-    single byte range with 206: neuroglancer reads a sharded volume's shard files by range
-    (and without it draws nothing). A range it cannot parse gets the whole file (200), as
-    HTTP allows; one past the end, 416."""
+class ChannelFiles(http.server.SimpleHTTPRequestHandler):
+    """The spec's channel folders and nothing else of the store, quietly, under `serve`'s
+    browser rules (`WebPolicy`): a foreign `Host` is 400 (DNS rebinding); a file outside
+    the channel folders (the catalog, another project, markers), a folder (no listings),
+    a hidden name or a path that resolves elsewhere is 404; CORS is `*` for a public
+    project's files, a private one's only to the admitted origins (the viewer's own page).
+    A single byte range is answered 206: neuroglancer reads a sharded volume's shard files
+    by range (and without it draws nothing). A range it cannot parse gets the whole file
+    (200), as HTTP allows; one past the end, 416.
+
+    `channels` maps each served folder (`DATASET/PROJECT/CHANNEL[/tN]`, below `directory`)
+    to whether its project is public."""
+
+    def __init__(self, *args, channels: dict[str, bool], policy: WebPolicy, **kwargs):
+        self.channels, self.policy, self.cors = channels, policy, {}
+        super().__init__(*args, **kwargs)
 
     def end_headers(self) -> None:
-        self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges")
+        for name, value in self.cors.items():
+            self.send_header(name, value)
+        if self.cors:
+            self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges")
         super().end_headers()
 
+    def served_path(self) -> str | None:
+        """The file the request names inside a channel folder; None when it names nothing
+        served (a listing included). Sets the answer's CORS first (a 404 of a public
+        channel carries `*` too: neuroglancer reads a missing chunk as fill)."""
+        path = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
+        parts = path.split("/")[1:]
+        for folder, public in self.channels.items():
+            depth = folder.count("/") + 1
+            if "/".join(parts[:depth]) == folder:
+                self.cors = self.policy.cors_headers(public=public, origin=self.headers.get("Origin"))
+                inside = parts[depth:]
+                if not inside or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\x00" in p
+                                     for p in inside):
+                    return None
+                root = os.path.realpath(os.path.join(self.directory, folder))
+                target = os.path.realpath(os.path.join(root, *inside))
+                if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
+                    return None
+                return target
+        return None
+
+    def refused(self) -> bool:
+        """Answer 400 for a foreign Host; True if so. Starts each request's answer without CORS."""
+        self.cors = {}
+        why = self.policy.host_refusal(self.headers.get("Host"))
+        if why:
+            self.send_error(400, why)
+        return bool(why)
+
     def do_OPTIONS(self) -> None:
-        """A CORS preflight, which a `Range` header may cause."""
+        """A CORS preflight, which a `Range` header may cause; admitted as the file would be."""
+        if self.refused():
+            return
+        self.served_path()
         self.send_response(204)
-        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
-        self.send_header("Access-Control-Allow-Headers", "Range")
+        if self.cors:
+            self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+            self.send_header("Access-Control-Allow-Headers", "Range")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def send_head(self):
+        if self.refused():
+            return None
+        path = self.served_path()
+        if path is None:
+            self.send_error(404, "no such file")
+            return None
         wanted = RANGE_RE.fullmatch((self.headers.get("Range") or "").strip())
-        path = self.translate_path(self.path)
-        if wanted is None or not os.path.isfile(path):
-            return super().send_head()
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        f = open(path, "rb")
+        size = os.fstat(f.fileno()).st_size
+        if wanted is None:
+            self.send_response(200)
+            self.send_header("Content-Type", self.guess_type(path))
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            return f
+        with f:
             first, last = wanted.groups()
             if first == "":  # the last N bytes
                 start, end = max(0, size - int(last or 0)), size - 1
@@ -92,10 +152,15 @@ class CorsFiles(http.server.SimpleHTTPRequestHandler):
 
 
 class StoreServer:
-    """The store folder over HTTP, on a thread, until `close()`."""
+    """The channel folders of a store over HTTP (see `ChannelFiles`), on a thread, until
+    `close()`. `channels` maps each folder below `folder` to whether it is public;
+    `allow_origins` are the pages that may read the private ones (the viewer's)."""
 
-    def __init__(self, folder: Path, *, bind: str = "127.0.0.1", port: int = 0, handler=CorsFiles):
-        self.httpd = http.server.ThreadingHTTPServer((bind, port), functools.partial(handler, directory=str(folder)))
+    def __init__(self, folder: Path, *, channels: dict[str, bool], allow_origins: tuple[str, ...] = (),
+                 bind: str = "127.0.0.1", port: int = 0, handler=ChannelFiles):
+        policy = WebPolicy(bind, tuple(allow_origins))
+        self.httpd = http.server.ThreadingHTTPServer(
+            (bind, port), functools.partial(handler, directory=str(folder), channels=dict(channels), policy=policy))
         self.httpd.daemon_threads = True
         host, port = self.httpd.server_address[:2]
         self.url = f"http://{host}:{port}"
@@ -133,9 +198,12 @@ def open_viewer(plan: Plan, windows: dict[str, tuple[float, float]], *, bind: st
     missing = [cp.name for cp in plan.channels.values() if plan.store.info(cp.ref(t)) is None]
     if missing:
         raise SpecError(f"{plan.store.path}: channel {missing[0]} is not in the store; run ingest first")
-    server = StoreServer(plan.store.path, bind=bind)
     neuroglancer.set_server_bind_address(bind, port)
     viewer = neuroglancer.Viewer()
+    scheme, host, viewer_port = origin_of(viewer.get_viewer_url())
+    public = plan.spec.project.public
+    server = StoreServer(plan.store.path, channels={str(cp.ref(t)): public for cp in plan.channels.values()},
+                         allow_origins=(f"{scheme}://{host}:{viewer_port}",), bind=bind)
     extent = next(iter(plan.channels.values())).extent
     with viewer.txn() as s:
         s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",

@@ -167,7 +167,7 @@ def test_ndio_posts_to_serve_which_runs_the_ingest_as_a_job_under_store_jobs(ndi
     data = write_slices(folder, "nd_post", "em", seed=3)
     store = tmp_path / "store"
     store.mkdir()
-    with serving(store) as server:
+    with serving(store, args=("--fetch-from", HOST)) as server:  # its file server is on 127.0.0.1
         nd = ndio(server.url.split("://", 1)[1])
         nd.oo = neurodata_module.neurodata("", hostname=server.url.split("://", 1)[1], protocol="http")
         nd.add_dataset("nd_post_ds", (SHAPE[2], SHAPE[1], SHAPE[0]), (4.0, 4.0, 40.0), offset=OFFSET,

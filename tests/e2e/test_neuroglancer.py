@@ -21,7 +21,7 @@ pytest.importorskip("selenium", reason="the view extra: pip install 'ndingest[vi
 
 from conftest import ingest_tutorial, read_cutout
 from ndingest.sample import ANNOTATION_FILE, IMAGE_FILE
-from ndingest.view import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS, CorsFiles, StoreServer
+from ndingest.view import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS, ChannelFiles, StoreServer
 
 if not CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed (/usr/bin/chromium): apt-get install chromium chromium-driver",
@@ -44,7 +44,7 @@ SEGMENTATION_BACKGROUND = "#000000"
 TIMEOUT = 20.0                        # s; a real draw takes about 1 s
 
 
-class RecordingFiles(CorsFiles):
+class RecordingFiles(ChannelFiles):
     """The store server `ndingest view` uses, remembering (path, status) of each request."""
 
     requests: list[tuple[str, int]]
@@ -57,7 +57,8 @@ class RecordingFiles(CorsFiles):
 class StaticServer(StoreServer):
     def __init__(self, folder: Path):
         self.requests: list[tuple[str, int]] = []
-        super().__init__(folder, handler=type("Handler", (RecordingFiles,), {"requests": self.requests}))
+        super().__init__(folder, channels={f"{CHANNELS}/{name}": True for name in ("image", "annotation")},
+                         handler=type("Handler", (RecordingFiles,), {"requests": self.requests}))
 
 
 class Browser:

@@ -135,9 +135,26 @@ def test_a_bucket_store_without_a_database_catalog_is_one_line(s3_server, bucket
     result = run_cli("serve", "--store", bucket_store["store"], "--port", "0")
     assert result.returncode == 2 and "catalog is a database; give its postgresql:// URL" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
-    empty = run_cli("serve", "--store", f"s3://{s3_server.new_bucket()}/nothing", "--catalog", bucket_store["catalog"],
-                    "--port", "0")
-    assert empty.returncode == 2 and "no object under that prefix" in empty.stderr, empty.stderr
+    missing = run_cli("serve", "--store", "s3://no-such-bucket-here/nothing", "--catalog", bucket_store["catalog"],
+                      "--port", "0")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+    assert "s3://no-such-bucket-here/nothing: the bucket cannot be read: NOT_FOUND: NoSuchBucket" in missing.stderr
+    assert missing.stderr.count("\n") == 1, missing.stderr
+
+
+def test_serve_on_a_bucket_lists_none_of_its_keys_at_start(s3_server, bucket_store, tmp_path):
+    """store_at listed every key under the prefix (in each uvicorn worker) to see that one
+    was there; now one request that can match no key checks the bucket (moto's log), and an
+    empty prefix is served as an empty store."""
+    bucket, prefix = bucket_store["store"].split("/", 3)[2:]
+    mark = len(s3_server.lines())
+    with serving(bucket_store["store"], args=("--catalog", bucket_store["catalog"]), log_dir=tmp_path):
+        pass
+    lists = [line for line in s3_server.lines()[mark:] if f"GET /{bucket}/?" in line and "list-type" in line]
+    assert lists and all(f"prefix={prefix}/.ndingest-probe " in line for line in lists), lists
+    empty = f"s3://{s3_server.new_bucket()}/nothing"
+    with serving(empty, args=("--catalog", bucket_store["catalog"]), log_dir=tmp_path) as server:
+        assert requests.get(f"{server.url}/nd/sd/public_tokens/", timeout=30).status_code == 200
 
 
 def test_uvicorns_app_factory_serves_a_bucket_read_only(bucket_store, monkeypatch):

@@ -234,7 +234,7 @@ def precomputed_url(how: str, store: Path):
         return
     from ndingest.view import StoreServer
 
-    server = StoreServer(store)
+    server = StoreServer(store, channels={f"{PROJECT}/image": True})
     try:
         yield f"{server.url}/{PROJECT}/image"
     finally:

@@ -118,7 +118,7 @@ def test_views_file_server_answers_byte_ranges_with_206_and_allows_them_across_o
     data = bytes(range(256)) * 40
     (tmp_path / "vol").mkdir()
     (tmp_path / "vol" / "0.shard").write_bytes(data)
-    server = StoreServer(tmp_path)
+    server = StoreServer(tmp_path, channels={"vol": True})
     try:
         url = f"{server.url}/vol/0.shard"
         reply = requests.get(url, headers={"Range": "bytes=100-299"}, timeout=10)

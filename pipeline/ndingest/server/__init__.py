@@ -30,11 +30,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from .. import malloc
-from ..errors import CatalogConflict, RequestError, SpecError
+from ..errors import CatalogConflict, RequestError, SpecError, StoreError
+from ..fetchpolicy import make_policy
 from ..kvpath import KvPath
 from ..urls import is_url
 from . import budget
-from .context import ServerContext
+from .context import MAX_JOBS, ServerContext
 from .guard import Cors, Guard, WebPolicy, is_loopback, split_list
 
 logger = logging.getLogger(__name__)
@@ -91,11 +92,15 @@ class ReadOnly:
 def store_at(text: str, named: str) -> Path | KvPath:
     """The store `text` names (`named` says where it came from, for the message): a bucket's
     prefix (s3://bucket/prefix, before Path() folds it into s3:/…) or a folder; SpecError
-    if no object lies under the prefix or there is no such folder."""
+    if the bucket cannot be read or there is no such folder. A bucket is checked with one
+    request that lists nothing (`KvPath.check_readable`): each uvicorn worker calls this at
+    start, and the prefix may hold millions of keys; an empty prefix is an empty store."""
     if is_url(text):
         store = KvPath.from_url(text)
-        if not store.is_dir():
-            raise SpecError(f"{named}{store}: no object under that prefix (or the bucket cannot be read)")
+        try:
+            store.check_readable()
+        except StoreError as exc:
+            raise SpecError(f"{named}{exc}") from exc
         return store
     if not Path(text).is_dir():
         raise SpecError(f"{named}{text}: no such folder")
@@ -105,14 +110,18 @@ def store_at(text: str, named: str) -> Path | KvPath:
 def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: int = 1 << 30,
                catalog_url: str | None = None, bound_host: str = "127.0.0.1",
                allow_origins: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
-               memory_mib: int = budget.DEFAULT_MEMORY_MIB, memory_wait: float = budget.WAIT_SECONDS) -> Starlette:
+               allow_files: tuple[str, ...] = (), fetch_from: tuple[str, ...] = (),
+               max_jobs: int = MAX_JOBS, memory_mib: int = budget.DEFAULT_MEMORY_MIB,
+               memory_wait: float = budget.WAIT_SECONDS) -> Starlette:
     """The app over `store` (which may be empty: the catalog is looked up per request), its
     catalog `STORE/catalog.sqlite` or the database `catalog_url` names. A bucket's prefix
     (a KvPath, its catalog a database) is served read-only (`ReadOnly`). `bound_host` (the
     address it listens on: loopback by default), `allow_origins` and `allow_hosts` are what
-    `guard` admits from browsers. `memory_mib` is the process's memory budget (see
-    `budget`): what requests' voxels hold at once plus the freed heap malloc keeps; a
-    request waits up to `memory_wait` seconds for its share.
+    `guard` admits from browsers; `allow_files` (folders) and `fetch_from` (HOST[:PORT]) what
+    auto-ingest jobs may read besides public http(s) addresses (`ndingest.fetchpolicy`);
+    `max_jobs`: auto-ingest jobs running at once on the store. `memory_mib` is the
+    process's memory budget (see `budget`): what requests' voxels hold at once plus the
+    freed heap malloc keeps; a request waits up to `memory_wait` seconds for its share.
 
     Also tunes this process's malloc (see `malloc`): a cutout's buffers come from freed heap,
     not fresh pages; two arenas bound what is kept to 2 x budget.keep_freed_bytes, counted in
@@ -122,7 +131,8 @@ def create_app(store: Path | KvPath, *, api_keys: Path | None = None, max_body: 
     memory = memory_mib * budget.MiB
     malloc.few_arenas()
     malloc.keep_freed(budget.keep_freed_bytes(memory))
-    ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url)
+    ctx = ServerContext.open(store, api_keys=api_keys, max_body=max_body, catalog_url=catalog_url, max_jobs=max_jobs)
+    ctx.fetch_policy = make_policy(allow_files, fetch_from)  # SpecError naming a bad folder or host
     ctx.budget = budget.MemoryBudget(budget.request_bytes(memory), wait_seconds=memory_wait)
     modules = [importlib.import_module(f".{name}", __name__) for name in ROUTE_MODULES]
     routes = [route for module in modules for route in module.routes(ctx)]
@@ -148,8 +158,11 @@ def app_from_env() -> Starlette:
     (unset: STORE/catalog.sqlite); what browsers may do (see guard) from NDINGEST_HOST (the
     address uvicorn binds, as its --host; unset: loopback, so Host must be localhost or a
     loopback address), NDINGEST_ALLOW_ORIGIN and NDINGEST_ALLOW_HOST (comma- or
-    space-separated, as serve's --allow-origin and --allow-host); each worker's memory
-    budget in MiB from NDINGEST_MEMORY (serve's --memory). Safe with several workers:
+    space-separated, as serve's --allow-origin and --allow-host); NDINGEST_MAX_JOBS (serve's --max-jobs:
+    auto-ingest jobs running at once on the store, across the workers); what auto-ingest
+    jobs may read from NDINGEST_ALLOW_FILES and NDINGEST_FETCH_FROM (comma- or space-separated,
+    as --allow-files and --fetch-from); each worker's memory budget in MiB from
+    NDINGEST_MEMORY (serve's --memory). Safe with several workers:
     writes lock per chunk across processes (see writes)."""
     import os
 
@@ -163,7 +176,22 @@ def app_from_env() -> Starlette:
                       bound_host=os.environ.get("NDINGEST_HOST") or "127.0.0.1",
                       allow_origins=split_list(os.environ.get("NDINGEST_ALLOW_ORIGIN")),
                       allow_hosts=split_list(os.environ.get("NDINGEST_ALLOW_HOST")),
-                      memory_mib=budget.memory_from_env(os.environ), memory_wait=budget.wait_from_env(os.environ))
+                      allow_files=split_list(os.environ.get("NDINGEST_ALLOW_FILES")),
+                      fetch_from=split_list(os.environ.get("NDINGEST_FETCH_FROM")),
+                      max_jobs=max_jobs_from_env(), memory_mib=budget.memory_from_env(os.environ),
+                      memory_wait=budget.wait_from_env(os.environ))
+
+
+def max_jobs_from_env() -> int:
+    """NDINGEST_MAX_JOBS (serve's --max-jobs when that is not given): a whole number >= 1; unset: MAX_JOBS."""
+    import os
+
+    text = os.environ.get("NDINGEST_MAX_JOBS", "").strip()
+    if not text:
+        return MAX_JOBS
+    if not text.isdigit() or int(text) < 1:
+        raise SpecError(f"NDINGEST_MAX_JOBS={text!r} must be a whole number >= 1")
+    return int(text)
 
 
 def exposure_warning(host: str, *, has_keys: bool) -> str | None:

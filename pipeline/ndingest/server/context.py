@@ -24,6 +24,7 @@ from .. import catalog
 from ..blocks import Box, Vec3, chunk_shape
 from ..downsample import factors, level_extent
 from ..errors import BadBox, Forbidden, NotFound, SpecError, StateConflict, StoreError
+from ..fetchpolicy import FetchPolicy
 from ..kvpath import KvPath
 from ..targets import CATALOG_FILE, LocalStore, Scale, VolumeRef, parse_info, scale_key, tensorstore_spec
 from .budget import DEFAULT_MEMORY_MIB, MiB, MemoryBudget, request_bytes
@@ -31,6 +32,7 @@ from .budget import DEFAULT_MEMORY_MIB, MiB, MemoryBudget, request_bytes
 logger = logging.getLogger(__name__)
 
 SCALING_NAMES = {0: "zslices", 1: "isotropic"}
+MAX_JOBS = 2  # auto-ingest jobs running at once per store by default (`serve --max-jobs`, NDINGEST_MAX_JOBS)
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,8 @@ class ServerContext:
     keyring: object | None = None  # keys.KeyRing, or None: no --api-keys given
     max_body: int = 1 << 30
     catalog_url: str | None = None  # a postgresql:// catalog (`serve --catalog`); None: STORE/catalog.sqlite
+    max_jobs: int = MAX_JOBS  # auto-ingest jobs running at once on the store (`serve --max-jobs`)
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)  # what auto-ingest jobs may read
     _engine: sa.Engine | None = field(default=None, repr=False)
     _engine_file: tuple[int, int] | None = field(default=None, repr=False)  # the SQLite file it opened
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -343,7 +347,7 @@ class ServerContext:
 
     @classmethod
     def open(cls, store: Path, *, api_keys: Path | None = None, max_body: int = 1 << 30,
-             catalog_url: str | None = None) -> "ServerContext":
+             catalog_url: str | None = None, max_jobs: int = MAX_JOBS) -> "ServerContext":
         keyring = None
         if api_keys is not None:
             from .keys import KeyRing
@@ -353,7 +357,7 @@ class ServerContext:
         elif isinstance(store, KvPath):
             raise SpecError(f"{store}: a bucket store's catalog is a database; give its postgresql:// URL "
                             f"(serve --catalog, or NDINGEST_CATALOG)")
-        return cls(store if isinstance(store, KvPath) else Path(store), keyring, max_body, catalog_url)
+        return cls(store if isinstance(store, KvPath) else Path(store), keyring, max_body, catalog_url, max_jobs)
 
     @property
     def read_only(self) -> bool:
@@ -440,6 +444,28 @@ class ServerContext:
         if token.public:
             return None
         return self.require_key(request)
+
+    def readable_token(self, name: str, request) -> TokenView:
+        """The token a read names, its key checked before the token is looked up: with keys,
+        a name that is not a public token answers 401 (no key) or 403 (a wrong one) whether
+        it exists or not, so no answer tells a private name from a missing one; with a valid
+        key (or no key file) a missing one is 404."""
+        if self.keyring is not None and not self.is_public_token(name):
+            self.require_key(request)
+        token = self.token(name)
+        self.check_read(token, request)
+        return token
+
+    def is_public_token(self, name: str) -> bool:
+        t = catalog.tokens.c
+        return bool(self.rows(catalog.tokens, t.token_name == name, t.public == 1))
+
+    def readable_project(self, project: str, request) -> None:
+        """The key check of a read by project name (the precomputed route), before the
+        project is looked up: a project without a public token needs a key when keys are
+        configured, whether it exists or not."""
+        if self.keyring is not None and not self.project_is_public(project):
+            self.require_key(request)
 
     # --- lookups ---------------------------------------------------------------------------
     def token(self, name: str) -> TokenView:

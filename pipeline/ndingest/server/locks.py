@@ -1,6 +1,10 @@
 """Chunk locks of cutout POSTs and level rebuilds, and the channel's bookkeeping folder
 they live in. Its own module, below `writes` and `propagate`, which both take them.
 
+Every write of `serve` (a POST, setPropagate, each block of a level rebuild) also runs
+inside the channel's gate (`channel_gate`, `channellock.ChannelGate.writing`): refused
+(409) while an ingest of the channel runs, and waited for by a delete.
+
 Two POSTs that touch one chunk never interleave: each takes an `flock` on the chunk's
 lock stripe (`flocked`), in sorted order. In a sharded level a stripe guards the cuboid
 of chunks one shard file holds (`lock_cell`).
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..blocks import Box, Vec3, chunk_grid, shard_cuboid
+from ..channellock import ChannelGate
 from ..errors import StoreError
 from ..markers import channel_dir
 from .context import ChannelView, ServerContext
@@ -25,6 +30,11 @@ LOCK_STRIPES = 1024  # lock files per channel: bounded, however many chunks a vo
 # --- where a channel's bookkeeping lives -------------------------------------------------------
 def channel_markers(ctx: ServerContext, channel: ChannelView) -> Path:
     return channel_dir(ctx.store, channel.token.dataset_name, channel.token.project_name, channel.name)
+
+
+def channel_gate(ctx: ServerContext, channel: ChannelView) -> ChannelGate:
+    """The channel's write, ingest and delete locks (close it, or use it in a `with`)."""
+    return ChannelGate(channel_markers(ctx, channel), channel.name)
 
 
 # --- chunk locks -------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ Only files inside that channel's folder are ever served: a path with `..`, `.` o
 parts (percent-encoded or not: the server decodes before routing), a hidden name, or one
 that resolves (through symlinks) outside the folder is a 404, so the catalog, the markers
 and the keys file stay private. The channel must be in the catalog, and with a key file a
-project without a public token needs `Authorization: Token <key>` here as on its cutouts.
+project without a public token needs `Authorization: Token <key>` here as on its cutouts,
+checked before anything is looked up: without a valid key, a private project's file and a
+missing one answer alike (401, or 403 for a wrong key).
 """
 from __future__ import annotations
 
@@ -177,9 +179,8 @@ def whole_object_response(target: KvPath, range_header: str | None, media_type: 
 def routes(ctx: ServerContext) -> list:
     def serve_file(request: Request) -> Response:
         p = request.path_params
+        ctx.readable_project(p["project"], request)  # before the lookup: a missing file answers as a private one
         target = channel_file(ctx, p["dataset"], p["project"], p["channel"], p["path"])
-        if not ctx.project_is_public(p["project"]):
-            ctx.require_key(request)  # a private project's files need a key, when keys are configured
         media_type = "application/json" if target.name == "info" else "application/octet-stream"
         if isinstance(target, KvPath):
             return object_response(target, request.headers.get("range"), media_type)

@@ -4,7 +4,7 @@ background rebuild of levels >= 1 from level 0.
 The catalog's `propagate` is 0 (levels stale or never built), 1 (rebuild wanted or under
 way), 2 (built). Who may change it, and how:
 
-- a POST sets 0 after its voxels and edit record (`mark_stale`);
+- a POST sets 0 after its edit record, before its first voxel, and again after them (`mark_stale`);
 - `setPropagate/1/` sets 1 and makes sure a builder runs (from 2: 409); `setPropagate/0/`
   sets 0;
 - a builder sets 1 -> 2 only if no POST came in while it built: it compares the channel's
@@ -15,6 +15,12 @@ One builder per channel at a time, across threads and `--workers` processes: it 
 `flock` on the channel's `build.lock` for as long as it builds, and while the state is 1
 when it is done it builds again. A builder that died with its process (state 1, lock
 free) is restarted by the next `getPropagate/` or `setPropagate/1/` that sees it.
+
+Like a POST, setPropagate and each block a builder writes run inside the channel's gate
+(`locks.channel_gate`): setPropagate is 409 while an ingest of the channel runs, and a
+builder stops when one starts (leaving the state to the ingest, which builds the levels
+and marks them); a delete waits for the block under way, and the builder then stops
+without writing another (`ChannelGone`).
 """
 from __future__ import annotations
 
@@ -32,12 +38,13 @@ from .. import catalog
 from ..blocks import Box, Vec3, plan_blocks
 from ..downsample import child_box, factors, reduce_box
 from ..edits import latest_edit
-from ..errors import NdingestError, RequestError, StateConflict, StoreError
+from ..channellock import ChannelGate
+from ..errors import ChannelGone, NdingestError, RequestError, StateConflict, StoreError
 from ..markers import flush_filesystem
 from ..runlock import try_lock
 from ..targets import VolumeRef, write_box
 from .context import SCALING_NAMES, ChannelView, LevelView, ServerContext, nd_routes
-from .locks import channel_markers, level_sharding, lock_cell
+from .locks import channel_gate, channel_markers, level_sharding, lock_cell
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +120,8 @@ def _run_builder(ctx: ServerContext, channel: ChannelView, fd: int) -> None:
             os.close(fd)  # releases the flock
         try:
             fd = try_lock(build_lock_path(ctx, channel)) if read_state(ctx, channel) == UNDER_WAY else None
+        except StateConflict:  # the channel was deleted
+            fd = None
         except (NdingestError, OSError, sa.exc.SQLAlchemyError):
             logger.exception("propagate %s/%s: cannot check for another rebuild", channel.token.name, channel.name)
             fd = None
@@ -127,6 +136,10 @@ def _build_while_wanted(ctx: ServerContext, channel: ChannelView) -> None:
             if latest_edit(channel_markers(ctx, channel)) == stamp and set_state(ctx, channel, DONE, only_from=(UNDER_WAY,)):
                 logger.info("propagate %s/%s: levels rebuilt", channel.token.name, channel.name)
                 return
+    except ChannelGone:  # deleted meanwhile: its row, if any, is a new channel's
+        logger.info("propagate %s/%s: the channel was deleted; rebuild stopped", channel.token.name, channel.name)
+    except StateConflict as exc:  # an ingest of the channel holds it: the state is the ingest's to set
+        logger.info("propagate %s/%s: rebuild stopped: %s", channel.token.name, channel.name, exc)
     except Exception:  # a thread has no caller: log it, and say "stale" rather than "building" forever
         logger.exception("propagate %s/%s: rebuild failed", channel.token.name, channel.name)
         try:
@@ -137,18 +150,26 @@ def _build_while_wanted(ctx: ServerContext, channel: ChannelView) -> None:
 
 def rebuild_levels(ctx: ServerContext, channel: ChannelView) -> None:
     """Every level >= 1 of every volume of the channel, each from the one below, over the
-    level's chunk grid (as its `info` lays it out), with downsample's exact reductions."""
+    level's chunk grid (as its `info` lays it out), with downsample's exact reductions;
+    each block (or shard file) inside the channel's gate."""
+    with channel_gate(ctx, channel) as gate:
+        _rebuild_levels(ctx, channel, gate)
+
+
+def _rebuild_levels(ctx: ServerContext, channel: ChannelView, gate: ChannelGate) -> None:
     handles = ctx.handles
     f = factors(SCALING_NAMES[int(channel.token.dataset["scalingoption"])])
     for ref in channel.refs:
         for below, level in zip(channel.levels, channel.levels[1:]):
             if level_sharding(channel, level.level) is None:
                 for box in plan_blocks(level.extent, level.chunk, BLOCK_CHUNKS):
-                    handles.write(ref, level.level, box, _reduced(ctx, channel, ref, below, box, f))
+                    with gate.writing(doing="rebuild its levels"):
+                        handles.write(ref, level.level, box, _reduced(ctx, channel, ref, below, box, f))
                 continue
             cell = lock_cell(channel, level.level)  # one shard file's cuboid
             for shard_box in level.extent.chunks(cell, within=level.extent):
-                _rebuild_shard_file(ctx, channel, ref, below, level, shard_box, f)
+                with gate.writing(doing="rebuild its levels"):
+                    _rebuild_shard_file(ctx, channel, ref, below, level, shard_box, f)
 
 
 def _reduced(ctx: ServerContext, channel: ChannelView, ref: VolumeRef, below: LevelView, box: Box,
@@ -191,8 +212,7 @@ def request_rebuild(ctx: ServerContext, channel: ChannelView) -> None:
 # --- routes ------------------------------------------------------------------------------------
 def routes(ctx: ServerContext) -> list:
     def get_propagate(request: Request) -> Response:
-        token = ctx.token(request.path_params["token"])
-        ctx.check_read(token, request)
+        token = ctx.readable_token(request.path_params["token"], request)
         channel = ctx.channel(token, request.path_params["channel"])
         state = read_state(ctx, channel)
         if state == UNDER_WAY and not ctx.read_only:  # a bucket store has no build lock: its pipeline builds
@@ -205,10 +225,11 @@ def routes(ctx: ServerContext) -> list:
         if value not in ("0", "1"):
             raise RequestError(f"setPropagate/{value}/: only 0 (mark the levels stale) or 1 (rebuild them) can be set")
         channel = ctx.channel(ctx.token(request.path_params["token"]), request.path_params["channel"]).writable()
-        if value == "1":
-            request_rebuild(ctx, channel)
-        else:
-            set_state(ctx, channel, NOT)
+        with channel_gate(ctx, channel) as gate, gate.writing(doing=f"setPropagate/{value}/"):
+            if value == "1":
+                request_rebuild(ctx, channel)
+            else:
+                set_state(ctx, channel, NOT)
         return PlainTextResponse(str(read_state(ctx, channel)))
 
     return [  # plain functions: Starlette runs them in its thread pool

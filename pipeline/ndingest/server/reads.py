@@ -167,8 +167,7 @@ def slice_time(channel: ChannelView, text: str | None) -> int:
 
 def routes(ctx: ServerContext) -> list:
     def info(request: Request) -> Response:
-        token = ctx.token(request.path_params["token"])
-        ctx.check_read(token, request)
+        token = ctx.readable_token(request.path_params["token"], request)
         return json_response(project_info(ctx, token))
 
     def public_tokens(request: Request) -> Response:
@@ -185,8 +184,7 @@ def routes(ctx: ServerContext) -> list:
         if fmt not in PLANES and fmt not in FORMATS:
             raise RequestError(f"format {fmt!r} is not one of {', '.join(FORMATS)} (cutouts) "
                                f"or {', '.join(PLANES)} (slices)")
-        token = ctx.token(p["token"])
-        ctx.check_read(token, request)
+        token = ctx.readable_token(p["token"], request)
         channel = ctx.channel(token, p["channel"])
         level = channel.level(p["res"]).level
         if fmt in PLANES:

@@ -19,8 +19,11 @@ changes nothing: a client checks with it that the server accepts its key (`nding
 ingest` into a server does, before it writes). DELETE answers 204; a dataset or project that still
 has projects, tokens or channels is a 409 naming them. Creating a channel also creates
 its precomputed volume(s), with the scales the dataset row implies (what an ingest
-writes); deleting one removes its volumes and markers. Writes need a key when the server
-has keys; GETs of what is not public too.
+writes); deleting one (`delete_channel`) takes its locks, renames its volumes and markers
+out of the way, then deletes its row, so a channel made again under its name starts
+empty. Writes need a key when the server has keys; GETs of what is not public too, and
+of what does not exist, alike (401 or 403), so no answer tells a private name from a
+missing one.
 
 The four kinds differ only in data, so they are rows of one table (`KINDS`): each `Kind`
 names its fields, its parent, whether its name is unique in its parent or in the whole
@@ -30,8 +33,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import shutil
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -42,6 +50,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import catalog
 from ..blocks import Box, Vec3
+from ..channellock import ChannelGate
 from ..errors import NotFound, RequestError, StateConflict, StoreError
 from ..markers import channel_dir
 from ..plan import max_levels
@@ -49,10 +58,12 @@ from ..spec import CHANNEL_TYPES, DATATYPES, NAME_RE, RESERVED_NAMES
 from ..targets import LocalStore, VolumeRef, precomputed_info
 from .context import (SCALING_NAMES, ServerContext, TokenView, catalog_scales, nd_routes, refuse_readonly,
                       slash_optional)
+from .autoingest import running_job
 from .writes import read_body
 
 logger = logging.getLogger(__name__)
 
+TRASH = ".trash"  # STORE/.trash/: deleted channels' folders, until they are removed
 JSON_LIMIT = 1 << 20  # bytes of a resource body
 JSON_DEPTH = 32  # nesting of a resource body: its values are flat, ndio's bodies two or three deep
 MAX_WHOLE = 1 << 40  # whole numbers (sizes, offsets, times, levels) are below it: the catalog's are 64-bit
@@ -407,17 +418,64 @@ def create_channel(ctx: ServerContext, row: catalog.Row, *, dataset_row: dict) -
 
 
 def delete_channel(ctx: ServerContext, name: str, *, dataset: str, project: str) -> None:
-    """The channel's row, then its volumes and markers (edits, locks, ingest markers);
-    403 naming it when it is readonly."""
+    """Delete a channel so that nothing of it comes back: under its locks (409 while an
+    ingest or autoIngest job of it runs; writes under way end first), its volumes and
+    markers are renamed into the store's trash, then its row goes, then the trash is
+    emptied in the background. A channel made again under the name starts empty; a delete
+    that fails leaves the row and the data as they were. 403 naming it when it is readonly."""
     refuse_readonly(must_find(ctx, catalog.channels, "channel", project=project, channel_name=name))
-    catalog.delete_channel(ctx.engine_for_writes(), project, name)
-    for folder in (ctx.store / dataset / project / name, channel_dir(ctx.store, dataset, project, name)):
+    job = running_job(ctx.store, project, name)
+    if job is not None:
+        raise StateConflict(f"channel {name!r} is being ingested by autoIngest job {job} (queued or running); "
+                            f"delete it when the job has finished (GET autoIngest/{project}/)")
+    markers = channel_dir(ctx.store, dataset, project, name)
+    with ChannelGate(markers, name) as gate, gate.deleting():
+        # again, under the locks: a delete that waited there may find it gone, or readonly
+        refuse_readonly(must_find(ctx, catalog.channels, "channel", project=project, channel_name=name))
+        trash = trash_dir(ctx.store)
+        moved = move_into(trash, {"volumes": ctx.store / dataset / project / name, "markers": markers})
         try:
-            shutil.rmtree(folder)
+            catalog.delete_channel(ctx.engine_for_writes(), project, name)
+        except BaseException:
+            move_back(trash, moved)
+            raise
+    threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, daemon=True,
+                     name=f"trash-{name}").start()
+
+
+def trash_dir(store: Path) -> Path:
+    """A new folder under STORE/.trash/ (a dot-name: no dataset is called that) for one
+    delete's folders; what a server stopped before emptying it may be removed by hand."""
+    folder = store / TRASH / f"{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise StoreError(f"{folder}: cannot make the trash folder: {exc.strerror or exc}") from exc
+    return folder
+
+
+def move_into(trash: Path, folders: dict[str, Path]) -> dict[str, Path]:
+    """Rename each folder that exists to trash/NAME (atomic, within the store's file system);
+    on a failure the ones moved go back, and StoreError names the folder."""
+    moved: dict[str, Path] = {}
+    for label, folder in folders.items():
+        try:
+            folder.rename(trash / label)
         except FileNotFoundError:
-            pass
+            continue
         except OSError as exc:
-            raise StoreError(f"{folder}: cannot remove: {exc.strerror or exc}") from exc
+            move_back(trash, moved)
+            raise StoreError(f"{folder}: cannot move it to {trash}: {exc.strerror or exc}") from exc
+        moved[label] = folder
+    return moved
+
+
+def move_back(trash: Path, moved: dict[str, Path]) -> None:
+    for label, folder in moved.items():
+        try:
+            (trash / label).rename(folder)
+        except OSError:
+            logger.exception("cannot move %s back to %s", trash / label, folder)
 
 
 def delete_row(ctx: ServerContext, table: sa.Table, **key) -> None:
@@ -465,17 +523,25 @@ def check_depth(body: bytes, limit: int = JSON_DEPTH) -> None:
             depth -= 1
 
 
-def check_visible(ctx: ServerContext, request: Request, public: int) -> None:
-    """GETs of what is not public need a key when the server has keys."""
-    if not public:
-        ctx.require_key(request)
+def shown_without_key(ctx: ServerContext, kind: Kind, names: Mapping[str, str]) -> bool:
+    """Whether a GET of `kind`'s row answers without a key: the row that holds its `public`
+    flag (its own; a channel's project's) exists and is public. A private row and a missing
+    one are alike here, so the key is checked before anything tells them apart."""
+    owner = kind if "public" in kind.table.c else kind.parent
+    try:
+        return bool(is_public(lookup(ctx, owner, names)))
+    except NotFound:
+        return False
 
 
 def routes(ctx: ServerContext) -> list:
     async def get(kind: Kind, request: Request) -> Response:
-        """The row; the key check comes after the lookup, as it needs the row's `public`."""
-        rows = await run_in_threadpool(lookup, ctx, kind, request.path_params)
-        check_visible(ctx, request, is_public(rows))
+        """The row; with keys, one not public needs a key, a missing one too (alike: 401/403),
+        and only then is a missing one 404."""
+        names = request.path_params
+        if ctx.keyring is not None and not await run_in_threadpool(shown_without_key, ctx, kind, names):
+            ctx.require_key(request)
+        rows = await run_in_threadpool(lookup, ctx, kind, names)
         return JSONResponse(public_row(rows[kind.name]))
 
     async def post(kind: Kind, request: Request) -> Response:

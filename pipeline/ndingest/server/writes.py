@@ -20,9 +20,12 @@ concurrent requests, threads and `uvicorn --workers` processes.
   chunk rewrites its shard file, and the POST is written in one transaction. flock works between
   threads (one open file each) and between processes; tensorstore keeps no cache here
   (`cache_pool` 0), so every read-modify-write starts from what is on disk.
-- After the voxels: an edit record (`edits.record_edit`: the key's name in the keys file,
-  if it has one, never the key or its id), one flush of the store's file system, then
-  `propagate` 0, then 200. `GET {token}/{channel}/edits/` (not ndstore's) lists the
+- Before the first voxel: an edit record (`edits.record_edit`: the key's name in the keys
+  file, if it has one, never the key or its id), made durable, and `propagate` 0; so a
+  POST that fails part-way leaves the levels stale and an edit `verify` reports. After
+  the voxels: one flush of the store's file system, `propagate` 0 again, then 200.
+- Each POST runs inside the channel's gate (`locks.channel_gate`): 409 naming the job
+  while an ingest of the channel holds it, and a delete of the channel waits for it. `GET {token}/{channel}/edits/` (not ndstore's) lists the
   records as JSON, for a `verify` of a store behind a server; `key` is that name or null.
 """
 from __future__ import annotations
@@ -36,14 +39,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..blocks import Box
 from ..edits import read_edits, record_edit
-from ..errors import BodyTooLarge, RequestError
+from ..errors import BodyTooLarge, RequestError, StateConflict
 from ..markers import flush_filesystem
 from ..targets import VolumeRef, is_sharded, write_box
 from ..wire import cutouts
 from . import propagate
 from .budget import post_estimate
 from .context import ChannelView, ServerContext, VolumeHandles, nd_routes
-from .locks import channel_markers, flocked, lock_cell, lock_stripes
+from .locks import channel_gate, channel_markers, flocked, lock_cell, lock_stripes
 
 logger = logging.getLogger(__name__)
 
@@ -71,24 +74,41 @@ def keeps_old_labels(channel_type: str, mode: str) -> bool:
 
 def write_cutout(ctx: ServerContext, channel: ChannelView, *, box: Box, times: range, array: np.ndarray,
                  mode: str, key_name: str | None) -> None:
-    """Write one decoded POST (`array` (z, y, x), or (t, z, y, x) for a time series) under
-    the chunk locks, record the edit, flush, and mark the levels above stale."""
+    """Write one decoded POST (`array` (z, y, x), or (t, z, y, x) for a time series) inside
+    the channel's gate (409 while an ingest of it runs) and under the chunk locks: first
+    the edit record (durable) and `propagate` 0, then the voxels, a flush, and `propagate`
+    0 again (a setPropagate/1/ made while they were being written may have rebuilt the
+    levels from half of them)."""
     handles = ctx.handles
-    level = channel.levels[WRITE_LEVEL]
-    per_time = [(t if channel.is_timeseries else None, array[i] if channel.is_timeseries else array)
-                for i, t in enumerate(times)]
-    stripes = lock_stripes([(t, box) for t, _ in per_time], chunk=lock_cell(channel, WRITE_LEVEL),
-                           within=level.extent)
     markers = channel_markers(ctx, channel)
-    with flocked(markers / "locks" / f"level{WRITE_LEVEL}", stripes):
-        for t, voxels in per_time:
-            ref = channel.ref(t)
-            if keeps_old_labels(channel.channel_type, mode):
-                voxels = np.where(voxels != 0, voxels, handles.read(ref, WRITE_LEVEL, box))
-            write_voxels(handles, ref, WRITE_LEVEL, box, voxels)
-    record_edit(markers, [box], key_name=key_name, times=list(times) if channel.is_timeseries else None, mode=mode)
-    flush_filesystem(ctx.store)
-    propagate.mark_stale(ctx, channel)
+    with channel_gate(ctx, channel) as gate, gate.writing(doing="post to it"):
+        channel = current_channel(ctx, channel)
+        per_time = [(t if channel.is_timeseries else None, array[i] if channel.is_timeseries else array)
+                    for i, t in enumerate(times)]
+        stripes = lock_stripes([(t, box) for t, _ in per_time], chunk=lock_cell(channel, WRITE_LEVEL),
+                               within=channel.levels[WRITE_LEVEL].extent)
+        with flocked(markers / "locks" / f"level{WRITE_LEVEL}", stripes):
+            record_edit(markers, [box], key_name=key_name, times=list(times) if channel.is_timeseries else None,
+                        mode=mode, durable=True)
+            propagate.mark_stale(ctx, channel)
+            for t, voxels in per_time:
+                ref = channel.ref(t)
+                if keeps_old_labels(channel.channel_type, mode):
+                    voxels = np.where(voxels != 0, voxels, handles.read(ref, WRITE_LEVEL, box))
+                write_voxels(handles, ref, WRITE_LEVEL, box, voxels)
+        flush_filesystem(ctx.store)
+        propagate.mark_stale(ctx, channel)
+
+
+def current_channel(ctx: ServerContext, channel: ChannelView) -> ChannelView:
+    """The channel as it is inside its gate (404 if deleted since the request looked it
+    up; 409 if made again since, unlike the one the body was decoded for)."""
+    now = ctx.channel(channel.token, channel.name).writable()
+    if (now.datatype, now.channel_type, now.levels, now.time_range) != \
+            (channel.datatype, channel.channel_type, channel.levels, channel.time_range):
+        raise StateConflict(f"channel {channel.name!r} was deleted and made again meanwhile, unlike before; "
+                            f"post again")
+    return now
 
 
 # --- the request's edge --------------------------------------------------------------------------
@@ -176,8 +196,7 @@ def routes(ctx: ServerContext) -> list:
 
     def list_edits(request: Request) -> Response:
         """Not ndstore's: the channel's edit records, for a `verify` of a remote store."""
-        token = ctx.token(request.path_params["token"])
-        ctx.check_read(token, request)
+        token = ctx.readable_token(request.path_params["token"], request)
         channel = ctx.channel(token, request.path_params["channel"])
         return JSONResponse([e.to_listing() for e in read_edits(channel_markers(ctx, channel))])
 

@@ -7,6 +7,10 @@ idempotent), and never a 4xx. An HTTP failure is one `RemoteError` line naming t
 URL and the server's one-line answer (exit 8); a 409 is a `CatalogConflict` (exit 4). The
 key is sent as `Authorization: Token <key>` and never appears in a message.
 
+In a job posted to `serve` (`fetchpolicy.current()` is set), the session's connections
+check the address they reached right after connecting (`_PeerChecked`), and bodies are read
+through `decoded_pieces`, which counts decoded bytes against a cap.
+
 Here, below the readers and the stores, so that a reader of a server's channel
 (`ndstore`) or of slices by URL (`webslices`) does not import the remote target to reach it.
 """
@@ -16,11 +20,13 @@ import logging
 import os
 import re
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
 
-from ..errors import CatalogConflict, NdingestError, RemoteError
+from .. import fetchpolicy
+from ..errors import CatalogConflict, FetchRefused, NdingestError, RemoteError, SourceError
 
 if TYPE_CHECKING:
     import requests
@@ -33,6 +39,8 @@ IN_FLIGHT = 4  # cutout requests under way at once per process: a small bounded 
 SMALL_IN_FLIGHT = 16  # HEADs under way at once: tiny answers, so the link's latency bounds them
 TIMEOUT = (10.0, 600.0)  # s to connect, s to wait for an answer (a POST is flushed before it)
 UNREACHABLE_SECONDS = 60.0  # after a request ran out of retries, others fail at once this long
+DECODE_PIECE = 1 << 20  # bytes read, and at most decompressed, at a time by `decoded_pieces`
+ACCEPT_ENCODING = "gzip, deflate"  # what `decoded_pieces` decodes (requests would offer br too)
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -91,8 +99,12 @@ class Client:
                           other=0, backoff_factor=self.backoff, status_forcelist=RETRY_STATUSES,
                           allowed_methods=frozenset({"HEAD", "GET", "POST", "PUT", "PATCH", "DELETE"}),
                           raise_on_status=False)
-            adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=max(2 * IN_FLIGHT, SMALL_IN_FLIGHT))
+            checked = fetchpolicy.current() is not None
+            adapter = (checked_adapter() if checked else HTTPAdapter)(
+                max_retries=retry, pool_connections=2, pool_maxsize=max(2 * IN_FLIGHT, SMALL_IN_FLIGHT))
             found = requests.Session()
+            found.trust_env = not checked  # a job's fetches go straight to the host, through no proxy
+            found.headers["Accept-Encoding"] = ACCEPT_ENCODING
             found.mount("http://", adapter)
             found.mount("https://", adapter)
             if self.key:
@@ -109,6 +121,8 @@ class Client:
                               f"{time.monotonic() - self._unreachable[0]:.0f} s ago; not tried again)")
         try:
             reply = self.session().request(method, url, timeout=TIMEOUT, **kwargs)
+        except FetchRefused as exc:
+            raise FetchRefused(f"{url}: {exc}") from None
         except requests.exceptions.ConnectionError as exc:
             self._unreachable = (time.monotonic(), _reason(exc))
             raise RemoteError(f"{method} {url}: cannot reach the server at {self.url} ({_reason(exc)}, "
@@ -140,6 +154,85 @@ class Client:
             return reply.json()
         except ValueError as exc:
             raise RemoteError(f"GET {url}: the answer is not JSON: {one_line(reply.text, 120)}") from exc
+
+
+def checked_adapter() -> type:
+    """requests' HTTPAdapter whose connections check their peer address against this
+    process's `fetchpolicy` right after connecting, before a byte is sent: after DNS, so a
+    name that resolves elsewhere at connect time (rebinding) is caught, and on every
+    connection, so each redirect's hop is too. A refusal is `FetchRefused`, which urllib3
+    does not retry (it is no OSError)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class PeerChecked:
+        def _new_conn(self):
+            sock = super()._new_conn()
+            try:
+                policy = fetchpolicy.current() or fetchpolicy.FetchPolicy()
+                fetchpolicy.check_peer(policy, self.host, self.port, sock.getpeername()[0])
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+    class CheckedHTTP(PeerChecked, HTTPConnection):
+        pass
+
+    class CheckedHTTPS(PeerChecked, HTTPSConnection):
+        pass
+
+    class CheckedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = CheckedHTTP
+
+    class CheckedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = CheckedHTTPS
+
+    class CheckedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": CheckedHTTPPool, "https": CheckedHTTPSPool}
+
+        def proxy_manager_for(self, proxy, **kwargs):
+            raise FetchRefused(f"{proxy}: a job posted to serve fetches through no proxy")
+
+    return CheckedAdapter
+
+
+def decoded_pieces(reply: "requests.Response", url: str, *, cap: int | None) -> Iterator[bytes]:
+    """The body of a streamed `reply`, decoded (Content-Encoding gzip, deflate or none), in
+    pieces of at most DECODE_PIECE bytes; FetchRefused naming `url` once more than `cap`
+    decoded bytes came. Each piece is inflated at most DECODE_PIECE at a time, so a small
+    body that inflates to gigabytes stops at the cap instead of filling memory."""
+    encoding = reply.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        decoder = None
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib, told by the header
+    else:
+        raise SourceError(f"{url}: Content-Encoding {encoding!r} is not read (gzip, deflate or none)")
+    total = 0
+    for raw in reply.raw.stream(DECODE_PIECE, decode_content=False):
+        for piece in ([raw] if decoder is None else _inflate(decoder, raw, url)):
+            total += len(piece)
+            if cap is not None and total > cap:
+                raise FetchRefused(f"{url}: the answer holds more than {cap:,} bytes (decoded), the cap of a "
+                                   f"job posted to serve for it")
+            yield piece
+
+
+def _inflate(decoder, data: bytes, url: str) -> Iterator[bytes]:
+    while not decoder.eof:
+        try:
+            out = decoder.decompress(data, DECODE_PIECE)
+        except zlib.error as exc:
+            raise SourceError(f"{url}: its compressed body is broken: {exc}") from None
+        data = decoder.unconsumed_tail
+        if out:
+            yield out
+        if not data and len(out) < DECODE_PIECE:  # all taken in, and nothing held back
+            return
 
 
 def process_pool(pools: dict[tuple[int, str], ThreadPoolExecutor], name: str,
