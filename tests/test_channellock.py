@@ -111,3 +111,26 @@ def test_an_ingest_that_waited_for_a_delete_locks_the_new_folder(tmp_path: Path)
     assert "error" not in out and (folder / "ingest.lock").exists()
     with ChannelGate(folder, "ch") as gate, pytest.raises(StateConflict, match="cells.toml"):
         gate.writing().__enter__()
+
+
+def test_writers_checking_at_once_never_find_the_channel_in_use(tmp_path):
+    """A writer's check takes ingest.lock for an instant; the next writer's check must not
+    find it held (it once was, between the probe's release and the check's own)."""
+    folder = tmp_path / "_markers" / "ds" / "pr" / "ch"
+    refused: list[Exception] = []
+
+    def write_many():
+        with ChannelGate(folder, "ch") as gate:
+            for _ in range(400):
+                try:
+                    with gate.writing(doing="post to it"):
+                        pass
+                except StateConflict as exc:
+                    refused.append(exc)
+
+    threads = [threading.Thread(target=write_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert refused == []

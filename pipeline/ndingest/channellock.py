@@ -125,12 +125,16 @@ class ChannelGate:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _take_ingest_lock(self, *, doing: str) -> None:
-        """ingest.lock exclusively, at once, or 409 naming the ingest that holds it."""
+    def _take_ingest_lock(self, *, doing: str, keep: bool) -> None:
+        """ingest.lock exclusively, at once, or 409 naming the ingest that holds it; let go
+        again before the probe is (`keep` False: only a check), so a writer checking next
+        never finds it held by a mere check."""
         probe, ingest = self._fds[PROBE], self._fds[INGEST]
-        fcntl.flock(probe, fcntl.LOCK_EX)  # held for two system calls by whoever checks
+        fcntl.flock(probe, fcntl.LOCK_EX)  # held for a few system calls by whoever checks
         try:
             fcntl.flock(ingest, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not keep:
+                fcntl.flock(ingest, fcntl.LOCK_UN)
         except BlockingIOError:
             raise StateConflict(f"channel {self.channel!r} is in use by {holder(self.folder)}; "
                                 f"{doing} when that has finished") from None
@@ -149,8 +153,7 @@ class ChannelGate:
         fcntl.flock(write, fcntl.LOCK_SH)
         try:
             self._check_here()
-            self._take_ingest_lock(doing=doing)
-            fcntl.flock(self._fds[INGEST], fcntl.LOCK_UN)  # only a check: writers share the channel
+            self._take_ingest_lock(doing=doing, keep=False)  # only a check: writers share the channel
             yield
         finally:
             fcntl.flock(write, fcntl.LOCK_UN)
@@ -159,7 +162,7 @@ class ChannelGate:
     def deleting(self) -> Iterator[None]:
         """The channel to itself: no ingest (409 naming it), no write under way (waits for
         those, and refuses new ones); inside, rename the folder away before letting go."""
-        self._take_ingest_lock(doing="delete it")
+        self._take_ingest_lock(doing="delete it", keep=True)
         try:
             atomic_write(self.folder / HOLDER, f"a delete of the channel (pid {os.getpid()})".encode(),
                          durable=False)
