@@ -11,6 +11,7 @@ import json
 import random
 import time
 
+from measuring.load import run_clients
 from measuring.servers import TOKEN, cutout_url
 
 PLANE = "serve_plane"  # the plane volume's dataset, project and token
@@ -77,18 +78,8 @@ def client_thread(base: str, client: int, shapes: dict, start: float, deadline: 
 
 
 def step_heavy(args: argparse.Namespace) -> None:
-    """One client process: THREADS client threads; their logs as JSON on stdout."""
-    import threading
-
-    shapes = json.loads(args.shape)
-    out: dict = {}
-    threads = [threading.Thread(target=client_thread, args=(args.url, c, shapes, args.start, args.deadline, out))
-               for c in range(args.first_client, args.first_client + THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps(out))
+    """One client process of the heavy mix."""
+    run_clients(client_thread, args, json.loads(args.shape))
 
 
 def summary(logs: dict, elapsed: float) -> tuple[list[str], dict]:

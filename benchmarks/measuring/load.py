@@ -112,19 +112,24 @@ def client_thread(base: str, client: int, shape_zyx, start: float, deadline: flo
                    "ended": time.time()}
 
 
-def step_load(args: argparse.Namespace) -> None:
-    """One client process: THREADS client threads; their logs as JSON on stdout."""
+def run_clients(thread, args: argparse.Namespace, shape) -> None:
+    """One client process: THREADS threads running `thread` (a `client_thread`), one client
+    number each from `args.first_client`; their logs as JSON on stdout."""
     import threading
 
-    shape = tuple(json.loads(args.shape))
     out: dict = {}
-    threads = [threading.Thread(target=client_thread, args=(args.url, c, shape, args.start, args.deadline, out))
+    threads = [threading.Thread(target=thread, args=(args.url, c, shape, args.start, args.deadline, out))
                for c in range(args.first_client, args.first_client + THREADS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     print(json.dumps(out))
+
+
+def step_load(args: argparse.Namespace) -> None:
+    """One client process of the light mix."""
+    run_clients(client_thread, args, tuple(json.loads(args.shape)))
 
 
 def make_labels(server: Served) -> None:

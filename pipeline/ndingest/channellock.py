@@ -30,21 +30,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import ChannelGone, StateConflict, StoreError
+from .errors import ChannelGone, StateConflict
 from .markers import atomic_write
+from .runlock import open_lock
 
 logger = logging.getLogger(__name__)
 
 INGEST, WRITE, PROBE, HOLDER = "ingest.lock", "write.lock", "probe.lock", "ingest.holder"
 LOCK_FILES = (INGEST, WRITE, PROBE, HOLDER)  # what a channel's markers folder holds for these locks
-
-
-def _open(path: Path) -> int:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot open lock file: {exc.strerror or exc}") from exc
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -71,14 +64,15 @@ def _hold_shared(folder: Path, job: str) -> int:
     the folder while we waited; writes under way in `serve` have ended when it returns."""
     path = folder / INGEST
     while True:
-        fd = _open(path)
+        fd = open_lock(path)
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a delete holds it
         if _same_file(fd, path):
             break
         os.close(fd)
     try:
-        atomic_write(folder / HOLDER, job.encode(), durable=False)
-        write = _open(folder / WRITE)
+        if holder(folder) != job:  # written once: a rerun of the same job touches nothing
+            atomic_write(folder / HOLDER, job.encode(), durable=False)
+        write = open_lock(folder / WRITE)
         try:
             fcntl.flock(write, fcntl.LOCK_EX)  # writes that began before we held ingest.lock end first
         finally:
@@ -109,7 +103,7 @@ class ChannelGate:
         self._fds: dict[str, int] = {}
         try:
             for name in (WRITE, INGEST, PROBE):
-                self._fds[name] = _open(folder / name)
+                self._fds[name] = open_lock(folder / name)
         except BaseException:
             self.close()
             raise

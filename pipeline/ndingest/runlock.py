@@ -15,18 +15,19 @@ from typing import Iterator
 from .errors import AlreadyRunning, StoreError
 
 
-def _open_lock(path: Path) -> int:
+def open_lock(path: Path) -> int:
+    """An fd of the lock file `path` (made, with its folder, when missing); StoreError naming it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot create lock: {exc.strerror}") from exc
+        raise StoreError(f"{path}: cannot open lock file: {exc.strerror or exc}") from exc
 
 
 def try_lock(path: Path) -> int | None:
     """An fd holding the exclusive flock on `path` (close it to let go), or None while
     another process or thread holds it. The kernel drops it with the process."""
-    fd = _open_lock(path)
+    fd = open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -39,7 +40,7 @@ def try_lock(path: Path) -> int | None:
 def held_lock(path: Path) -> Iterator[None]:
     """The exclusive flock on `path` for the block, waiting for it: a short check-and-write
     that threads and processes take in turn (the kernel drops it with the process)."""
-    fd = _open_lock(path)
+    fd = open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -7,7 +7,6 @@ parses, prints and picks the exit code. Luigi's global configuration is `luigico
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
@@ -97,7 +96,7 @@ def _channel_locks(plan: Plan, names) -> AbstractContextManager:
 
     if not isinstance(plan.store, LocalStore) or not isinstance(plan.store.path, Path):
         return nullcontext()
-    job = f"the ingest of {plan.spec.path} (pid {os.getpid()})"
+    job = f"the ingest of {plan.spec.path}"  # no pid: a rerun leaves the markers folder as it was
     return ingest_holding([plan.channel(name).markers_dir for name in names], job=job)
 
 
