@@ -24,8 +24,9 @@ script on 127.0.0.1 on a free port (one uvicorn process, no keys):
    of each local read in this process, no HTTP, and (g) the ceiling: the same blosc GETs
    and decode from a server that does no work (a process answering each box's body, kept
    in memory from the warm-up, with one socket write). MB/s is voxel bytes / seconds / 1e6.
-   The warm-up checks each blosc answer equal to the local read. Goal: blosc >= 0.5x
-   tensorstore.
+   The warm-up checks each blosc answer equal to the local read. Goal: blosc >= 0.6x the
+   ceiling (g), median of PASSES passes (issue 28 replaced ">= 0.5x tensorstore", which no
+   server of this format can reach: (f) alone, with no HTTP, is 0.1-0.5x).
 2. ingest: `ndingest ingest` of the same volume into a fresh local store, against the
    same spec with `[store] url = "http://127.0.0.1:PORT/nd"` into a second server on a
    fresh empty store (with a keys file; the key in NDINGEST_API_KEY), both whole
@@ -93,6 +94,7 @@ BUDGET_MIB = 1024  # serve's default --memory: the heavy phase's server runs wit
 RSS_MARGIN_MIB = 300  # the goal: peak RSS <= budget + this (Python, tensorstore, the libraries)
 BUSY_SHARE = 0.05  # the goal: at most this share of the heavy phase's requests 503
 PASSES = 3
+CEILING_GOAL = 0.6  # blosc GETs / the no-work server's, for the same bodies
 API_KEY = "serve-bench-key"
 UNSUPPORTED = "remote REST targets are not supported yet"
 FLOOR = "local read + `blosc.pack_array` + `unpack_array`, no server (information)"
@@ -395,10 +397,10 @@ def bench(args: argparse.Namespace) -> int:
         print()
         for e in load["errors"][:10]:
             print(f"error: {e['kind']} {e['url']}: {e['why']}")
-        goals = [f"- cutout GETs, blosc: {blosc_ratio:.2f}x tensorstore's local read (goal >= 0.5x): "
-                 f"{verdict(blosc_ratio >= 0.5)}; the same client reaches {ceiling_ratio:.2f}x from a server "
-                 f"that does no work (a ceiling for any server of this format), so this one reaches "
-                 f"{blosc_ratio / ceiling_ratio:.2f}x of what any server could"]
+        goals = [f"- cutout GETs, blosc: {blosc_ratio / ceiling_ratio:.2f}x the throughput of a server that does no "
+                 f"work, for the same bodies and client (goal >= {CEILING_GOAL}x, median of {PASSES} passes): "
+                 f"{verdict(blosc_ratio >= CEILING_GOAL * ceiling_ratio)}; {blosc_ratio:.2f}x tensorstore's local read "
+                 f"(information: `blosc.pack_array` is a pickle, so no server of this format comes near it)"]
         if ingest_ratio is None:
             goals.append(f"- ingest into the server: {ingest_note} (goal >= 0.5x the local ingest)")
         else:

@@ -59,7 +59,7 @@ def test_pyramid_benchmark_prints_every_row_and_goal(tmp_path):
 
 
 def test_serve_benchmark_prints_every_row_and_goal(tmp_path):
-    out = run_benchmark(tmp_path, "serve.py", "--quick", "--tmp", str(tmp_path))
+    out = run_benchmark(tmp_path, "serve.py", "--quick", "--load-seconds", "3", "--heavy-seconds", "2", "--tmp", str(tmp_path))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     for row in ("tensorstore, local, F order", "GET blosc + ", "GET blosc, body only", "GET npz + ", "GET raw + ",
                 "GET blosc + `blosc.unpack_array` from a server that only sends", "the same bodies over a bare loopback socket",
