@@ -25,8 +25,9 @@ concurrent requests, threads and `uvicorn --workers` processes.
   POST that fails part-way leaves the levels stale and an edit `verify` reports. After
   the voxels: one flush of the store's file system, `propagate` 0 again, then 200.
 - Each POST runs inside the channel's gate (`locks.channel_gate`): 409 naming the job
-  while an ingest of the channel holds it, and a delete of the channel waits for it. `GET {token}/{channel}/edits/` (not ndstore's) lists the
-  records as JSON, for a `verify` of a store behind a server; `key` is that name or null.
+  while an ingest of the channel holds it, and a delete of the channel waits for it.
+- `GET {token}/{channel}/edits/` (not ndstore's) lists the records as JSON, for a
+  `verify` of a store behind a server; `key` is that name or null.
 """
 from __future__ import annotations
 
