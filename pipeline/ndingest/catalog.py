@@ -416,33 +416,27 @@ def find_dataset(engine: sa.Engine | None, name: str, *, patience: float = LOCKE
     return _patiently(engine, lambda: _stored_rows(engine, [dataset])[0], patience)
 
 
-def set_propagate(engine: sa.Engine, project: str, channel: str, state: int) -> None:
+def _update_channel(engine: sa.Engine, project: str, channel: str, **values) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.update(channels)
             .where(channels.c.project == project, channels.c.channel_name == channel)
-            .values(propagate=state)
+            .values(**values)
         )
+
+
+def set_propagate(engine: sa.Engine, project: str, channel: str, state: int) -> None:
+    _update_channel(engine, project, channel, propagate=state)
 
 
 def set_window(engine: sa.Engine, project: str, channel: str, window: tuple[float, float]) -> None:
     """The channel's window range, once an ingest has reduced it from every block."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.update(channels)
-            .where(channels.c.project == project, channels.c.channel_name == channel)
-            .values(startwindow=float(window[0]), endwindow=float(window[1]))
-        )
+    _update_channel(engine, project, channel, startwindow=float(window[0]), endwindow=float(window[1]))
 
 
 def set_readonly(engine: sa.Engine, project: str, channel: str, readonly: int) -> None:
     """The channel's readonly flag (a channel PATCH to `serve`)."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.update(channels)
-            .where(channels.c.project == project, channels.c.channel_name == channel)
-            .values(readonly=readonly)
-        )
+    _update_channel(engine, project, channel, readonly=readonly)
 
 
 def dataset_row(dataset: DatasetSpec, *, size_xyz: Vec3, levels: int) -> Row:
