@@ -234,25 +234,33 @@ def bench_ingest(workdir: Path, source: Path, runs: int) -> tuple[list[str], flo
 
 # --- 3. load -------------------------------------------------------------------------------------
 
+def run_client_processes(step: str, server: Served, workdir: Path, shape: str, seconds: float, *,
+                         processes: int, threads: int, grace: float) -> tuple[dict, float]:
+    """Start `processes` client processes of `--step step` (`threads` clients each) that all
+    begin at one moment and stop asking after `seconds`; their merged logs, and the seconds
+    from the start to the last request's end (it ends after the deadline)."""
+    start = time.time() + 3.0  # every client process has started and imported by then
+    deadline = start + seconds
+    procs = [subprocess.Popen([PYTHON, str(Path(__file__).resolve()), "--step", step, "--url", server.url,
+                               "--shape", shape, "--start", repr(start), "--deadline", repr(deadline),
+                               "--first-client", str(p * threads)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=workdir, text=True)
+             for p in range(processes)]
+    logs: dict = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=seconds + grace)
+        if proc.returncode != 0:
+            sys.exit(f"a {step} client exited {proc.returncode}:\n{err[-3000:]}")
+        logs.update(json.loads(out))
+    return logs, max(log["ended"] for log in logs.values()) - start
+
+
 def bench_load(server: Served, workdir: Path, store: Path, source, shape_zyx, seconds: float) -> tuple[list[str], dict]:
     import numpy as np
 
     make_labels(server)
-    start = time.time() + 3.0  # every client process has started and imported by then
-    deadline = start + seconds
-    procs = [subprocess.Popen([PYTHON, str(Path(__file__).resolve()), "--step", "load", "--url", server.url,
-                               "--shape", json.dumps(list(shape_zyx)), "--start", repr(start),
-                               "--deadline", repr(deadline),
-                               "--first-client", str(p * THREADS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              cwd=workdir, text=True)
-             for p in range(PROCESSES)]
-    logs: dict = {}
-    for proc in procs:
-        out, err = proc.communicate(timeout=seconds + 600)
-        if proc.returncode != 0:
-            sys.exit(f"a load client exited {proc.returncode}:\n{err[-3000:]}")
-        logs.update(json.loads(out))
-    elapsed = max(log["ended"] for log in logs.values()) - start  # the last request ends after the deadline
+    logs, elapsed = run_client_processes("load", server, workdir, json.dumps(list(shape_zyx)), seconds,
+                                         processes=PROCESSES, threads=THREADS, grace=600)
     kinds = [k for k, _ in KINDS]
     per_kind = {k: [v for log in logs.values() for v in log["latencies"][k]] for k in kinds}
     total = sum(len(v) for v in per_kind.values())
@@ -292,20 +300,8 @@ def bench_load(server: Served, workdir: Path, store: Path, source, shape_zyx, se
 # --- 4. heavy ------------------------------------------------------------------------------------
 
 def bench_heavy(server: Served, workdir: Path, shapes: dict, seconds: float) -> tuple[list[str], dict]:
-    start = time.time() + 3.0
-    deadline = start + seconds
-    procs = [subprocess.Popen([PYTHON, str(Path(__file__).resolve()), "--step", "heavy", "--url", server.url,
-                               "--shape", json.dumps(shapes), "--start", repr(start), "--deadline", repr(deadline),
-                               "--first-client", str(p * heavy.THREADS)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, cwd=workdir, text=True)
-             for p in range(heavy.PROCESSES)]
-    logs: dict = {}
-    for proc in procs:
-        out, err = proc.communicate(timeout=seconds + 900)
-        if proc.returncode != 0:
-            sys.exit(f"a heavy client exited {proc.returncode}:\n{err[-3000:]}")
-        logs.update(json.loads(out))
-    elapsed = max(log["ended"] for log in logs.values()) - start
+    logs, elapsed = run_client_processes("heavy", server, workdir, json.dumps(shapes), seconds,
+                                         processes=heavy.PROCESSES, threads=heavy.THREADS, grace=900)
     rows, totals = heavy.summary(logs, elapsed)
     totals["elapsed"] = elapsed
     return rows, totals

@@ -12,7 +12,7 @@ import random
 import time
 
 from measuring.load import run_clients
-from measuring.servers import TOKEN, cutout_url
+from measuring.servers import cutout_url
 
 PLANE = "serve_plane"  # the plane volume's dataset, project and token
 PROCESSES, THREADS = 4, 4
@@ -79,7 +79,7 @@ def client_thread(base: str, client: int, shapes: dict, start: float, deadline: 
 
 def step_heavy(args: argparse.Namespace) -> None:
     """One client process of the heavy mix."""
-    run_clients(client_thread, args, json.loads(args.shape))
+    run_clients(client_thread, args, json.loads(args.shape), threads=THREADS)
 
 
 def summary(logs: dict, elapsed: float) -> tuple[list[str], dict]:

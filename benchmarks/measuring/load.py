@@ -112,17 +112,17 @@ def client_thread(base: str, client: int, shape_zyx, start: float, deadline: flo
                    "ended": time.time()}
 
 
-def run_clients(thread, args: argparse.Namespace, shape) -> None:
-    """One client process: THREADS threads running `thread` (a `client_thread`), one client
-    number each from `args.first_client`; their logs as JSON on stdout."""
+def run_clients(thread, args: argparse.Namespace, shape, threads: int = THREADS) -> None:
+    """One client process: `threads` threads running `thread` (a `client_thread`), one
+    client number each from `args.first_client`; their logs as JSON on stdout."""
     import threading
 
     out: dict = {}
-    threads = [threading.Thread(target=thread, args=(args.url, c, shape, args.start, args.deadline, out))
-               for c in range(args.first_client, args.first_client + THREADS)]
-    for t in threads:
+    workers = [threading.Thread(target=thread, args=(args.url, c, shape, args.start, args.deadline, out))
+               for c in range(args.first_client, args.first_client + threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
     print(json.dumps(out))
 
