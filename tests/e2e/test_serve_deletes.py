@@ -98,6 +98,12 @@ def test_a_delete_waits_for_a_post_under_way_and_the_channel_made_again_reads_ze
     deleted, made = answers[0]
     assert deleted.status_code == 200 and made.status_code == 201, (deleted.text, made.text)
     assert not get(url, "race", box).any()  # nothing of the deleted channel came back
+    from cloudvolume import CloudVolume  # and the store itself, read by a reader nobody here wrote
+
+    (x0, x1), (y0, y1), (z0, z1) = box
+    stored = CloudVolume(f"file://{store}/{DATASET}/{PROJECT}/race", mip=0, parallel=1, progress=False,
+                         fill_missing=True)
+    assert not np.asarray(stored[x0:x1, y0:y1, z0:z1]).any()
 
 
 def test_a_delete_during_a_level_rebuild_leaves_nothing_and_the_channel_made_again_is_empty(url, store,
